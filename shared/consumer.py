@@ -1,0 +1,312 @@
+"""The consumer runner: idempotent, transactional handling of Kafka messages.
+
+For each partition batch, one database transaction holds the handler's effects, the inbox
+rows of the handled message ids and the partition's next offset. Kafka offsets are committed
+only after that transaction, and on (re)assignment the consumer seeks to the stored offset,
+so a crash, rebalance or redelivery never produces a second effect.
+
+A batch is first applied whole (fast). If a handler raises, the batch is rolled back and
+re-applied one message per savepoint; a message that keeps failing is written to
+`<topic>.dlq` through the outbox, with its error and origin, and the consumer moves on.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.ids import caused_by
+from shared.kafka import make_consumer
+from shared.messages import Envelope, MessageFormatError, decode, encode, utc_now
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, HANDLER_ERRORS, MESSAGES_HANDLED
+from shared.topics import dlq_topic
+
+log = logging.getLogger("shared.consumer")
+
+# Errors that say "the infrastructure is away", not "this message is bad": retry the batch.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A decoded message plus where it came from."""
+
+    envelope: Envelope
+    topic: str
+    partition: int
+    offset: int
+
+
+Handler = Callable[[UnitOfWork, Sequence[Delivery]], Awaitable[None]]
+
+
+def one_at_a_time(fn: Callable[[UnitOfWork, Delivery], Awaitable[None]]) -> Handler:
+    """Adapt a per-message handler; each message runs in its own causal context."""
+
+    async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            env = delivery.envelope
+            with caused_by(env.correlation_id or env.subject, env.id):
+                await fn(uow, delivery)
+
+    return handle
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    max_batch: int = 500
+    max_attempts: int = 3
+    poll_timeout_ms: int = 200
+    retry_backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+
+
+class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: "ConsumerRunner") -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.runner.seek_to_stored_positions(assigned)
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: Sequence[str],
+        store: EventStore,
+        bootstrap_servers: str,
+        handler: Handler,
+        settings: ConsumerSettings = ConsumerSettings(),
+        consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+    ) -> None:
+        self.name = name
+        self.topics = list(topics)
+        self.store = store
+        self.handler = handler
+        self.settings = settings
+        self._consumer_factory = consumer_factory or (
+            lambda: make_consumer(bootstrap_servers, group_id=name, client_id=f"{name}-{id(self):x}")
+        )
+        self._consumer: AIOKafkaConsumer | None = None
+        self.handled = 0
+        self.dead_lettered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self.settings.retry_backoff_s
+        while not stop.is_set():
+            consumer = self._consumer_factory()
+            self._consumer = consumer
+            try:
+                await consumer.start()
+                consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
+                while not stop.is_set():
+                    batches = await consumer.getmany(
+                        timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
+                    )
+                    for tp, records in batches.items():
+                        await self._process_partition_batch(consumer, tp, records, stop)
+                    backoff = self.settings.retry_backoff_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer restarting", extra={"consumer": self.name, "error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff_s)
+            finally:
+                self._consumer = None
+                try:
+                    await asyncio.wait_for(consumer.stop(), timeout=10)
+                except Exception as exc:
+                    log.debug("consumer stop failed", extra={"error": repr(exc)})
+
+    async def seek_to_stored_positions(self, assigned: set[TopicPartition]) -> None:
+        if not assigned or self._consumer is None:
+            return
+        async with self.store.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = $1",
+                self.name,
+            )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        for tp in assigned:
+            if tp in stored:
+                self._consumer.seek(tp, stored[tp])
+
+    async def _process_partition_batch(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event
+    ) -> None:
+        backoff = self.settings.retry_backoff_s
+        while True:
+            try:
+                try:
+                    await self._apply(tp, records, isolate=False)
+                except _HandlerFailed:
+                    await self._apply(tp, records, isolate=True)
+                break
+            except TRANSIENT_ERRORS as exc:
+                log.warning(
+                    "database unavailable, retrying batch",
+                    extra={"consumer": self.name, "topic": tp.topic, "error": repr(exc)},
+                )
+                if stop.is_set():
+                    consumer.seek(tp, records[0].offset)
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff_s)
+        next_offset = records[-1].offset + 1
+        try:
+            await consumer.commit({tp: next_offset})
+        except Exception as exc:  # a rebalance may revoke tp; the stored position still holds
+            log.info("offset commit skipped", extra={"consumer": self.name, "error": repr(exc)})
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(consumer=self.name, topic=tp.topic, partition=str(tp.partition)).set(
+                max(highwater - next_offset, 0)
+            )
+
+    async def _apply(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], *, isolate: bool) -> None:
+        async with self.store.transaction() as uow:
+            fresh: list[Delivery] = []
+            poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
+            for record in records:
+                try:
+                    env = decode(record.value)
+                except MessageFormatError as exc:
+                    poison.append((record, str(exc)))
+                    continue
+                fresh.append(Delivery(env, record.topic, record.partition, record.offset))
+            fresh = await self._claim(uow, fresh)
+            for record, error in poison:
+                if await self._claim_ids(uow, [f"{record.topic}:{record.partition}:{record.offset}"], "dead_lettered"):
+                    await self._dead_letter(uow, record, "poison", error)
+            if isolate:
+                await self._apply_isolated(uow, tp, records, fresh)
+            elif fresh:
+                try:
+                    async with uow.conn.transaction():
+                        await self.handler(uow, fresh)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    raise _HandlerFailed() from exc
+                for d in fresh:
+                    MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="handled").inc()
+            await uow.conn.execute(
+                """INSERT INTO consumer_positions (consumer, topic, partition, next_offset)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
+                self.name,
+                tp.topic,
+                tp.partition,
+                records[-1].offset + 1,
+            )
+        self.handled += len(fresh)
+
+    async def _apply_isolated(
+        self, uow: UnitOfWork, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], fresh: list[Delivery]
+    ) -> None:
+        by_offset = {r.offset: r for r in records}
+        for delivery in fresh:
+            error: Exception | None = None
+            for attempt in range(1, self.settings.max_attempts + 1):
+                try:
+                    async with uow.conn.transaction():
+                        await self.handler(uow, [delivery])
+                    error = None
+                    break
+                except TRANSIENT_ERRORS:
+                    raise
+                except ConcurrencyConflict as exc:
+                    error = exc  # someone else wrote the stream: the next attempt re-reads it
+                except Exception as exc:
+                    error = exc
+                HANDLER_ERRORS.labels(consumer=self.name, type=delivery.envelope.type).inc()
+                log.warning(
+                    "handler failed",
+                    extra={
+                        "consumer": self.name,
+                        "type": delivery.envelope.type,
+                        "message_id": delivery.envelope.id,
+                        "attempt": attempt,
+                        "error": repr(error),
+                    },
+                )
+            if error is None:
+                MESSAGES_HANDLED.labels(consumer=self.name, type=delivery.envelope.type, outcome="handled").inc()
+                continue
+            await uow.conn.execute(
+                "UPDATE inbox SET outcome = 'dead_lettered' WHERE consumer = $1 AND message_id = $2",
+                self.name,
+                delivery.envelope.id,
+            )
+            await self._dead_letter(uow, by_offset[delivery.offset], delivery.envelope.type, repr(error))
+
+    async def _claim(self, uow: UnitOfWork, deliveries: list[Delivery]) -> list[Delivery]:
+        """Record the message ids in the inbox; keep only those never handled before."""
+        if not deliveries:
+            return []
+        new_ids = await self._claim_ids(uow, [d.envelope.id for d in deliveries], "handled")
+        seen: set[str] = set()
+        fresh = []
+        for d in deliveries:
+            if d.envelope.id in new_ids and d.envelope.id not in seen:
+                seen.add(d.envelope.id)
+                fresh.append(d)
+            else:
+                MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="duplicate").inc()
+        return fresh
+
+    async def _claim_ids(self, uow: UnitOfWork, ids: list[str], outcome: str) -> set[str]:
+        rows = await uow.conn.fetch(
+            """INSERT INTO inbox (consumer, message_id, outcome)
+               SELECT $1, id, $3 FROM unnest($2::text[]) AS id
+               ON CONFLICT DO NOTHING RETURNING message_id""",
+            self.name,
+            ids,
+            outcome,
+        )
+        return {r["message_id"] for r in rows}
+
+    async def _dead_letter(self, uow: UnitOfWork, record: ConsumerRecord[Any, Any], kind: str, error: str) -> None:
+        document = {
+            "consumer": self.name,
+            "error": error,
+            "failed_at": utc_now().isoformat(),
+            "origin": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": record.key.decode(errors="replace") if record.key else None,
+            },
+            "value_base64": base64.b64encode(record.value or b"").decode(),
+        }
+        key = record.key.decode(errors="replace") if record.key else ""
+        await uow.enqueue(dlq_topic(record.topic), key, encode(document))
+        DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
+        self.dead_lettered += 1
+        log.error(
+            "message dead-lettered",
+            extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},
+        )
+
+
+class _HandlerFailed(Exception):
+    """Internal: the fast batch path failed; re-apply message by message."""

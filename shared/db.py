@@ -1,0 +1,46 @@
+"""PostgreSQL connection pools and schema migration for every service database."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import asyncpg
+import orjson
+
+KERNEL_SCHEMA = Path(__file__).with_name("schema.sql")
+_MIGRATION_LOCK = 0x4556_454E_5453  # any constant; serialises replicas migrating at once
+
+
+def _encode_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, extra_schema: Iterable[Path | str] = ()) -> None:
+    """Apply the kernel schema and a service's own DDL, one replica at a time."""
+    scripts = [KERNEL_SCHEMA.read_text()]
+    scripts += [s.read_text() if isinstance(s, Path) else s for s in extra_schema]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        for script in scripts:
+            await conn.execute(script)

@@ -1,0 +1,39 @@
+"""Identity helpers and the causal context that flows from a handled message to its effects."""
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
+from contextlib import contextmanager
+from typing import Iterator
+
+_NAMESPACE = uuid.UUID("6f1f3a52-3c1e-4b7e-9a57-1f1a3e5d9c10")
+
+
+def derived_id(parent_id: str, role: str) -> str:
+    """A stable child id (e.g. the payment of an order), so retried commands hit one aggregate."""
+    return str(uuid.uuid5(_NAMESPACE, f"{parent_id}:{role}"))
+
+
+@dataclass(frozen=True, slots=True)
+class CausalContext:
+    correlation_id: str
+    causation_id: str
+
+
+_current: ContextVar[CausalContext | None] = ContextVar("causal_context", default=None)
+
+
+def current_context() -> CausalContext | None:
+    return _current.get()
+
+
+@contextmanager
+def caused_by(correlation_id: str, causation_id: str) -> Iterator[CausalContext]:
+    """Everything appended or sent inside this block carries these ids (and logs show them)."""
+    ctx = CausalContext(correlation_id=correlation_id, causation_id=causation_id)
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

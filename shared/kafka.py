@@ -1,0 +1,35 @@
+"""aiokafka client construction in one place, so every service uses the same safe settings."""
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer:
+    """Idempotent, acks=all: retries never duplicate or reorder within a partition."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=1,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=15000,
+        retry_backoff_ms=100,
+    )
+
+
+def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> AIOKafkaConsumer:
+    """Offsets are committed by the runner after the database commit, never automatically."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=100,
+        max_poll_interval_ms=300000,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=3000,
+        retry_backoff_ms=100,
+    )

@@ -1,0 +1,183 @@
+"""The outbox relay: publishes committed messages to Kafka, in commit-visible id order.
+
+Why an outbox and not log tailing: positions are assigned at insert, commits land out of
+position order, so a tailer could skip a late-committing lower position. Outbox rows are
+deleted only once Kafka acknowledged them, so nothing committed is ever skipped; a crash
+between publish and delete re-publishes, and consumers drop the duplicate by message id.
+
+Per-key order: a stream's later facts are committed after its earlier ones, so they get
+higher outbox ids; the relay sends in id order through an idempotent producer, and after
+any failed send it retries from the first unacknowledged row (never skipping ahead).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared.db import connect
+from shared.kafka import make_producer
+from shared.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, RELAY_LAG
+
+log = logging.getLogger("shared.relay")
+
+_RELAY_LOCK = 0x0075_7462_6F78  # advisory lock key: one active relay per database
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    batch_size: int = 1000
+    poll_interval_s: float = 0.5
+    retry_backoff_s: float = 0.5
+    max_backoff_s: float = 5.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        dsn: str,
+        bootstrap_servers: str,
+        *,
+        name: str = "relay",
+        settings: RelaySettings = RelaySettings(),
+        producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.bootstrap_servers = bootstrap_servers
+        self.name = name
+        self.settings = settings
+        self._producer_factory = producer_factory or (
+            lambda: make_producer(bootstrap_servers, client_id=f"{name}-relay")
+        )
+        self.is_leader = False
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, surviving database and Kafka outages with back-off."""
+        backoff = self.settings.retry_backoff_s
+        while not stop.is_set():
+            try:
+                await self._lead_and_publish(stop)
+                backoff = self.settings.retry_backoff_s
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("relay lost the database, retrying", extra={"error": repr(exc)})
+            finally:
+                self.is_leader = False
+            await _sleep_unless(stop, backoff)
+            backoff = min(backoff * 2, self.settings.max_backoff_s)
+
+    async def _lead_and_publish(self, stop: asyncio.Event) -> None:
+        conn = await connect(self.dsn)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+                if await _sleep_unless(stop, self.settings.poll_interval_s * 4):
+                    return
+            self.is_leader = True
+            log.info("relay is the active publisher for this database")
+            wake = asyncio.Event()
+            await conn.add_listener("outbox", lambda *_: wake.set())
+            await self._publish_loop(conn, wake, stop)
+        finally:
+            await conn.close()
+
+    async def _publish_loop(self, conn: asyncpg.Connection, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        producer: AIOKafkaProducer | None = None
+        backoff = self.settings.retry_backoff_s
+        try:
+            while not stop.is_set():
+                wake.clear()
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, value, created_at FROM outbox ORDER BY id LIMIT $1",
+                    self.settings.batch_size,
+                )
+                OUTBOX_BACKLOG.set(len(rows))
+                if not rows:
+                    await _wait_either(wake, stop, self.settings.poll_interval_s)
+                    continue
+                if producer is None:
+                    producer = await self._start_producer(stop)
+                    if producer is None:
+                        return
+                done = await self._send_in_order(producer, rows)
+                if done:
+                    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows[:done]])
+                    self.published += done
+                if done < len(rows):
+                    # Kafka refused or timed out: start a fresh producer session and resend
+                    # from the first unacknowledged row, so nothing is skipped or reordered.
+                    await _stop_quietly(producer)
+                    producer = None
+                    await _sleep_unless(stop, backoff)
+                    backoff = min(backoff * 2, self.settings.max_backoff_s)
+                else:
+                    backoff = self.settings.retry_backoff_s
+        finally:
+            if producer is not None:
+                await _stop_quietly(producer)
+
+    async def _start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
+        backoff = self.settings.retry_backoff_s
+        while not stop.is_set():
+            producer = self._producer_factory()
+            try:
+                await producer.start()
+                return producer
+            except Exception as exc:  # aiokafka raises several unrelated types while Kafka is away
+                log.warning("relay cannot reach Kafka, retrying", extra={"error": repr(exc)})
+                await _stop_quietly(producer)
+                await _sleep_unless(stop, backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff_s)
+        return None
+
+    async def _send_in_order(self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]) -> int:
+        """Pipeline every row, then return how many leading rows Kafka acknowledged."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for row in rows:
+                futures.append(await producer.send(row["topic"], row["value"], key=row["key"].encode()))
+        except Exception as exc:
+            log.warning("relay send failed", extra={"error": repr(exc)})
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        now = datetime.now(timezone.utc)
+        acknowledged = 0
+        for row, result in zip(rows, results):
+            if isinstance(result, BaseException):
+                log.warning("kafka did not acknowledge a message", extra={"error": repr(result), "topic": row["topic"]})
+                break
+            acknowledged += 1
+            MESSAGES_PUBLISHED.labels(topic=row["topic"]).inc()
+            RELAY_LAG.observe(max((now - row["created_at"]).total_seconds(), 0.0))
+        return acknowledged
+
+
+async def _wait_either(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep (a back-off or poll interval) unless stopped first; True when stopped."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        return True
+    except asyncio.TimeoutError:
+        return stop.is_set()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=5)
+    except Exception as exc:
+        log.debug("producer stop failed", extra={"error": repr(exc)})
+
+

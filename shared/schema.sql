@@ -1,0 +1,72 @@
+-- The kernel's tables, identical in every service database. Applied idempotently at start-up.
+
+-- The append-only event log: the truth. Positions are assigned at insert (not commit) time,
+-- which is why publication goes through the outbox below instead of tailing positions.
+CREATE TABLE IF NOT EXISTS events (
+    position        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id        UUID        NOT NULL UNIQUE,
+    stream_id       TEXT        NOT NULL,
+    version         INTEGER     NOT NULL CHECK (version > 0),
+    type            TEXT        NOT NULL,
+    schema_version  INTEGER     NOT NULL DEFAULT 1 CHECK (schema_version > 0),
+    occurred_at     TIMESTAMPTZ NOT NULL,
+    correlation_id  TEXT        NOT NULL,
+    causation_id    TEXT        NOT NULL,
+    data            JSONB       NOT NULL,
+    UNIQUE (stream_id, version)
+);
+
+-- Knowledge only grows: the database itself refuses UPDATE, DELETE and TRUNCATE of facts.
+CREATE OR REPLACE FUNCTION events_reject_mutation() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only: % on % is not allowed', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'restrict_violation';
+END $$;
+
+DROP TRIGGER IF EXISTS events_append_only ON events;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_reject_mutation();
+DROP TRIGGER IF EXISTS events_no_truncate ON events;
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_reject_mutation();
+REVOKE UPDATE, DELETE, TRUNCATE ON events FROM PUBLIC;
+REVOKE UPDATE, DELETE, TRUNCATE ON events FROM CURRENT_USER;
+
+-- Messages committed with the facts that caused them, waiting for the relay to publish them.
+CREATE TABLE IF NOT EXISTS outbox (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic       TEXT        NOT NULL,
+    key         TEXT        NOT NULL,
+    value       BYTEA       NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox', '');
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS outbox_wake_relay ON outbox;
+CREATE TRIGGER outbox_wake_relay AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- Messages a consumer has handled, written in the same transaction as the handler's effects.
+CREATE TABLE IF NOT EXISTS inbox (
+    consumer     TEXT        NOT NULL,
+    message_id   TEXT        NOT NULL,
+    handled_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    outcome      TEXT        NOT NULL DEFAULT 'handled',
+    PRIMARY KEY (consumer, message_id)
+);
+
+-- Each consumer's next Kafka offset per partition, committed with its effects.
+CREATE TABLE IF NOT EXISTS consumer_positions (
+    consumer     TEXT    NOT NULL,
+    topic        TEXT    NOT NULL,
+    partition    INTEGER NOT NULL,
+    next_offset  BIGINT  NOT NULL,
+    PRIMARY KEY (consumer, topic, partition)
+);
