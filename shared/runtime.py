@@ -1,0 +1,277 @@
+"""The composition root shared by every service: one way to wire a service's process.
+
+A service supplies its name, settings, routers, extra DDL, which events it publishes, and
+which consumers and background loops it runs; this module owns the lifecycle: pool and
+migrations, the outbox relay, the consumers, /health, /metrics, JSON logs, error mapping
+and the request body limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaClient
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.consumer import ConsumerRunner, ConsumerSettings, Handler
+from shared.db import create_pool, migrate
+from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
+from shared.logs import configure_logging
+from shared.relay import OutboxRelay, RelaySettings
+from shared.settings import ServiceSettings
+from shared.topics import ensure_topics
+from shared.upcasting import NO_UPCASTERS, UpcasterRegistry
+
+log = logging.getLogger("shared.runtime")
+
+
+class Refusal(Protocol):
+    """What a domain refusal offers the HTTP layer (see services/domain_errors.py)."""
+
+    http_status: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A consumer group this service runs: its name, topics and batch handler."""
+
+    name: str
+    topics: Sequence[str]
+    handler: Handler
+
+
+BackgroundLoop = Callable[["Runtime", asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Runtime:
+    """What request handlers and loops reach through `request.app.state.runtime`."""
+
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    store: EventStore
+    relay: OutboxRelay
+    consumers: list[ConsumerRunner] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    settings: ServiceSettings
+    routers: Sequence[APIRouter]
+    routes: EventRoutes = EventRoutes()
+    schema: Sequence[Path | str] = ()
+    consumers: Callable[[EventStore], Sequence[ConsumerSpec]] = lambda store: ()
+    loops: Sequence[BackgroundLoop] = ()
+    upcasters: UpcasterRegistry = NO_UPCASTERS
+    refusal_type: type[Exception] | None = None
+    description: str = ""
+    openapi_tags: list[dict[str, Any]] | None = None
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+class _KafkaProbe:
+    """A tiny metadata client for /health, cached briefly so probes stay cheap."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self._client: AIOKafkaClient | None = None
+        self._ok_until = 0.0
+
+    async def reachable(self) -> bool:
+        if time.monotonic() < self._ok_until:
+            return True
+        try:
+            if self._client is None:
+                self._client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
+                await asyncio.wait_for(self._client.bootstrap(), timeout=3)
+            await asyncio.wait_for(self._client.fetch_all_metadata(), timeout=3)
+        except Exception:
+            await self.close()
+            return False
+        self._ok_until = time.monotonic() + 1.0
+        return True
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.close()
+            except Exception:
+                pass
+
+
+class BodySizeLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": [{"loc": ["body"], "msg": f"request body larger than {limit} bytes", "type": "body_too_large"}]},
+        status_code=413,
+    )
+
+
+def build_app(definition: ServiceDefinition) -> FastAPI:
+    settings = definition.settings
+    configure_logging(definition.name, settings.log_level)
+    probe = _KafkaProbe(settings.kafka_bootstrap_servers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await _start(definition)
+        app.state.runtime = runtime
+        log.info("service started", extra={"port": settings.http_port})
+        try:
+            yield
+        finally:
+            runtime.stop.set()
+            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            await probe.close()
+            await runtime.pool.close()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title=f"{definition.name} service",
+        description=definition.description,
+        lifespan=lifespan,
+        openapi_tags=definition.openapi_tags,
+    )
+
+    @app.get("/health", tags=["operations"], summary="200 only when the database and Kafka are reachable")
+    async def health(request: Request) -> JSONResponse:
+        runtime = runtime_of(request)
+        db_ok = True
+        try:
+            async with runtime.pool.acquire(timeout=2) as conn:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=2)
+        except Exception:
+            db_ok = False
+        kafka_ok = await probe.reachable()
+        body = {
+            "service": definition.name,
+            "database": "up" if db_ok else "down",
+            "kafka": "up" if kafka_ok else "down",
+            "relay_leader": runtime.relay.is_leader,
+        }
+        return JSONResponse(body, status_code=200 if db_ok and kafka_ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(ConcurrencyConflict)
+    async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:
+        return JSONResponse({"code": "version_conflict", "message": str(exc)}, status_code=409)
+
+    if definition.refusal_type is not None:
+
+        @app.exception_handler(definition.refusal_type)
+        async def refused(_: Request, exc: Exception) -> JSONResponse:
+            refusal: Refusal = exc  # type: ignore[assignment]
+            return JSONResponse(refusal.to_dict(), status_code=refusal.http_status)
+
+    for router in definition.routers:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _start(definition: ServiceDefinition) -> Runtime:
+    settings = definition.settings
+    pool = await _retrying("database", lambda: create_pool(settings.database_url, max_size=settings.db_pool_max_size))
+    await migrate(pool, definition.schema)
+    await _retrying("kafka topics", lambda: ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions))
+    store = EventStore(pool, source=f"/services/{definition.name}", routes=definition.routes, upcasters=definition.upcasters)
+    relay = OutboxRelay(
+        settings.database_url,
+        settings.kafka_bootstrap_servers,
+        name=definition.name,
+        settings=RelaySettings(batch_size=settings.relay_batch_size, poll_interval_s=settings.relay_poll_interval_s),
+    )
+    runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay)
+    runtime.tasks.append(asyncio.create_task(relay.run(runtime.stop), name="relay"))
+    consumer_settings = ConsumerSettings(max_batch=settings.consumer_max_batch, max_attempts=settings.consumer_max_attempts)
+    for spec in definition.consumers(store):
+        runner = ConsumerRunner(
+            name=spec.name,
+            topics=spec.topics,
+            store=store,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            handler=spec.handler,
+            settings=consumer_settings,
+        )
+        runtime.consumers.append(runner)
+        runtime.tasks.append(asyncio.create_task(runner.run(runtime.stop), name=f"consumer:{spec.name}"))
+    for loop in definition.loops:
+        runtime.tasks.append(asyncio.create_task(loop(runtime, runtime.stop), name=getattr(loop, "__name__", "loop")))
+    return runtime
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[Any]], tries: int = 60) -> Any:
+    """Start-up waits for dependencies that are still coming up (compose, make up)."""
+    for n in range(1, tries + 1):
+        try:
+            return await attempt()
+        except Exception as exc:
+            if n == tries:
+                raise
+            log.warning("waiting for %s", what, extra={"attempt": n, "error": repr(exc)})
+            await asyncio.sleep(min(0.2 * n, 2.0))
+    raise AssertionError("unreachable")
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Entry point for `python -m services.<name>`."""
+    import uvicorn
+
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, loop="uvloop")

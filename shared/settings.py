@@ -1,0 +1,36 @@
+"""Configuration through environment variables only, with documented defaults."""
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service reads. Each service subclasses it with its own defaults.
+
+    DATABASE_URL             the service's own PostgreSQL database
+    KAFKA_BOOTSTRAP_SERVERS  Kafka bootstrap address (default 127.0.0.1:9092)
+    HTTP_HOST / HTTP_PORT    where the REST API listens
+    LOG_LEVEL                DEBUG, INFO, WARNING, ERROR (default INFO)
+    DB_POOL_MAX_SIZE         connections in the service's pool (default 20)
+    MAX_BODY_BYTES           larger request bodies are refused with 413 (default 65536)
+    RELAY_BATCH_SIZE         outbox rows published per relay pass (default 1000)
+    RELAY_POLL_INTERVAL_S    relay polling fallback when no NOTIFY arrives (default 0.5)
+    CONSUMER_MAX_BATCH       Kafka records applied per transaction (default 500)
+    CONSUMER_MAX_ATTEMPTS    handler attempts before a message goes to the DLQ (default 3)
+    TOPIC_PARTITIONS         partitions of topics the service creates if missing (default 6)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = "postgresql://app:app@127.0.0.1:5432/postgres"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    db_pool_max_size: int = 20
+    max_body_bytes: int = 65536
+    relay_batch_size: int = 1000
+    relay_poll_interval_s: float = 0.5
+    consumer_max_batch: int = 500
+    consumer_max_attempts: int = 3
+    topic_partitions: int = 6

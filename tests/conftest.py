@@ -1,0 +1,63 @@
+"""Session fixtures: one real Kafka broker and one real PostgreSQL server for the whole run.
+
+They are started by the project's own infra on free ports in a temporary directory and
+stopped, by PID, when the session ends; a stack the user has running is never touched.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from infra.stack import LocalStack, free_port
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    run_dir = Path(os.environ.get("TEST_RUN_DIR") or tmp_path_factory.mktemp("stack"))
+    local = LocalStack(run_dir, kafka_port=free_port(), controller_port=free_port(), pg_port=free_port())
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+async def fresh_database(stack: LocalStack) -> AsyncIterator[str]:
+    """A brand-new database owned by the app role; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(stack.pg_admin_dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER app')
+        yield stack.pg_dsn(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+NewTopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def new_topic(stack: LocalStack) -> AsyncIterator[NewTopicFactory]:
+    """Create uniquely named topics (and their .dlq) so tests never see each other's messages."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+
+    async def create(prefix: str = "test", partitions: int = 3) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}.events"
+        await admin.create_topics(
+            [NewTopic(name, partitions, 1), NewTopic(name + ".dlq", 1, 1)]
+        )
+        return name
+
+    try:
+        yield create
+    finally:
+        await admin.close()

@@ -1,0 +1,34 @@
+"""Run a service's FastAPI app in-process (lifespan included) against the session's stack."""
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+
+from infra.stack import LocalStack
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Start the app's relay, consumers and loops, and give an HTTP client bound to it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service.test", timeout=30) as client:
+            yield client
+
+
+@asynccontextmanager
+async def scratch_database(stack: LocalStack, prefix: str) -> AsyncIterator[str]:
+    """A fresh database for one test; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stack.pg_admin_dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" OWNER app')
+        yield stack.pg_dsn(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,0 +1,121 @@
+"""Event store against the real PostgreSQL: optimistic concurrency, immutability, reads."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import asyncpg
+import pytest
+
+from infra.stack import LocalStack
+from shared.db import create_pool, migrate
+from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
+from shared.ids import caused_by
+from shared.messages import NewEvent
+from shared.upcasting import UpcasterRegistry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def store(fresh_database: str) -> AsyncIterator[EventStore]:
+    pool = await create_pool(fresh_database, max_size=20)
+    await migrate(pool)
+    try:
+        yield EventStore(pool, source="/test", routes=EventRoutes({"test.": "test.events"}))
+    finally:
+        await pool.close()
+
+
+def happened(n: int) -> NewEvent:
+    return NewEvent("test.happened", {"order_id": "o", "n": n})
+
+
+async def test_racing_writers_on_one_version_exactly_one_wins(store: EventStore) -> None:
+    await store.append("s", 0, [happened(0)])
+
+    async def writer(i: int) -> str:
+        try:
+            await store.append("s", 1, [happened(i)])
+            return "won"
+        except ConcurrencyConflict:
+            return "conflict"
+
+    outcomes = await asyncio.gather(*(writer(i) for i in range(12)))
+    assert outcomes.count("won") == 1
+    assert outcomes.count("conflict") == 11
+    assert [e.version for e in await store.read("s")] == [1, 2]
+
+
+async def test_appending_past_the_head_is_a_conflict_not_a_gap(store: EventStore) -> None:
+    await store.append("s", 0, [happened(1)])
+    with pytest.raises(ConcurrencyConflict):
+        await store.append("s", 3, [happened(2)])
+    assert [e.version for e in await store.read("s")] == [1]
+
+
+async def test_a_conflict_appends_nothing_and_queues_nothing(store: EventStore) -> None:
+    await store.append("s", 0, [happened(1), happened(2)])
+    with pytest.raises(ConcurrencyConflict):
+        await store.append("s", 1, [happened(3)])
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 2
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 2
+
+
+async def test_read_up_to_a_version_replays_the_past(store: EventStore) -> None:
+    await store.append("s", 0, [happened(i) for i in range(1, 6)])
+    assert [e.data["n"] for e in await store.read("s", up_to_version=3)] == [1, 2, 3]
+    assert await store.read("missing") == []
+
+
+async def test_unrouted_events_stay_private(store: EventStore) -> None:
+    await store.append("s", 0, [NewEvent("saga.step_requested", {"order_id": "o"}), happened(1)])
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_causal_ids_come_from_the_handled_message(store: EventStore) -> None:
+    with caused_by("order-9", "msg-3"):
+        [event] = await store.append("s", 0, [happened(1)])
+    assert (event.correlation_id, event.causation_id) == ("order-9", "msg-3")
+    [stored] = await store.read("s")
+    assert (stored.correlation_id, stored.causation_id) == ("order-9", "msg-3")
+
+
+async def test_upcasters_apply_on_read(fresh_database: str) -> None:
+    registry = UpcasterRegistry()
+    registry.register("test.happened", 1)(lambda d: {**d, "unit": "cents"})
+    pool = await create_pool(fresh_database)
+    try:
+        await migrate(pool)
+        writer = EventStore(pool, source="/test")
+        await writer.append("s", 0, [happened(1)])
+        reader = EventStore(pool, source="/test", upcasters=registry)
+        [event] = await reader.read("s")
+        assert (event.schema_version, event.data["unit"]) == (2, "cents")
+        async with pool.acquire() as conn:
+            raw: Any = await conn.fetchval("SELECT data FROM events")
+        assert "unit" not in raw, "the stored fact itself is unchanged"
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE events SET type = 'x'", "DELETE FROM events", "TRUNCATE events"],
+)
+async def test_the_log_refuses_mutation_for_the_app_and_even_for_a_superuser(
+    store: EventStore, stack: LocalStack, fresh_database: str, statement: str
+) -> None:
+    await store.append("s", 0, [happened(1)])
+    async with store.pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    admin = await asyncpg.connect(stack.pg_admin_dsn(fresh_database.rsplit("/", 1)[1]))
+    try:
+        with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+            await admin.execute(statement)
+        assert await admin.fetchval("SELECT count(*) FROM events") == 1
+    finally:
+        await admin.close()
