@@ -106,6 +106,7 @@ class ConsumerRunner:
             lambda: make_consumer(bootstrap_servers, group_id=name, client_id=f"{name}-{id(self):x}")
         )
         self._consumer: AIOKafkaConsumer | None = None
+        self._pending_dead: list[tuple[int, str]] = []
         self.handled = 0
         self.dead_lettered = 0
 
@@ -183,6 +184,7 @@ class ConsumerRunner:
             )
 
     async def _apply(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], *, isolate: bool) -> None:
+        self._pending_dead = []
         async with self.store.transaction() as uow:
             fresh: list[Delivery] = []
             poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
@@ -207,8 +209,6 @@ class ConsumerRunner:
                     raise
                 except Exception as exc:
                     raise _HandlerFailed() from exc
-                for d in fresh:
-                    MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="handled").inc()
             await uow.conn.execute(
                 """INSERT INTO consumer_positions (consumer, topic, partition, next_offset)
                    VALUES ($1, $2, $3, $4)
@@ -218,7 +218,15 @@ class ConsumerRunner:
                 tp.partition,
                 records[-1].offset + 1,
             )
-        self.handled += len(fresh)
+        # Counted only once the transaction committed: a rolled-back attempt did nothing.
+        dead_ids = {offset for offset, _ in self._pending_dead}
+        for d in fresh:
+            if d.offset not in dead_ids:
+                MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="handled").inc()
+        for _, kind in self._pending_dead:
+            DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
+        self.handled += len(fresh) - sum(1 for d in fresh if d.offset in dead_ids)
+        self.dead_lettered += len(self._pending_dead)
 
     async def _apply_isolated(
         self, uow: UnitOfWork, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], fresh: list[Delivery]
@@ -250,7 +258,6 @@ class ConsumerRunner:
                     },
                 )
             if error is None:
-                MESSAGES_HANDLED.labels(consumer=self.name, type=delivery.envelope.type, outcome="handled").inc()
                 continue
             await uow.conn.execute(
                 "UPDATE inbox SET outcome = 'dead_lettered' WHERE consumer = $1 AND message_id = $2",
@@ -300,8 +307,7 @@ class ConsumerRunner:
         }
         key = record.key.decode(errors="replace") if record.key else ""
         await uow.enqueue(dlq_topic(record.topic), key, encode(document))
-        DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
-        self.dead_lettered += 1
+        self._pending_dead.append((record.offset, kind))
         log.error(
             "message dead-lettered",
             extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},
