@@ -235,6 +235,7 @@ class ConsumerRunner:
         for delivery in fresh:
             error: Exception | None = None
             for attempt in range(1, self.settings.max_attempts + 1):
+                checkpoint = len(uow.after_commit_callbacks)
                 try:
                     async with uow.conn.transaction():
                         await self.handler(uow, [delivery])
@@ -246,6 +247,7 @@ class ConsumerRunner:
                     error = exc  # someone else wrote the stream: the next attempt re-reads it
                 except Exception as exc:
                     error = exc
+                del uow.after_commit_callbacks[checkpoint:]  # that attempt was rolled back
                 HANDLER_ERRORS.labels(consumer=self.name, type=delivery.envelope.type).inc()
                 log.warning(
                     "handler failed",

@@ -9,7 +9,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import asyncpg
 
@@ -84,6 +84,11 @@ class UnitOfWork:
     def __init__(self, conn: asyncpg.Connection, store: "EventStore") -> None:
         self.conn = conn
         self._store = store
+        self.after_commit_callbacks: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed (metrics, logs): never on rollback."""
+        self.after_commit_callbacks.append(callback)
 
     async def read(self, stream_id: str, up_to_version: int | None = None) -> list[RecordedEvent]:
         return await self._store.read(stream_id, up_to_version, conn=self.conn)
@@ -111,6 +116,13 @@ class UnitOfWork:
         correlation_id, causation_id = _causal_ids(None, None, fallback=command.target_id)
         document = command_to_cloudevent(command, self._store.source, correlation_id, causation_id)
         await self.enqueue(topic, command.target_id, encode(document))
+
+    async def republish(self, event: RecordedEvent) -> None:
+        """Queue an already-recorded fact again, unchanged (same id), e.g. to re-answer a retried command."""
+        topic = self._store.routes.topic_for(event.type)
+        if topic is None:
+            raise ValueError(f"{event.type} is not routed to any topic")
+        await self.enqueue(topic, event.stream_id, encode(event_to_cloudevent(event, self._store.source)))
 
     async def enqueue(self, topic: str, key: str, value: bytes) -> None:
         await self.conn.execute(
@@ -142,8 +154,12 @@ class EventStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield UnitOfWork(conn, self)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                uow = UnitOfWork(conn, self)
+                yield uow
+            for callback in uow.after_commit_callbacks:
+                callback()
 
     async def append(
         self,

@@ -119,3 +119,30 @@ async def test_the_log_refuses_mutation_for_the_app_and_even_for_a_superuser(
         assert await admin.fetchval("SELECT count(*) FROM events") == 1
     finally:
         await admin.close()
+
+
+async def test_after_commit_callbacks_run_only_when_the_transaction_commits(store: EventStore) -> None:
+    ran: list[str] = []
+    async with store.transaction() as uow:
+        await uow.append("s", 0, [happened(1)])
+        uow.after_commit(lambda: ran.append("committed"))
+        assert ran == []
+    assert ran == ["committed"]
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as uow:
+            uow.after_commit(lambda: ran.append("rolled back"))
+            raise RuntimeError("abort")
+    assert ran == ["committed"]
+
+
+async def test_republish_queues_the_recorded_fact_unchanged(store: EventStore) -> None:
+    [event] = await store.append("s", 0, [happened(1)])
+    async with store.transaction() as uow:
+        await uow.republish(event)
+        with pytest.raises(ValueError, match="not routed"):
+            await uow.republish(
+                (await store.append("private", 0, [NewEvent("saga.x", {"order_id": "o"})], conn=uow.conn))[0]
+            )
+    async with store.pool.acquire() as conn:
+        values = [bytes(r["value"]) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
+    assert len(values) == 2 and values[0] == values[1], "the same CloudEvent, same id, queued twice"

@@ -93,7 +93,7 @@ def test_placed_state() -> None:
         ({"items": ()}, "items"),
         ({"items": (OrderLine("sku-1", 0, 100),)}, "items[0].quantity"),
         ({"items": (OrderLine("sku-1", 1, 100), OrderLine("sku-2", -1, 100))}, "items[1].quantity"),
-        ({"items": (OrderLine("sku-1", True, 100),)}, "items[0].quantity"),  # type: ignore[arg-type]
+        ({"items": (OrderLine("sku-1", True, 100),)}, "items[0].quantity"),
         ({"items": (OrderLine("sku-1", 1, -1),)}, "items[0].unit_price_cents"),
         ({"items": (OrderLine("", 1, 1),)}, "items[0].sku"),
         ({"currency": "eur"}, "currency"),

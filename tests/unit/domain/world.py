@@ -87,9 +87,9 @@ class World:
         """What the service does in one transaction: saga events, order events, outbox."""
         self.saga_log += decision.saga_events
         self.saga = decision.state
-        for command in decision.order_commands:
-            self.order_commands.append(command)
-            for event in o.decide(command, self.order):  # must never be refused
+        for order_command in decision.order_commands:
+            self.order_commands.append(order_command)
+            for event in o.decide(order_command, self.order):  # must never be refused
                 self.order_log.append(event)
                 self.order = o.evolve(self.order, event)
         for command in decision.commands:

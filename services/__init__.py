@@ -1,0 +1,1 @@
+"""The write-side services (order, payment, shipping): pure domains plus their adapters."""

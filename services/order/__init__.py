@@ -1,0 +1,1 @@
+"""Order service: the Order aggregate and the order-fulfillment saga (process manager)."""

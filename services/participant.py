@@ -1,0 +1,332 @@
+"""What the saga's participants (payment, shipping) share: command handling around a pure domain.
+
+A participant owns one kind of event-sourced aggregate. Every command, whether it arrives on
+Kafka or over HTTP, is handled the same way inside one database transaction:
+
+    read the stream → fold → decide → append (optimistic, retried on a conflict)
+
+and its outcome is one of three:
+
+* **new facts**: appended; the kernel's outbox publishes them (the command's answer);
+* **duplicate**: the domain decided nothing because the command's effect is already recorded
+  (e.g. a retried `payment.authorize` after a timeout). A command *message* is answered again
+  by re-queueing the recorded fact's CloudEvent unchanged (same event id, same causal ids), so
+  a consumer that already saw it drops it by id and one that missed it gets the answer;
+* **refused** (IllegalTransition / NotFound): nothing is appended or published; the refusal is
+  logged with the correlation id and counted in `commands_refused_total`, and the saga's step
+  timeout covers the missing answer (docs/EVENTS.md). A malformed command (InvalidCommand) is
+  not a refusal but a poison message: it is raised, so the consumer runner dead-letters it.
+
+Each participant also keeps `<name>_by_order(stream_id, order_id)`, written in the transaction
+that creates the aggregate, so `GET /<things>?order_id=` is an index lookup. Why a table and not
+the derived id: ids are *usually* `derived_id(order_id, role)`, but the contract only promises
+`order_id` in the data; a table answers for any id, costs one row per aggregate, and leaves the
+kernel's event log schema (no extra JSONB expression index) alone.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, Sequence, TypeVar
+
+import asyncpg
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.domain_errors import DomainError, IllegalTransition, InvalidCommand, NotFound
+from shared.consumer import Delivery, Handler, one_at_a_time
+from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.ids import caused_by, current_context
+from shared.messages import NewEvent, RecordedEvent, encode, event_to_cloudevent
+
+log = logging.getLogger("services.participant")
+
+COMMANDS_REFUSED = Counter(
+    "commands_refused_total",
+    "Commands an aggregate refused (nothing appended, no answer); by command type and refusal code",
+    ["aggregate", "type", "code"],
+)
+COMMANDS_REANSWERED = Counter(
+    "commands_reanswered_total",
+    "Duplicate commands answered again with the fact already recorded",
+    ["aggregate", "type"],
+)
+
+#: Appends lost to a concurrent writer are re-decided this many times before giving up (→ 409).
+CONFLICT_ATTEMPTS = 5
+
+_IDENT = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+class StreamState(Protocol):
+    """What the service layer needs of a folded aggregate."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def order_id(self) -> str: ...
+
+
+C = TypeVar("C")
+S = TypeVar("S", bound=StreamState)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[S]):
+    """The result of handling one command that was not refused."""
+
+    state: S
+    appended: list[RecordedEvent]
+    #: The recorded fact that answers a duplicate command (None when facts were appended).
+    recorded_answer: RecordedEvent | None
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.appended
+
+
+@dataclass(frozen=True)
+class Participant(Generic[C, S]):
+    """One aggregate kind's pure domain plus the name its tables and metrics use.
+
+    `name` is the aggregate's name ("payment", "shipment"): it names the lookup table, the
+    NotFound code and the `aggregate` label of the metrics.
+    """
+
+    name: str
+    stream_of: Callable[[C], str]
+    fold: Callable[[Iterable[RecordedEvent]], S]
+    decide: Callable[[C, S], list[NewEvent]]
+    find_answer: Callable[[C, Sequence[RecordedEvent]], RecordedEvent | None]
+
+    def __post_init__(self) -> None:
+        if not _IDENT.fullmatch(self.name):
+            raise ValueError(f"participant name {self.name!r} must be a plain SQL identifier")
+
+    # ------------------------------------------------------------------ schema
+
+    @property
+    def index_table(self) -> str:
+        return f"{self.name}_by_order"
+
+    def schema(self) -> str:
+        """DDL for the order → aggregate lookup (passed as the service's `schema=`)."""
+        table = self.index_table
+        return f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    stream_id   TEXT        PRIMARY KEY,
+    order_id    TEXT        NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
+"""
+
+    # ------------------------------------------------------------------ commands
+
+    async def execute(self, uow: UnitOfWork, command: C, *, causation_id: str | None = None) -> Outcome[S]:
+        """Read → fold → decide → append in `uow`, re-deciding after a lost race.
+
+        Raises DomainError for a refusal (nothing written) and ConcurrencyConflict once the
+        attempts are spent. With `causation_id` (an HTTP request), the appended facts carry it
+        and the aggregate's order id as correlation; otherwise the ambient causal context of
+        the message being handled (set by `one_at_a_time`) applies.
+        """
+        stream_id = self.stream_of(command)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                async with uow.conn.transaction():  # a savepoint: a lost race leaves uow usable
+                    history = await uow.read(stream_id)
+                    state = self.fold(history)
+                    if causation_id is None:
+                        return await self._decide_and_append(uow, command, stream_id, history, state)
+                    with caused_by(state.order_id or stream_id, causation_id):
+                        return await self._decide_and_append(uow, command, stream_id, history, state)
+            except ConcurrencyConflict:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                log.info("append lost a race, deciding again", extra={"stream_id": stream_id, "attempt": attempt})
+        raise AssertionError("unreachable")
+
+    async def _decide_and_append(
+        self, uow: UnitOfWork, command: C, stream_id: str, history: list[RecordedEvent], state: S
+    ) -> Outcome[S]:
+        new_events = self.decide(command, state)
+        if not new_events:
+            return Outcome(state, [], self.find_answer(command, history))
+        appended = await uow.append(stream_id, state.version, new_events)
+        after = self.fold([*history, *appended])
+        if state.version == 0:
+            await uow.conn.execute(
+                f"INSERT INTO {self.index_table} (stream_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                stream_id,
+                after.order_id,
+            )
+        return Outcome(after, appended, None)
+
+    def consumer(self, store: EventStore, parse: Callable[[str, Mapping[str, Any]], C]) -> Handler:
+        """The batch handler for the participant's command topic (one causal context per message)."""
+
+        async def handle(uow: UnitOfWork, delivery: Delivery) -> None:
+            env = delivery.envelope
+            command = parse(env.type, env.data)  # InvalidCommand → retried, then dead-lettered
+            try:
+                outcome = await self.execute(uow, command)
+            except InvalidCommand:
+                raise
+            except (IllegalTransition, NotFound) as refusal:
+                self.record_refusal(env.type, refusal, message_id=env.id, stream_id=self.stream_of(command))
+                return
+            if outcome.duplicate:
+                await self.reanswer(uow, store, env.type, outcome.recorded_answer, message_id=env.id)
+
+        return one_at_a_time(handle)
+
+    def record_refusal(self, command_type: str, refusal: DomainError, *, message_id: str, stream_id: str) -> None:
+        """Refusals are answered by silence, so they must be visible: a log line and a metric."""
+        COMMANDS_REFUSED.labels(aggregate=self.name, type=command_type, code=refusal.code).inc()
+        ctx = current_context()
+        log.warning(
+            "command refused",
+            extra={
+                "command_type": command_type,
+                "message_id": message_id,
+                "stream_id": stream_id,
+                "code": refusal.code,
+                "reason": refusal.message,
+                "correlation_id": ctx.correlation_id if ctx else None,
+            },
+        )
+
+    async def reanswer(
+        self,
+        uow: UnitOfWork,
+        store: EventStore,
+        command_type: str,
+        answer: RecordedEvent | None,
+        *,
+        message_id: str,
+    ) -> None:
+        """Publish the already-recorded answer again, byte-for-byte the same envelope."""
+        topic = None if answer is None else store.routes.topic_for(answer.type)
+        if answer is None or topic is None:
+            log.warning(
+                "duplicate command has no recorded answer to repeat",
+                extra={"command_type": command_type, "message_id": message_id},
+            )
+            return
+        await uow.enqueue(topic, answer.stream_id, encode(event_to_cloudevent(answer, store.source)))
+        COMMANDS_REANSWERED.labels(aggregate=self.name, type=command_type).inc()
+        log.info(
+            "duplicate command answered with the recorded fact",
+            extra={"command_type": command_type, "message_id": message_id, "event_id": str(answer.event_id)},
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    async def load(self, store: EventStore, stream_id: str) -> tuple[list[RecordedEvent], S]:
+        """The stream's facts and the state they fold to; NotFound if there are none."""
+        history = await store.read(stream_id)
+        if not history:
+            raise NotFound(f"{self.name}_not_found", f"{self.name} {stream_id} does not exist")
+        return history, self.fold(history)
+
+    async def of_order(self, store: EventStore, order_id: str) -> list[S]:
+        """Every aggregate of this kind the order has, oldest first."""
+        async with store.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT stream_id FROM {self.index_table} WHERE order_id = $1 ORDER BY created_at, stream_id",
+                order_id,
+            )
+            states = []
+            for row in rows:
+                history = await store.read(row["stream_id"], conn=conn)
+                if history:
+                    states.append(self.fold(history))
+        return states
+
+
+def request_causation_id(header: str | None) -> str:
+    """The causation id of an HTTP command: the caller's X-Request-ID if sane, else a new one."""
+    if header and 0 < len(header) <= 128 and header.isprintable():
+        return header
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------------- REST shapes
+
+
+class EventView(BaseModel):
+    """One fact with its envelope (SPEC §3), as `GET /<things>/{id}/events` lists them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "0b5e3d1c-7a0e-4a52-9f1e-3f7c1e2d4b6a",
+                    "type": "payment.authorized",
+                    "stream_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
+                    "version": 1,
+                    "schema_version": 1,
+                    "occurred_at": "2025-01-01T12:00:00.123456+00:00",
+                    "correlation_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
+                    "causation_id": "c2f1d3e4-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+                    "data": {
+                        "payment_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
+                        "order_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
+                        "amount_cents": 4200,
+                        "currency": "EUR",
+                    },
+                }
+            ]
+        }
+    )
+
+    event_id: uuid.UUID
+    type: str = Field(description="`<group>.<name>`, past tense")
+    stream_id: str = Field(description="the aggregate id")
+    version: int = Field(description="position in the stream: 1, 2, 3 …")
+    schema_version: int
+    occurred_at: datetime
+    correlation_id: str = Field(description="the order id of the whole flow")
+    causation_id: str = Field(description="id of the message (or HTTP request) that caused it")
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: RecordedEvent) -> "EventView":
+        return cls(
+            event_id=event.event_id,
+            type=event.type,
+            stream_id=event.stream_id,
+            version=event.version,
+            schema_version=event.schema_version,
+            occurred_at=event.occurred_at,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            data=dict(event.data),
+        )
+
+
+class ErrorBody(BaseModel):
+    """A refusal: stable machine code plus a human message (see services/domain_errors.py)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"code": "illegal_shipment_transition", "message": "cannot deliver a shipment that is SCHEDULED"}]}
+    )
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the refusals an endpoint can answer with."""
+    described = {
+        404: "no such aggregate",
+        409: "illegal transition, or lost a write race too many times",
+        422: "invalid input",
+    }
+    return {s: {"model": ErrorBody, "description": described.get(s, "refused")} for s in statuses}

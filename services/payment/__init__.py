@@ -1,0 +1,1 @@
+"""Payment service: the Payment aggregate (authorize, capture, void, refund)."""

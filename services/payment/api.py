@@ -1,0 +1,87 @@
+"""REST API of the payment service: read-only views of the write side (SPEC §5)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from services.participant import EventView, error_responses
+from services.payment import handlers
+from services.payment.domain import PaymentState
+from shared.runtime import runtime_of
+
+router = APIRouter(tags=["payments"])
+
+_PAYMENT_EXAMPLE: dict[str, JsonValue] = {
+    "payment_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
+    "order_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
+    "status": "AUTHORIZED",
+    "amount_cents": 4200,
+    "currency": "EUR",
+    "version": 1,
+}
+
+
+class PaymentView(BaseModel):
+    """A payment as its facts say (the write-side state, folded on every read)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                _PAYMENT_EXAMPLE,
+                {**_PAYMENT_EXAMPLE, "status": "DECLINED", "reason": "card_declined"},
+            ]
+        }
+    )
+
+    payment_id: str
+    order_id: str
+    status: Literal["AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "REFUNDED"]
+    amount_cents: int = Field(description="integer minor units")
+    currency: str = Field(description="ISO-4217")
+    version: int = Field(description="number of facts in the payment's stream")
+    reason: str | None = Field(
+        default=None, description="why it was declined, voided or refunded (absent otherwise)"
+    )
+
+    @classmethod
+    def of(cls, state: PaymentState) -> "PaymentView":
+        return cls.model_validate(state.to_dict())
+
+
+PaymentId = Path(description="the payment id (= uuid5 of the order id, see docs/EVENTS.md)")
+
+
+@router.get(
+    "/payments/{payment_id}",
+    response_model=PaymentView,
+    response_model_exclude_none=True,
+    responses=error_responses(404),
+    summary="A payment's current state",
+)
+async def get_payment(request: Request, payment_id: str = PaymentId) -> PaymentView:
+    return PaymentView.of(await handlers.get_payment(runtime_of(request).store, payment_id))
+
+
+@router.get(
+    "/payments",
+    response_model=list[PaymentView],
+    response_model_exclude_none=True,
+    summary="The payments of an order (oldest first; empty if none)",
+)
+async def list_payments(
+    request: Request, order_id: str = Query(min_length=1, description="the order whose payments to list")
+) -> list[PaymentView]:
+    states = await handlers.payments_of_order(runtime_of(request).store, order_id)
+    return [PaymentView.of(s) for s in states]
+
+
+@router.get(
+    "/payments/{payment_id}/events",
+    response_model=list[EventView],
+    responses=error_responses(404),
+    summary="A payment's facts in stream order, with their envelopes",
+)
+async def get_payment_events(request: Request, payment_id: str = PaymentId) -> list[EventView]:
+    return [EventView.of(e) for e in await handlers.payment_events(runtime_of(request).store, payment_id)]

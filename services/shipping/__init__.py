@@ -1,0 +1,1 @@
+"""Shipping service: the Shipment aggregate (schedule, dispatch, deliver, cancel)."""
