@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from infra.stack import LocalStack, free_port
+from infra.stack import LocalStack, free_ports
 from shared.db import create_pool, migrate
 from shared.eventstore import EventRoutes, EventStore
 from shared.messages import NewEvent
@@ -205,7 +205,8 @@ async def main_async(stack: LocalStack, log_dir: Path) -> dict[str, Any]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-kernel-") as tmp:
-        stack = LocalStack(Path(tmp), kafka_port=free_port(), controller_port=free_port(), pg_port=free_port())
+        kafka_port, controller_port, pg_port = free_ports(3)
+        stack = LocalStack(Path(tmp), kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
         try:
             stack.start()
             results = asyncio.run(main_async(stack, Path(tmp)))

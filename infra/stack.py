@@ -1,0 +1,198 @@
+"""LocalStack: the real Kafka broker and PostgreSQL server as local processes, by PID.
+
+Used by the test session (one stack on free ports in a temp dir) and by `python -m infra up`
+(the SPEC ports, run dir `.run/`). Everything it starts is recorded in `<run_dir>/pids/` and
+stopped by exactly that PID; logs go to `<run_dir>/logs/`.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from infra._aio import run_sync
+from infra.kafka_broker import KafkaBroker
+from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database
+from infra.procs import ManagedProcess, PidRecord, ServiceProcess, list_records
+from infra.services import SERVICES, ServiceDef, service_process
+from infra.settings import InfraSettings
+
+__all__ = ["LocalStack", "ManagedProcess", "ServiceProcess", "free_port", "free_ports"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (sockets held open together so they cannot repeat)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalStack:
+    """Kafka (KRaft, single node) + PostgreSQL under one run dir; idempotent start, stop by PID."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        kafka_port: int = 9092,
+        controller_port: int = 9093,
+        pg_port: int = 5432,
+        settings: InfraSettings | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.settings = settings or InfraSettings()
+        self.kafka_port = kafka_port
+        self.controller_port = controller_port
+        self.pg_port = pg_port
+        self.kafka = KafkaBroker(self.run_dir, port=kafka_port, controller_port=controller_port,
+                                 settings=self.settings)
+        self.postgres = PostgresServer(self.run_dir, port=pg_port, settings=self.settings)
+        self.timings: dict[str, float] = {}  # seconds each start step took (for reports)
+
+    @classmethod
+    def from_settings(cls, settings: InfraSettings | None = None) -> LocalStack:
+        """The `make up` stack: ports and run dir from the environment (KAFKA_PORT, PG_PORT, RUN_DIR)."""
+        s = settings or InfraSettings()
+        return cls(s.run_dir, kafka_port=s.kafka_port, controller_port=s.kafka_controller_port,
+                   pg_port=s.pg_port, settings=s)
+
+    # ---- addresses
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    def pg_dsn(self, database: str) -> str:
+        """DSN of the non-superuser `app` role that the services use."""
+        return f"postgresql://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:{self.pg_port}/{database}"
+
+    def pg_admin_dsn(self, database: str = "postgres") -> str:
+        """Superuser DSN (creating databases, inspecting; never for services)."""
+        pw = self.settings.pg_admin_password
+        return f"postgresql://{ADMIN_ROLE}:{pw}@127.0.0.1:{self.pg_port}/{database}"
+
+    # ---- PostgreSQL
+    def start_postgres(self) -> None:
+        t = time.monotonic()
+        self.postgres.start()
+        self.timings["postgres_ready_s"] = round(time.monotonic() - t, 3)
+
+    def stop_postgres(self, mode: str = "fast") -> None:
+        self.postgres.stop(mode)
+
+    def create_database(self, name: str, owner: str = APP_ROLE) -> bool:
+        """Create an extra database owned by `app` (e.g. a throw-away one per test); idempotent."""
+        import asyncpg
+
+        async def go() -> bool:
+            conn = await asyncpg.connect(self.pg_admin_dsn())
+            try:
+                return await create_database(conn, name, owner)
+            finally:
+                await conn.close()
+
+        return run_sync(go)
+
+    # ---- Kafka
+    def start_kafka(self) -> None:
+        t = time.monotonic()
+        self.kafka.start()
+        self.timings["kafka_ready_s"] = round(time.monotonic() - t, 3)
+
+    def stop_kafka(self) -> None:
+        self.kafka.stop()
+
+    def kill_kafka(self) -> None:
+        """SIGKILL the broker (fault tests); start_kafka() recovers on the same data."""
+        self.kafka.kill()
+
+    # ---- services (`make up`)
+    def service_defs(self) -> list[ServiceDef]:
+        return list(SERVICES)
+
+    def start_services(self, names: Iterable[str] | None = None, *, cwd: Path | None = None) -> list[str]:
+        """Start the services whose module exists; return the names started (or already running)."""
+        wanted = set(names) if names is not None else None
+        started: list[str] = []
+        for svc in self.service_defs():
+            if wanted is not None and svc.name not in wanted:
+                continue
+            proc = service_process(self, svc, cwd)
+            if proc.module_exists():
+                proc.start()
+                started.append(svc.name)
+        return started
+
+    def stop_services(self) -> None:
+        for rec in list_records(self.run_dir):
+            if rec.name not in ("kafka", "postgres"):
+                ManagedProcess(rec.name, rec.argv, run_dir=self.run_dir).stop(timeout=15.0)
+
+    # ---- everything
+    def start(self) -> None:
+        """Start PostgreSQL and Kafka concurrently; on any failure stop both and re-raise."""
+        errors: list[BaseException] = []
+
+        def pg() -> None:
+            try:
+                self.start_postgres()
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = time.monotonic()
+        pg_thread = threading.Thread(target=pg, name="start-postgres", daemon=True)
+        pg_thread.start()
+        try:
+            self.start_kafka()
+        except BaseException as exc:
+            errors.append(exc)
+        pg_thread.join()
+        self.timings["stack_ready_s"] = round(time.monotonic() - t, 3)
+        if errors:
+            self.stop()
+            raise errors[0]
+
+    def stop(self) -> None:
+        """Stop services, Kafka, PostgreSQL (each attempted even if another fails)."""
+        errors: list[BaseException] = []
+        for step in (self.stop_services, self.stop_kafka, self.stop_postgres):
+            try:
+                step()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def purge(self) -> None:
+        """Stop everything and delete the data (including a PostgreSQL shadow dir)."""
+        self.stop()
+        self.postgres.purge()
+
+    def records(self) -> list[PidRecord]:
+        return list_records(self.run_dir)
+
+    def live_pids(self) -> dict[str, int]:
+        """Name -> PID of every process of this stack that is still alive."""
+        return {r.name: r.pid for r in self.records() if r.alive()}
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
