@@ -62,8 +62,8 @@ bench: venv ## performance report (JSON + PNG)
 demo: venv ## guided tour
 	$(not_yet)
 
-watch: venv ## print every event on the Kafka topics live
-	$(not_yet)
+watch: venv ## print every event on the Kafka topics live (ARGS="--order ID --from-beginning")
+	$(PY) -m infra watch $(ARGS)
 
 audit: venv ## check the saga invariants
 	$(not_yet)

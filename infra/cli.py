@@ -159,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.set_defaults(func=cmd_logs)
     sub.add_parser("kafka-jars", help="fetch the Kafka broker jars with Maven (once)").set_defaults(
         func=cmd_kafka_jars)
+    sub.add_parser("watch", help="print every message on the topics live (see infra/watch.py)", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["watch"]:
+        from infra.watch import main as watch_main
+
+        return watch_main(argv[1:])
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc
