@@ -40,7 +40,7 @@ from services.domain_errors import DomainError, IllegalTransition, InvalidComman
 from shared.consumer import Delivery, Handler, one_at_a_time
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
 from shared.ids import caused_by, current_context
-from shared.messages import NewEvent, RecordedEvent, encode, event_to_cloudevent
+from shared.messages import NewEvent, RecordedEvent
 
 log = logging.getLogger("services.participant")
 
@@ -178,14 +178,22 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
             except InvalidCommand:
                 raise
             except (IllegalTransition, NotFound) as refusal:
-                self.record_refusal(env.type, refusal, message_id=env.id, stream_id=self.stream_of(command))
+                stream_id, ctx, refused = self.stream_of(command), current_context(), refusal
+                uow.after_commit(
+                    lambda: self.record_refusal(
+                        env.type, refused, message_id=env.id, stream_id=stream_id,
+                        correlation_id=ctx.correlation_id if ctx else None,
+                    )
+                )
                 return
             if outcome.duplicate:
-                await self.reanswer(uow, store, env.type, outcome.recorded_answer, message_id=env.id)
+                await self.reanswer(uow, env.type, outcome.recorded_answer, message_id=env.id)
 
         return one_at_a_time(handle)
 
-    def record_refusal(self, command_type: str, refusal: DomainError, *, message_id: str, stream_id: str) -> None:
+    def record_refusal(
+        self, command_type: str, refusal: DomainError, *, message_id: str, stream_id: str, correlation_id: str | None = None
+    ) -> None:
         """Refusals are answered by silence, so they must be visible: a log line and a metric."""
         COMMANDS_REFUSED.labels(aggregate=self.name, type=command_type, code=refusal.code).inc()
         ctx = current_context()
@@ -197,33 +205,41 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
                 "stream_id": stream_id,
                 "code": refusal.code,
                 "reason": refusal.message,
-                "correlation_id": ctx.correlation_id if ctx else None,
+                "correlation_id": correlation_id or (ctx.correlation_id if ctx else None),
             },
         )
 
     async def reanswer(
         self,
         uow: UnitOfWork,
-        store: EventStore,
         command_type: str,
         answer: RecordedEvent | None,
         *,
         message_id: str,
     ) -> None:
         """Publish the already-recorded answer again, byte-for-byte the same envelope."""
-        topic = None if answer is None else store.routes.topic_for(answer.type)
-        if answer is None or topic is None:
+        if answer is None:
             log.warning(
                 "duplicate command has no recorded answer to repeat",
                 extra={"command_type": command_type, "message_id": message_id},
             )
             return
-        await uow.enqueue(topic, answer.stream_id, encode(event_to_cloudevent(answer, store.source)))
-        COMMANDS_REANSWERED.labels(aggregate=self.name, type=command_type).inc()
-        log.info(
-            "duplicate command answered with the recorded fact",
-            extra={"command_type": command_type, "message_id": message_id, "event_id": str(answer.event_id)},
-        )
+        await uow.republish(answer)
+        ctx = current_context()
+
+        def count() -> None:
+            COMMANDS_REANSWERED.labels(aggregate=self.name, type=command_type).inc()
+            log.info(
+                "duplicate command answered with the recorded fact",
+                extra={
+                    "command_type": command_type,
+                    "message_id": message_id,
+                    "event_id": str(answer.event_id),
+                    "correlation_id": ctx.correlation_id if ctx else None,
+                },
+            )
+
+        uow.after_commit(count)
 
     # ------------------------------------------------------------------ queries
 

@@ -10,7 +10,7 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Sequence, cast
+from typing import Callable, Any, AsyncIterator, Sequence, cast
 
 import pytest
 from prometheus_client import REGISTRY
@@ -50,6 +50,7 @@ class FakeUow:
         self.streams: dict[str, list[RecordedEvent]] = {}
         self.enqueued: list[tuple[str, str, bytes]] = []
         self.rivals: list[tuple[str, NewEvent]] = []
+        self.committed_callbacks: list[Callable[[], None]] = []
 
     async def read(self, stream_id: str, up_to_version: int | None = None) -> list[RecordedEvent]:
         return list(self.streams.get(stream_id, []))
@@ -75,6 +76,20 @@ class FakeUow:
 
     async def enqueue(self, topic: str, key: str, value: bytes) -> None:
         self.enqueued.append((topic, key, value))
+
+    async def republish(self, event: RecordedEvent) -> None:
+        topic = STORE.routes.topic_for(event.type)
+        assert topic is not None
+        await self.enqueue(topic, event.stream_id, encode(event_to_cloudevent(event, SOURCE)))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.committed_callbacks.append(callback)
+
+    def commit(self) -> None:
+        """What the real unit of work does when its transaction commits."""
+        for callback in self.committed_callbacks:
+            callback()
+        self.committed_callbacks.clear()
 
 
 STORE = cast(EventStore, type("Store", (), {"source": SOURCE, "routes": EventRoutes({"payment.": "payment.events"})})())
@@ -139,6 +154,8 @@ async def test_a_refusal_appends_nothing_and_is_logged_with_the_correlation_id_a
     capture = delivery("payment.capture", {"payment_id": derived_id(order_id, "payment"), "order_id": order_id}, order_id)
     with caplog.at_level(logging.WARNING, logger="services.participant"):
         await handle(uow, capture)
+        assert refused_count("payment", "payment.capture", "payment_not_found") == before, "counted only on commit"
+        uow.commit()
     assert uow.streams == {} and uow.enqueued == []
     assert refused_count("payment", "payment.capture", "payment_not_found") == before + 1
     [record] = [r for r in caplog.records if r.getMessage() == "command refused"]
