@@ -8,6 +8,10 @@ between publish and delete re-publishes, and consumers drop the duplicate by mes
 Per-key order: a stream's later facts are committed after its earlier ones, so they get
 higher outbox ids; the relay sends in id order through an idempotent producer, and after
 any failed send it retries from the first unacknowledged row (never skipping ahead).
+
+Wake-up: while rows keep coming the relay just fetches again; once idle it raises a flag
+(`outbox_relay_state.listening`) so that writers' commits NOTIFY it, and falls back to polling
+every `poll_interval_s` (schema.sql explains why writers do not notify on every commit).
 """
 from __future__ import annotations
 
@@ -91,14 +95,17 @@ class OutboxRelay:
         backoff = self.settings.retry_backoff_s
         try:
             while not stop.is_set():
-                wake.clear()
-                rows = await conn.fetch(
-                    "SELECT id, topic, key, value, created_at FROM outbox ORDER BY id LIMIT $1",
-                    self.settings.batch_size,
-                )
-                OUTBOX_BACKLOG.set(len(rows))
+                rows = await self._fetch(conn)
                 if not rows:
-                    await _wait_either(wake, stop, self.settings.poll_interval_s)
+                    # Idle: ask writers to ring, look once more (a commit may have slipped in
+                    # before the bell was up), then sleep until the bell or the poll fallback.
+                    wake.clear()
+                    await conn.execute("UPDATE outbox_relay_state SET listening = true WHERE id = 1")
+                    try:
+                        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
+                            await _wait_either(wake, stop, self.settings.poll_interval_s)
+                    finally:
+                        await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
                     continue
                 if producer is None:
                     producer = await self._start_producer(stop)
@@ -120,6 +127,14 @@ class OutboxRelay:
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
+
+    async def _fetch(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "SELECT id, topic, key, value, created_at FROM outbox ORDER BY id LIMIT $1",
+            self.settings.batch_size,
+        )
+        OUTBOX_BACKLOG.set(len(rows))
+        return rows
 
     async def _start_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
         backoff = self.settings.retry_backoff_s

@@ -42,10 +42,21 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
 
+-- A doorbell, not a notification per commit: NOTIFY takes a database-wide lock held through
+-- commit, which would serialise every writer's commit (no group commit). Writers ring only
+-- while the relay is idle and listening; a busy relay keeps fetching and needs no bell.
+CREATE TABLE IF NOT EXISTS outbox_relay_state (
+    id         INTEGER PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    listening  BOOLEAN NOT NULL DEFAULT false
+);
+INSERT INTO outbox_relay_state (id, listening) VALUES (1, false) ON CONFLICT (id) DO NOTHING;
+
 CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('outbox', '');
+    IF EXISTS (SELECT 1 FROM outbox_relay_state WHERE listening) THEN
+        PERFORM pg_notify('outbox', '');
+    END IF;
     RETURN NULL;
 END $$;
 

@@ -17,7 +17,7 @@ from infra.stack import LocalStack
 from shared.db import create_pool, migrate
 from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
 from shared.messages import NewEvent
-from shared.relay import OutboxRelay
+from shared.relay import OutboxRelay, RelaySettings
 from tests.conftest import NewTopicFactory
 from tests.integration.kafka_support import Seen, distinct_ids_at_least, read_topic, wait_for
 
@@ -195,3 +195,25 @@ async def test_kafka_down_for_a_while_loses_nothing(
         await task
     assert {s.value["id"] for s in seen} == committed
     assert_per_stream_order(seen)
+
+
+async def test_an_idle_relay_is_woken_by_the_commit_not_by_its_poll(
+    store: EventStore, stack: LocalStack, fresh_database: str
+) -> None:
+    stop = asyncio.Event()
+    relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t", settings=RelaySettings(poll_interval_s=60))
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.is_leader)
+
+        async def listening() -> bool:
+            async with store.pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT listening FROM outbox_relay_state"))
+
+        await wait_for(listening)
+        for n in range(1, 4):
+            await store.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
+            await wait_for(lambda: relay.published == n, timeout_s=20)  # far below the 60 s poll
+    finally:
+        stop.set()
+        await task
