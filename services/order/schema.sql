@@ -1,0 +1,27 @@
+-- The order service's own tables (next to the kernel's events / outbox / inbox).
+-- Applied idempotently at start-up by shared.db.migrate.
+
+-- POST /orders with an Idempotency-Key: the key's row is inserted first in the transaction
+-- that places the order, so of two concurrent requests with one key exactly one places it;
+-- the other waits on the primary key, then reads the row back and compares the body hash.
+CREATE TABLE IF NOT EXISTS order_idempotency_keys (
+    idempotency_key  TEXT        PRIMARY KEY,
+    body_sha256      TEXT        NOT NULL,
+    order_id         TEXT        NOT NULL,
+    response         JSONB       NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- One row per saga, inserted with the order (its existence says "this order is ours").
+-- Every saga transaction locks its row first (SELECT … FOR UPDATE), so the consumer, the
+-- cancel endpoint and the deadline scheduler of any number of replicas take turns per saga
+-- (the saga stream's optimistic version check stays the safety net).
+-- `deadline` mirrors the saga's `state.deadline` (its saga.deadline_set facts are the truth;
+-- this is an index for the scheduler), NULL when nothing is awaited.
+CREATE TABLE IF NOT EXISTS saga_deadlines (
+    order_id      TEXT        PRIMARY KEY,
+    deadline      TIMESTAMPTZ NULL,
+    saga_version  INTEGER     NOT NULL DEFAULT 0,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS saga_deadlines_due ON saga_deadlines (deadline) WHERE deadline IS NOT NULL;
