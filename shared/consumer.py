@@ -37,6 +37,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
+    asyncpg.DeadlockDetectedError,  # lock-order races between replicas: the whole batch retries
+    asyncpg.SerializationError,
 )
 
 

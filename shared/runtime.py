@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol,
 import asyncpg
 from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -208,6 +210,17 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
     @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unparseable(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers 400 for a body its JSON parser rejects (e.g. a 5,000-digit number);
+        # the contract says invalid input is a 422 naming the field, so say it that way.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]},
+                status_code=422,
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:

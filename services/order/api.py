@@ -30,7 +30,7 @@ from services.order.domain import saga
 from services.order.domain.order import MAX_QUANTITY, Address, OrderLine, OrderState, PlaceOrder
 from services.order.domain.saga import SagaState
 from services.order.settings import OrderSettings
-from services.participant import EventView, error_responses, request_causation_id
+from services.rest import EventView, error_responses, request_causation_id
 from shared.messages import RecordedEvent
 from shared.runtime import runtime_of
 

@@ -221,7 +221,8 @@ async def handle_reply(uow: UnitOfWork, delivery: Delivery) -> None:
     with caused_by(order_id, env.id):
         decision = saga.decide(saga.ReplyReceived.of(env), saga_state, utc_now())
         await _persist(uow, order_state, saga_state, decision)
-    SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc()
+    outcome = _outcome(decision)
+    uow.after_commit(lambda: SAGA_TRIGGERS.labels(trigger="reply", outcome=outcome).inc())
 
 
 def _reply_order_id(delivery: Delivery) -> str | None:

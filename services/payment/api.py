@@ -6,7 +6,7 @@ from typing import Literal
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from services.participant import EventView, error_responses
+from services.rest import EventView, error_responses
 from services.payment import handlers
 from services.payment.domain import PaymentState
 from shared.runtime import runtime_of

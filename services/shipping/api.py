@@ -10,7 +10,7 @@ from typing import Literal
 from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from services.participant import EventView, error_responses, request_causation_id
+from services.rest import EventView, error_responses, request_causation_id
 from services.shipping import handlers
 from services.shipping.domain import ShipmentState
 from shared.runtime import runtime_of

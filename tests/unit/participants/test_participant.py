@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.domain_errors import InvalidCommand, NotFound
-from services.participant import CONFLICT_ATTEMPTS, request_causation_id
+from services.participant import CONFLICT_ATTEMPTS
+from services.rest import request_causation_id
 from services.payment.handlers import PAYMENTS, command_handler
 from services.shipping.domain import DispatchShipment
 from services.shipping.handlers import SHIPMENTS

@@ -1,0 +1,90 @@
+"""GET /stream: Server-Sent Events of facts as the views apply them.
+
+The SSE `id` is `fact_feed.seq`, a number assigned in commit order (see views.sql) that
+survives rebuilds, so `Last-Event-ID` (header, or `?last_event_id=` for the first connect)
+resumes exactly after the last fact the client saw: missed facts are replayed from the
+table, then the stream goes live. Without it the stream starts at the current end.
+Idle streams get a `: keep-alive` comment every SSE_KEEPALIVE_S. A stream ends after
+SSE_MAX_STREAM_S (an EventSource reconnects and resumes by itself); that bounds how long a
+graceful shutdown of the server waits for open streams.
+"""
+from __future__ import annotations
+
+import time
+from typing import Annotated, AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+
+from services.query import store
+from services.query.context import context_of, pool_of
+from services.query.metrics import SSE_CLIENTS
+
+router = APIRouter(tags=["stream"])
+
+RETRY_MS = 2000
+
+
+def format_event(item: store.FeedItem) -> str:
+    return f"id: {item.seq}\ndata: {orjson.dumps(item.document).decode()}\n\n"
+
+
+@router.get(
+    "/stream",
+    summary="Server-Sent Events of facts as they arrive; resume with Last-Event-ID",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
+)
+async def stream(
+    request: Request,
+    order_id: str | None = None,
+    last_event_id: Annotated[int | None, Query(ge=0, description="resume after this id (same as the header)")] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    resume_from = last_event_id
+    if last_event_id_header is not None and last_event_id_header.strip():
+        if not last_event_id_header.strip().isdigit():
+            raise RequestValidationError(
+                [{"loc": ("header", "Last-Event-ID"), "msg": "must be an id this stream sent", "type": "value_error"}]
+            )
+        resume_from = int(last_event_id_header)
+    return StreamingResponse(
+        _events(request, order_id, resume_from),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(request: Request, order_id: str | None, resume_from: int | None) -> AsyncIterator[str]:
+    ctx = context_of(request)
+    settings = ctx.settings
+    pool = pool_of(request)
+    signal = ctx.notifications.views
+    SSE_CLIENTS.inc()
+    try:
+        if resume_from is None:
+            async with pool.acquire() as conn:
+                resume_from = await store.feed_head(conn)
+        last = resume_from
+        yield f"retry: {RETRY_MS}\n\n"
+        started = last_write = time.monotonic()
+        while time.monotonic() - started < settings.sse_max_stream_s:
+            waiter = signal.waiter()  # before reading, so a commit in between is not missed
+            async with pool.acquire() as conn:
+                items = await store.feed_after(conn, last, order_id, settings.sse_batch)
+            if items:
+                yield "".join(format_event(i) for i in items)
+                last = items[-1].seq
+                last_write = time.monotonic()
+                if len(items) == settings.sse_batch:
+                    continue
+            idle = time.monotonic() - last_write
+            if idle >= settings.sse_keepalive_s:
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+                idle = 0.0
+            await signal.wait(waiter, min(settings.sse_keepalive_s - idle, settings.sse_poll_s))
+    finally:
+        SSE_CLIENTS.dec()

@@ -1,0 +1,155 @@
+"""Runs one kernel ConsumerRunner per live view generation, and switches rebuilt generations in.
+
+Each generation has its own consumer name (= Kafka group id, inbox and stored-position key),
+so a rebuild reads the topics from offset 0 while the current generation's consumer keeps
+going. When the building generation has caught up, `store.try_switch` flips it to current in
+one transaction; on the next tick every replica stops the retired generation's consumer and
+the rebuilt generation's consumer simply carries on as the live one.
+
+The kernel's `ServiceDefinition.consumers` are fixed at start-up, which is why this is a
+background loop that owns its runners instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Sequence
+
+from services.query import store
+from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, REBUILD_PROGRESS, SWITCHES
+from services.query.notify import Notifications
+from services.query.projections import project
+from services.query.settings import QuerySettings
+from shared.consumer import ConsumerRunner, ConsumerSettings, Delivery, Handler
+from shared.eventstore import UnitOfWork
+from shared.runtime import Runtime
+
+log = logging.getLogger("services.query.supervisor")
+
+
+def batch_handler(generation: int) -> Handler:
+    """The ConsumerRunner handler of one generation: a whole partition batch, few statements."""
+
+    async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+        state = await store.begin_batch(uow.conn, generation)
+        if state not in store.LIVE_STATES:
+            return  # retired or dropped under us: its consumer is being stopped
+        batch = project(d.envelope for d in deliveries)
+        await store.apply_batch(uow.conn, generation, batch, feed=state == "current")
+        FACTS_APPLIED.labels(state=state).inc(len(batch.facts))
+
+    return handle
+
+
+@dataclass
+class _Running:
+    """The group members (ConsumerRunners sharing one consumer name) of one generation."""
+
+    runners: list[ConsumerRunner]
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+
+
+class GenerationSupervisor:
+    def __init__(self, settings: QuerySettings, notifications: Notifications) -> None:
+        self.settings = settings
+        self.notifications = notifications
+        self.runners: dict[int, _Running] = {}
+
+    async def run(self, runtime: Runtime, stop: asyncio.Event) -> None:
+        """Background loop (ServiceDefinition.loops)."""
+        try:
+            while not stop.is_set():
+                waiter = self.notifications.generations.waiter()
+                try:
+                    await self.tick(runtime)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("generation supervision failed", extra={"error": repr(exc)})
+                stopping = asyncio.ensure_future(stop.wait())
+                woken = asyncio.ensure_future(waiter.wait())
+                try:
+                    await asyncio.wait({stopping, woken}, timeout=self.settings.generation_poll_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    woken.cancel()
+        finally:
+            await asyncio.gather(*(self._stop(n) for n in list(self.runners)), return_exceptions=True)
+
+    async def tick(self, runtime: Runtime) -> None:
+        async with runtime.pool.acquire() as conn:
+            live = await store.generations(conn, store.LIVE_STATES)
+        wanted = {g.generation: g for g in live}
+        for number in list(self.runners):
+            if number not in wanted:
+                await self._stop(number)
+        for number, generation in wanted.items():
+            if number not in self.runners:
+                self._start(runtime, generation)
+            if generation.state == "current":
+                CURRENT_GENERATION.set(number)
+        for generation in live:
+            if generation.state == "building" and await self._maybe_switch(runtime, generation):
+                async with runtime.pool.acquire() as conn:
+                    dropped = await store.drop_retired(conn, self.settings.retained_generations)
+                log.info("view generation switched", extra={"generation": generation.generation, "dropped": dropped})
+                SWITCHES.inc()
+                await self.tick(runtime)  # stop the retired generation's consumer now
+                return
+
+    async def _maybe_switch(self, runtime: Runtime, generation: store.Generation) -> bool:
+        if generation.target is None:
+            return False
+        async with runtime.pool.acquire() as conn:
+            position = await store.positions(conn, generation.consumer)
+            total = sum(generation.target.values())
+            done = sum(min(position.get(tp, 0), end) for tp, end in generation.target.items())
+            REBUILD_PROGRESS.set(done / total if total else 1.0)
+            if not store.reached(position, generation.target):
+                return False  # cheap check first: the switch itself pauses every batch briefly
+            return await store.try_switch(
+                conn, generation.generation, self.settings.topics,
+                timedelta(seconds=self.settings.rebuild_switch_grace_s),
+            )
+
+    def _start(self, runtime: Runtime, generation: store.Generation) -> None:
+        """Start VIEW_CONSUMERS members of the generation's group: Kafka splits the partitions
+        between them, so one member's Python work overlaps another's database round trips."""
+        settings = runtime.settings
+        consumer_settings = ConsumerSettings(
+            max_batch=settings.consumer_max_batch, max_attempts=settings.consumer_max_attempts
+        )
+        stop = asyncio.Event()
+        runners, tasks = [], []
+        for member in range(self.settings.view_consumers):
+            runner = ConsumerRunner(
+                name=generation.consumer,
+                topics=self.settings.topics,
+                store=runtime.store,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                handler=batch_handler(generation.generation),
+                settings=consumer_settings,
+            )
+            runners.append(runner)
+            tasks.append(asyncio.create_task(runner.run(stop), name=f"consumer:{generation.consumer}:{member}"))
+        self.runners[generation.generation] = _Running(runners, stop, tasks)
+        log.info("view consumers started", extra={"generation": generation.generation,
+                                                   "consumer": generation.consumer, "members": len(runners)})
+
+    async def _stop(self, number: int) -> None:
+        running = self.runners.pop(number, None)
+        if running is None:
+            return
+        running.stop.set()
+        done, pending = await asyncio.wait(running.tasks, timeout=30)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("view consumer ended with an error",
+                            extra={"generation": number, "error": repr(task.exception())})
+        log.info("view consumers stopped", extra={"generation": number})
