@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -17,7 +17,7 @@ from infra._aio import run_sync
 from infra.kafka_broker import KafkaBroker
 from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database
 from infra.procs import ManagedProcess, PidRecord, ServiceProcess, list_records
-from infra.services import SERVICES, ServiceDef, service_process
+from infra.services import SERVICE_ENV, SERVICES, ServiceDef, service_process
 from infra.settings import InfraSettings
 
 __all__ = ["LocalStack", "ManagedProcess", "ServiceProcess", "free_port", "free_ports"]
@@ -55,6 +55,7 @@ class LocalStack:
         settings: InfraSettings | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self._service_ports: dict[str, int] = {}
         self.settings = settings or InfraSettings()
         self.kafka_port = kafka_port
         self.controller_port = controller_port
@@ -124,18 +125,66 @@ class LocalStack:
     def service_defs(self) -> list[ServiceDef]:
         return list(SERVICES)
 
-    def start_services(self, names: Iterable[str] | None = None, *, cwd: Path | None = None) -> list[str]:
-        """Start the services whose module exists; return the names started (or already running)."""
+    def start_services(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        cwd: Path | None = None,
+        ports: Mapping[str, int] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> list[str]:
+        """Start the services whose module exists; return the names started (or already running).
+
+        `ports` overrides a service's HTTP port (tests use free ports); `env` adds settings per
+        service (e.g. {"order": {"SAGA_STEP_TIMEOUT_S": "3"}}).
+        """
         wanted = set(names) if names is not None else None
+        self._service_ports.update(ports or {})
         started: list[str] = []
         for svc in self.service_defs():
             if wanted is not None and svc.name not in wanted:
                 continue
-            proc = service_process(self, svc, cwd)
+            proc = self.service_process(svc.name, cwd=cwd, env=(env or {}).get(svc.name))
             if proc.module_exists():
                 proc.start()
                 started.append(svc.name)
         return started
+
+    def service_port(self, name: str) -> int:
+        if name in self._service_ports:
+            return self._service_ports[name]
+        return next(s for s in self.service_defs() if s.name == name).port()
+
+    def service_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.service_port(name)}"
+
+    def service_process(
+        self, name: str, *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
+        """The managed process of one service (to start, stop, SIGKILL or SIGSTOP it by PID)."""
+        svc = next(s for s in self.service_defs() if s.name == name)
+        port = self.service_port(name)
+        full_env = {**SERVICE_ENV(self, svc), "HTTP_PORT": str(port), svc.port_env: str(port), **(env or {})}
+        return ServiceProcess(svc.name, svc.module, run_dir=self.run_dir, env=full_env, cwd=cwd, ports=[port])
+
+    def wait_healthy(self, names: Iterable[str], timeout_s: float = 90.0) -> None:
+        """Poll each service's GET /health until 200; raise with the log tail if one never is."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            url = self.service_url(name) + "/health"
+            while True:
+                try:
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    log_path = self.service_process(name).log_path
+                    tail = log_path.read_text()[-3000:] if log_path.exists() else "(no log)"
+                    raise TimeoutError(f"{name} not healthy at {url} within {timeout_s}s; log tail:\n{tail}")
+                time.sleep(0.1)
 
     def stop_services(self) -> None:
         for rec in list_records(self.run_dir):
