@@ -5,7 +5,8 @@ Every check raises InvalidCommand naming the bad field, so an API can answer 422
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol, Sequence, TypeVar
 
 from services.domain_errors import InvalidCommand
 
@@ -70,3 +71,47 @@ def field_of(data: Mapping[str, Any], name: str, prefix: str = "") -> Any:
     if name not in data:
         raise InvalidCommand(prefix + name, f"{prefix}{name} is required")
     return data[name]
+
+
+E = TypeVar("E", bound=EventLike)
+
+
+def latest_of(history: Sequence[E], types: Iterable[str]) -> E | None:
+    """The most recent fact of one of `types`: the recorded answer to a repeated command."""
+    wanted = frozenset(types)
+    for event in reversed(history):
+        if event.type in wanted:
+            return event
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A postal address, as the order records it and the shipment carries it."""
+
+    name: str
+    line1: str
+    city: str
+    postal_code: str
+    country: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "line1": self.line1,
+            "city": self.city,
+            "postal_code": self.postal_code,
+            "country": self.country,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], field: str) -> "Address":
+        data = require_mapping(data, field)
+        prefix = field + "."
+        return cls(
+            name=field_of(data, "name", prefix),
+            line1=field_of(data, "line1", prefix),
+            city=field_of(data, "city", prefix),
+            postal_code=field_of(data, "postal_code", prefix),
+            country=field_of(data, "country", prefix),
+        )

@@ -27,7 +27,8 @@ from services.domain_errors import NotFound
 from services.domain_kit import MAX_CENTS
 from services.order import handlers
 from services.order.domain import saga
-from services.order.domain.order import MAX_QUANTITY, Address, OrderLine, OrderState, PlaceOrder
+from services.order.domain.order import MAX_QUANTITY, OrderLine, OrderState, PlaceOrder
+from services.domain_kit import Address
 from services.order.domain.saga import SagaState
 from services.order.settings import OrderSettings
 from services.rest import EventView, error_responses, request_causation_id

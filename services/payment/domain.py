@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, Iterable, Mapping, Sequence, TypeAlias, TypeVar
 
 from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
-from services.domain_kit import EventLike, field_of, require_currency, require_int, require_text
+from services.domain_kit import E, EventLike, field_of, latest_of, require_currency, require_int, require_text
 from shared.messages import NewEvent
 
 #: SPEC §5 default of PAYMENT_LIMIT_CENTS.
@@ -158,16 +158,9 @@ ANSWER_TYPES: dict[type, frozenset[str]] = {
     RefundPayment: frozenset({PAYMENT_REFUNDED}),
 }
 
-E = TypeVar("E", bound=EventLike)
-
-
 def find_answer(command: PaymentCommand, history: Sequence[E]) -> E | None:
     """The recorded fact that already answers `command` (for a duplicate), if any."""
-    wanted = ANSWER_TYPES[type(command)]
-    for event in reversed(history):
-        if event.type in wanted:
-            return event
-    return None
+    return latest_of(history, ANSWER_TYPES[type(command)])
 
 
 # --------------------------------------------------------------------------- state

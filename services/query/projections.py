@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -186,10 +186,6 @@ class OrderView:
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(OrderView))
 
 
-def _first(a: Any, b: Any) -> Any:
-    return a if a is not None else b
-
-
 def _greatest(a: Any, b: Any) -> Any:
     """SQL GREATEST: NULLs are ignored."""
     if a is None:
@@ -205,33 +201,45 @@ def merge(a: OrderView, b: OrderView) -> OrderView:
     On equal stream versions the left side is kept; two *different* facts never share a
     stream version (the write side's optimistic append guarantees it), so this never decides.
     """
+    out = replace(a)
+    merge_into(out, b)
+    return out
+
+
+def merge_into(a: OrderView, b: OrderView) -> None:
+    """`a := merge(a, b)` in place: replay folds millions of patches, so no copies."""
     if a.order_id != b.order_id:
         raise ValueError(f"cannot merge views of {a.order_id!r} and {b.order_id!r}")
-    status_from = b if b.status_version > a.status_version else a
-    payment_from = b if b.payment_version > a.payment_version else a
-    shipment_from = b if b.shipment_version > a.shipment_version else a
-    return OrderView(
-        order_id=a.order_id,
-        customer_id=_first(a.customer_id, b.customer_id),
-        items=_first(a.items, b.items),
-        total_cents=_first(a.total_cents, b.total_cents),
-        currency=_first(a.currency, b.currency),
-        placed_at=_first(a.placed_at, b.placed_at),
-        status=status_from.status,
-        reason=status_from.reason,
-        status_version=status_from.status_version,
-        version=max(a.version, b.version),
-        payment_id=_first(a.payment_id, b.payment_id),
-        payment_status=payment_from.payment_status,
-        payment_version=payment_from.payment_version,
-        shipment_id=_first(a.shipment_id, b.shipment_id),
-        shipment_status=shipment_from.shipment_status,
-        shipment_version=shipment_from.shipment_version,
-        payment_currency=_first(a.payment_currency, b.payment_currency),
-        captured_cents=_greatest(a.captured_cents, b.captured_cents),
-        refunded_cents=_greatest(a.refunded_cents, b.refunded_cents),
-        updated_at=_greatest(a.updated_at, b.updated_at),
-    )
+    # first non-null wins (a single fact sets these)
+    if a.customer_id is None:
+        a.customer_id = b.customer_id
+    if a.items is None:
+        a.items = b.items
+    if a.total_cents is None:
+        a.total_cents = b.total_cents
+    if a.currency is None:
+        a.currency = b.currency
+    if a.placed_at is None:
+        a.placed_at = b.placed_at
+    if a.payment_id is None:
+        a.payment_id = b.payment_id
+    if a.shipment_id is None:
+        a.shipment_id = b.shipment_id
+    if a.payment_currency is None:
+        a.payment_currency = b.payment_currency
+    # the newest version of the owning stream wins
+    if b.status_version > a.status_version:
+        a.status, a.reason, a.status_version = b.status, b.reason, b.status_version
+    if b.payment_version > a.payment_version:
+        a.payment_status, a.payment_version = b.payment_status, b.payment_version
+    if b.shipment_version > a.shipment_version:
+        a.shipment_status, a.shipment_version = b.shipment_status, b.shipment_version
+    # maxima (NULL-ignoring, like SQL GREATEST)
+    if b.version > a.version:
+        a.version = b.version
+    a.captured_cents = _greatest(a.captured_cents, b.captured_cents)
+    a.refunded_cents = _greatest(a.refunded_cents, b.refunded_cents)
+    a.updated_at = _greatest(a.updated_at, b.updated_at)
 
 
 def _str(data: Mapping[str, Any], key: str) -> str | None:
@@ -293,11 +301,14 @@ def patch(fact: Fact) -> OrderView:
 
 def fold(facts: Iterable[Fact], views: Mapping[str, OrderView] | None = None) -> dict[str, OrderView]:
     """Apply facts to views (by order id); the result does not depend on the facts' order."""
-    out = dict(views or {})
+    out = {k: replace(v) for k, v in (views or {}).items()}  # never mutate the caller's views
     for fact in facts:
         p = patch(fact)
         current = out.get(fact.order_id)
-        out[fact.order_id] = p if current is None else merge(current, p)
+        if current is None:
+            out[fact.order_id] = p
+        else:
+            merge_into(current, p)
     return out
 
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, Iterable, Mapping, Sequence, TypeAlias, TypeVar
 
 from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
-from services.domain_kit import EventLike, field_of, require_country, require_mapping, require_text
+from services.domain_kit import E, Address, EventLike, field_of, latest_of, require_country, require_mapping, require_text
 from shared.messages import NewEvent
 
 #: SPEC §5 default of SHIPPING_UNSERVED_COUNTRIES.
@@ -40,40 +40,6 @@ class ShipmentStatus(StrEnum):
 #: A shipment in these statuses still has goods planned or on the way.
 ACTIVE_STATUSES = frozenset({ShipmentStatus.SCHEDULED, ShipmentStatus.DISPATCHED})
 
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where to ship (the shipping context's own copy of the order's address)."""
-
-    name: str
-    line1: str
-    city: str
-    postal_code: str
-    country: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "line1": self.line1,
-            "city": self.city,
-            "postal_code": self.postal_code,
-            "country": self.country,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], field: str = "address") -> Address:
-        data = require_mapping(data, field)
-        prefix = field + "."
-        return cls(
-            name=field_of(data, "name", prefix),
-            line1=field_of(data, "line1", prefix),
-            city=field_of(data, "city", prefix),
-            postal_code=field_of(data, "postal_code", prefix),
-            country=field_of(data, "country", prefix),
-        )
-
-
-# --------------------------------------------------------------------------- commands
 
 SHIPMENT_SCHEDULE = "shipment.schedule"
 SHIPMENT_CANCEL = "shipment.cancel"
@@ -124,7 +90,7 @@ def command_from_message(
         return ScheduleShipment(
             shipment_id=shipment_id,
             order_id=order_id,
-            address=Address.from_dict(field_of(data, "address")),
+            address=Address.from_dict(field_of(data, "address"), "address"),
             unserved_countries=unserved_countries,
         )
     if command_type == SHIPMENT_CANCEL:
@@ -175,16 +141,9 @@ ANSWER_TYPES: dict[type, frozenset[str]] = {
     CancelShipment: frozenset({SHIPMENT_CANCELLED}),
 }
 
-E = TypeVar("E", bound=EventLike)
-
-
 def find_answer(command: ShipmentCommand, history: Sequence[E]) -> E | None:
     """The recorded fact that already answers `command` (for a duplicate), if any."""
-    wanted = ANSWER_TYPES[type(command)]
-    for event in reversed(history):
-        if event.type in wanted:
-            return event
-    return None
+    return latest_of(history, ANSWER_TYPES[type(command)])
 
 
 # --------------------------------------------------------------------------- state
@@ -300,7 +259,7 @@ def evolve(state: ShipmentState, event: EventLike) -> ShipmentState:
             order_id=data["order_id"],
             version=version,
             status=status,
-            address=None if address is None else Address.from_dict(address),
+            address=None if address is None else Address.from_dict(address, "address"),
             reason=data.get("reason"),
         )
     return replace(state, version=version, status=status, reason=data.get("reason", state.reason))

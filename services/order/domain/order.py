@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypeAlias
 
 from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
 from services.domain_kit import (
+    Address,
     MAX_CENTS,
     EventLike,
     field_of,
@@ -79,39 +80,6 @@ class OrderLine:
 
 
 @dataclass(frozen=True, slots=True)
-class Address:
-    name: str
-    line1: str
-    city: str
-    postal_code: str
-    country: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "line1": self.line1,
-            "city": self.city,
-            "postal_code": self.postal_code,
-            "country": self.country,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], field: str = "shipping_address") -> Address:
-        data = require_mapping(data, field)
-        prefix = field + "."
-        return cls(
-            name=field_of(data, "name", prefix),
-            line1=field_of(data, "line1", prefix),
-            city=field_of(data, "city", prefix),
-            postal_code=field_of(data, "postal_code", prefix),
-            country=field_of(data, "country", prefix),
-        )
-
-
-# --------------------------------------------------------------------------- commands
-
-
-@dataclass(frozen=True, slots=True)
 class PlaceOrder:
     """POST /orders. `payment_token` is validated here but never recorded in order events."""
 
@@ -134,7 +102,7 @@ class PlaceOrder:
             customer_id=field_of(body, "customer_id"),
             items=tuple(OrderLine.from_dict(item, f"items[{i}]") for i, item in enumerate(raw_items)),
             currency=field_of(body, "currency"),
-            shipping_address=Address.from_dict(field_of(body, "shipping_address")),
+            shipping_address=Address.from_dict(field_of(body, "shipping_address"), "shipping_address"),
             payment_token=field_of(body, "payment_token"),
         )
 
@@ -405,7 +373,7 @@ def evolve(state: OrderState, event: EventLike) -> OrderState:
             items=tuple(OrderLine(i["sku"], i["quantity"], i["unit_price_cents"]) for i in data["items"]),
             currency=data["currency"],
             total_cents=data["total_cents"],
-            shipping_address=Address.from_dict(data["shipping_address"]),
+            shipping_address=Address.from_dict(data["shipping_address"], "shipping_address"),
         )
     if event.type == ORDER_CONFIRMED:
         return replace(

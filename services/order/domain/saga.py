@@ -72,19 +72,8 @@ from typing import Any, Iterable, Mapping, TypeAlias
 
 from services.domain_errors import IllegalTransition, NotFound
 from services.domain_kit import EventLike, require_currency, require_int, require_text
-from services.order.domain.order import (
-    CANCELLABLE_STATUSES,
-    FINAL_STATUSES,
-    Address,
-    CancelOrder,
-    ConfirmOrder,
-    DeliverOrder,
-    OrderCommand,
-    OrderState,
-    OrderStatus,
-    RejectOrder,
-    ShipOrder,
-)
+from services.order.domain.order import CANCELLABLE_STATUSES, FINAL_STATUSES, CancelOrder, ConfirmOrder, DeliverOrder, OrderCommand, OrderState, OrderStatus, RejectOrder, ShipOrder
+from services.domain_kit import Address
 from shared.ids import derived_id
 from shared.messages import Command, NewEvent
 
@@ -555,7 +544,7 @@ def evolve(state: SagaState, event: EventLike) -> SagaState:
             shipment_id=data["shipment_id"],
             amount_cents=data["amount_cents"],
             currency=data["currency"],
-            shipping_address=Address.from_dict(data["shipping_address"]),
+            shipping_address=Address.from_dict(data["shipping_address"], "shipping_address"),
             step_timeout_s=float(data["step_timeout_s"]),
             started_at=_parse_time(data.get("started_at")),
             history=s.history + ("started",),

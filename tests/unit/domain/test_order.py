@@ -8,18 +8,8 @@ import pytest
 
 from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
 from services.order.domain import order as o
-from services.order.domain.order import (
-    Address,
-    CancelOrder,
-    ConfirmOrder,
-    DeliverOrder,
-    OrderLine,
-    OrderState,
-    OrderStatus,
-    PlaceOrder,
-    RejectOrder,
-    ShipOrder,
-)
+from services.order.domain.order import CancelOrder, ConfirmOrder, DeliverOrder, OrderLine, OrderState, OrderStatus, PlaceOrder, RejectOrder, ShipOrder
+from services.domain_kit import Address
 
 ORDER_ID = "order-1"
 ADDRESS = Address("Ada", "1 Main St", "Berlin", "10115", "DE")

@@ -8,15 +8,8 @@ import pytest
 
 from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
 from services.shipping import domain as s
-from services.shipping.domain import (
-    Address,
-    CancelShipment,
-    DeliverShipment,
-    DispatchShipment,
-    ScheduleShipment,
-    ShipmentState,
-    ShipmentStatus,
-)
+from services.shipping.domain import CancelShipment, DeliverShipment, DispatchShipment, ScheduleShipment, ShipmentState, ShipmentStatus
+from services.domain_kit import Address
 from shared.ids import derived_id
 
 ORDER_ID = "order-1"

@@ -17,7 +17,8 @@ from typing import Any
 from services.domain_errors import DomainError, IllegalTransition
 from services.order.domain import order as o
 from services.order.domain import saga
-from services.order.domain.order import Address, OrderLine, OrderState, OrderStatus, PlaceOrder
+from services.order.domain.order import OrderLine, OrderState, OrderStatus, PlaceOrder
+from services.domain_kit import Address
 from services.payment import domain as pay
 from services.shipping import domain as ship
 from shared.messages import Command, NewEvent

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 
 from services.order.api import PlaceOrderRequest
 from services.order.domain import order
-from services.order.domain.order import Address, OrderLine
+from services.order.domain.order import OrderLine
+from services.domain_kit import Address
 from services.order.handlers import body_fingerprint
 from services.order.settings import OrderSettings
 
