@@ -11,10 +11,10 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench demo watch audit chaos
+.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench bench-quick demo watch audit chaos
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 venv: $(STAMP) ## create .venv (python3.11) and install the project + dev deps (re-run when pyproject.toml changes)
 
@@ -44,8 +44,7 @@ test: venv kafka-jars ## unit + integration + end-to-end tests against real Kafk
 unit: venv ## unit tests only (no Kafka / PostgreSQL)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-e2e: venv kafka-jars ## end-to-end tests only
-	@test -d e2e-tests || { echo "make e2e: no e2e-tests/ yet" >&2; exit 1; }
+e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E2E_*_URL: see e2e-tests/conftest.py)
 	$(VENV)/bin/pytest e2e-tests $(PYTEST_ARGS)
 
 bench-kernel: venv ## micro-benchmark of the event-store kernel
@@ -56,11 +55,14 @@ define not_yet
 	@echo "make $@: not yet implemented" >&2; exit 1
 endef
 
-bench: venv ## performance report (JSON + PNG)
-	$(not_yet)
+bench: venv kafka-jars ## whole-system benchmark on its own stack: bench/results/latest.json + .png (< ~10 min)
+	$(PY) -m bench.system
 
-demo: venv ## guided tour
-	$(not_yet)
+bench-quick: venv kafka-jars ## the same whole-system benchmark, shorter steps (< 2 min)
+	$(PY) -m bench.system --quick
+
+demo: venv ## guided tour against the running `make up` stack (ARGS="--fast --no-color")
+	$(PY) e2e-tests/demo.py $(ARGS)
 
 watch: venv ## print every event on the Kafka topics live (ARGS="--order ID --from-beginning")
 	$(PY) -m infra watch $(ARGS)

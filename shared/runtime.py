@@ -8,11 +8,13 @@ and the request body limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, Sequence
 
 import asyncpg
@@ -120,8 +122,34 @@ class _KafkaProbe:
                 pass
 
 
-class BodySizeLimit:
-    """Refuse bodies over the limit with 413 before they are read into memory."""
+def unstorable_text(value: Any, loc: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], str] | None:
+    """Where `value` holds text PostgreSQL cannot store (U+0000) or UTF-8 cannot encode (a lone
+    surrogate), and why; None when all of it is storable. Such input is invalid, not a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return loc, "text must not contain the NUL character (U+0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc, "text must be valid Unicode (no lone surrogates)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable_text(key, loc) or unstorable_text(item, (*loc, key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unstorable_text(item, (*loc, index))
+            if found:
+                return found
+    return None
+
+
+class InputGuard:
+    """Refuse, before any handler runs: bodies over the limit (413), and text in the path, the
+    query or a JSON body that PostgreSQL cannot store (422 naming where). The body is read once,
+    bounded, and replayed to the application."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -131,29 +159,54 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        problem = unstorable_text(scope.get("path", ""), ("path",)) or unstorable_text(
+            dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)), ("query",)
+        )
+        if problem:
+            await _invalid_text(*problem)(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(self.max_bytes)(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and b"json" in headers.get(b"content-type", b""):
+            try:
+                problem = unstorable_text(json.loads(body), ("body",))
+            except (ValueError, RecursionError):
+                problem = None  # not JSON: the application answers that itself
+            if problem:
+                await _invalid_text(*problem)(scope, receive, send)
+                return
+        replayed = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _invalid_text(loc: tuple[str | int, ...], msg: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": list(loc), "msg": msg, "type": "string_unstorable"}]}, status_code=422)
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -235,7 +288,7 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
 
     for router in definition.routers:
         app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InputGuard, max_bytes=settings.max_body_bytes)
     return app
 
 
