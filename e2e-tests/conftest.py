@@ -161,7 +161,6 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
         procs: dict[str, ServiceProcess] = {}
         for name in SERVICES:
             env = {
-                "SERVICE_NAME": name,
                 "HTTP_HOST": "127.0.0.1",
                 "HTTP_PORT": str(ports[name]),
                 f"{name.upper()}_PORT": str(ports[name]),

@@ -45,7 +45,6 @@ SERVICES: tuple[ServiceDef, ...] = (
 def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
     """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings)."""
     env = {
-        "SERVICE_NAME": svc.name,
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(svc.port()),
         svc.port_env: str(svc.port()),
