@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -74,6 +75,7 @@ class ConsumerSettings:
     poll_timeout_ms: int = 200
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
+    kafka_commit_interval_s: float = 2.0
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -108,7 +110,7 @@ class ConsumerRunner:
             lambda: make_consumer(bootstrap_servers, group_id=name, client_id=f"{name}-{id(self):x}")
         )
         self._consumer: AIOKafkaConsumer | None = None
-        self._pending_dead: list[tuple[int, str]] = []
+        self._uncommitted: dict[TopicPartition, int] = {}
         self.handled = 0
         self.dead_lettered = 0
 
@@ -120,13 +122,21 @@ class ConsumerRunner:
             try:
                 await consumer.start()
                 consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
+                committed_at = time.monotonic()
                 while not stop.is_set():
                     batches = await consumer.getmany(
                         timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
                     )
-                    for tp, records in batches.items():
-                        await self._process_partition_batch(consumer, tp, records, stop)
+                    # Partitions are independent streams: apply them side by side, each in
+                    # its own transaction; order within a partition is kept.
+                    await asyncio.gather(
+                        *(self._process_partition_batch(consumer, tp, records, stop) for tp, records in batches.items())
+                    )
+                    if time.monotonic() - committed_at >= self.settings.kafka_commit_interval_s:
+                        await self._commit_kafka_offsets(consumer)
+                        committed_at = time.monotonic()
                     backoff = self.settings.retry_backoff_s
+                await self._commit_kafka_offsets(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -139,6 +149,19 @@ class ConsumerRunner:
                     await asyncio.wait_for(consumer.stop(), timeout=10)
                 except Exception as exc:
                     log.debug("consumer stop failed", extra={"error": repr(exc)})
+
+    async def _commit_kafka_offsets(self, consumer: AIOKafkaConsumer) -> None:
+        """Advisory only: the positions committed with the effects in the database are the truth
+        (the runner seeks to them on assignment), so Kafka offsets are committed now and then,
+        off the per-batch path; they keep lag tooling and a fresh database sensible."""
+        if not self._uncommitted:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        assigned = consumer.assignment()
+        try:
+            await consumer.commit({tp: o for tp, o in offsets.items() if tp in assigned})
+        except Exception as exc:  # a rebalance may revoke a partition; the stored position holds
+            log.info("offset commit skipped", extra={"consumer": self.name, "error": repr(exc)})
 
     async def seek_to_stored_positions(self, assigned: set[TopicPartition]) -> None:
         if not assigned or self._consumer is None:
@@ -175,10 +198,7 @@ class ConsumerRunner:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.max_backoff_s)
         next_offset = records[-1].offset + 1
-        try:
-            await consumer.commit({tp: next_offset})
-        except Exception as exc:  # a rebalance may revoke tp; the stored position still holds
-            log.info("offset commit skipped", extra={"consumer": self.name, "error": repr(exc)})
+        self._uncommitted[tp] = next_offset
         highwater = consumer.highwater(tp)
         if highwater is not None:
             CONSUMER_LAG.labels(consumer=self.name, topic=tp.topic, partition=str(tp.partition)).set(
@@ -186,7 +206,7 @@ class ConsumerRunner:
             )
 
     async def _apply(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], *, isolate: bool) -> None:
-        self._pending_dead = []
+        dead: list[tuple[int, str]] = []  # (offset, kind) dead-lettered in this attempt
         async with self.store.transaction() as uow:
             fresh: list[Delivery] = []
             poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
@@ -200,9 +220,9 @@ class ConsumerRunner:
             fresh = await self._claim(uow, fresh)
             for record, error in poison:
                 if await self._claim_ids(uow, [f"{record.topic}:{record.partition}:{record.offset}"], "dead_lettered"):
-                    await self._dead_letter(uow, record, "poison", error)
+                    await self._dead_letter(uow, record, "poison", error, dead)
             if isolate:
-                await self._apply_isolated(uow, tp, records, fresh)
+                await self._apply_isolated(uow, records, fresh, dead)
             elif fresh:
                 try:
                     async with uow.conn.transaction():
@@ -221,17 +241,21 @@ class ConsumerRunner:
                 records[-1].offset + 1,
             )
         # Counted only once the transaction committed: a rolled-back attempt did nothing.
-        dead_ids = {offset for offset, _ in self._pending_dead}
+        dead_ids = {offset for offset, _ in dead}
         for d in fresh:
             if d.offset not in dead_ids:
                 MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="handled").inc()
-        for _, kind in self._pending_dead:
+        for _, kind in dead:
             DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
         self.handled += len(fresh) - sum(1 for d in fresh if d.offset in dead_ids)
-        self.dead_lettered += len(self._pending_dead)
+        self.dead_lettered += len(dead)
 
     async def _apply_isolated(
-        self, uow: UnitOfWork, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], fresh: list[Delivery]
+        self,
+        uow: UnitOfWork,
+        records: list[ConsumerRecord[Any, Any]],
+        fresh: list[Delivery],
+        dead: list[tuple[int, str]],
     ) -> None:
         by_offset = {r.offset: r for r in records}
         for delivery in fresh:
@@ -268,7 +292,7 @@ class ConsumerRunner:
                 self.name,
                 delivery.envelope.id,
             )
-            await self._dead_letter(uow, by_offset[delivery.offset], delivery.envelope.type, repr(error))
+            await self._dead_letter(uow, by_offset[delivery.offset], delivery.envelope.type, repr(error), dead)
 
     async def _claim(self, uow: UnitOfWork, deliveries: list[Delivery]) -> list[Delivery]:
         """Record the message ids in the inbox; keep only those never handled before."""
@@ -296,7 +320,9 @@ class ConsumerRunner:
         )
         return {r["message_id"] for r in rows}
 
-    async def _dead_letter(self, uow: UnitOfWork, record: ConsumerRecord[Any, Any], kind: str, error: str) -> None:
+    async def _dead_letter(
+        self, uow: UnitOfWork, record: ConsumerRecord[Any, Any], kind: str, error: str, dead: list[tuple[int, str]]
+    ) -> None:
         document = {
             "consumer": self.name,
             "error": error,
@@ -311,7 +337,7 @@ class ConsumerRunner:
         }
         key = record.key.decode(errors="replace") if record.key else ""
         await uow.enqueue(dlq_topic(record.topic), key, encode(document))
-        self._pending_dead.append((record.offset, kind))
+        dead.append((record.offset, kind))
         log.error(
             "message dead-lettered",
             extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},

@@ -27,7 +27,7 @@ def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> A
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
-        fetch_max_wait_ms=100,
+        fetch_max_wait_ms=500,  # the broker answers at once when data exists (fetch_min_bytes=1)
         max_poll_interval_ms=300000,
         session_timeout_ms=10000,
         heartbeat_interval_ms=3000,

@@ -40,6 +40,8 @@ class RelaySettings:
     poll_interval_s: float = 0.5
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
+    linger_s: float = 0.05
+    linger_poll_s: float = 0.005
 
 
 class OutboxRelay:
@@ -93,20 +95,21 @@ class OutboxRelay:
     async def _publish_loop(self, conn: asyncpg.Connection, wake: asyncio.Event, stop: asyncio.Event) -> None:
         producer: AIOKafkaProducer | None = None
         backoff = self.settings.retry_backoff_s
+        idle_since: float | None = None
         try:
             while not stop.is_set():
                 rows = await self._fetch(conn)
                 if not rows:
-                    # Idle: ask writers to ring, look once more (a commit may have slipped in
-                    # before the bell was up), then sleep until the bell or the poll fallback.
-                    wake.clear()
-                    await conn.execute("UPDATE outbox_relay_state SET listening = true WHERE id = 1")
-                    try:
-                        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
-                            await _wait_either(wake, stop, self.settings.poll_interval_s)
-                    finally:
-                        await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
+                    now = asyncio.get_running_loop().time()
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since < self.settings.linger_s:
+                        # Just gone idle: keep looking briefly before asking writers to ring
+                        # (raising and lowering the flag costs two commits per sleep).
+                        await _sleep_unless(stop, self.settings.linger_poll_s)
+                    else:
+                        await self._sleep_until_rung(conn, wake, stop)
                     continue
+                idle_since = None
                 if producer is None:
                     producer = await self._start_producer(stop)
                     if producer is None:
@@ -127,6 +130,17 @@ class OutboxRelay:
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
+
+    async def _sleep_until_rung(self, conn: asyncpg.Connection, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        """Ask writers to ring, look once more (a commit may have slipped in before the bell was
+        up), then sleep until the bell or the poll fallback."""
+        wake.clear()
+        await conn.execute("UPDATE outbox_relay_state SET listening = true WHERE id = 1")
+        try:
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
+                await _wait_either(wake, stop, self.settings.poll_interval_s)
+        finally:
+            await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
 
     async def _fetch(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await conn.fetch(

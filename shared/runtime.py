@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol,
 import asyncpg
 from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -205,6 +208,17 @@ class InputGuard:
         await self.app(scope, replay, send)
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats (which JSON cannot carry) replaced by their names."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _invalid_text(loc: tuple[str | int, ...], msg: str) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": list(loc), "msg": msg, "type": "string_unstorable"}]}, status_code=422)
 
@@ -274,6 +288,12 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
                 status_code=422,
             )
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad `input`; a non-finite number (`NaN`, `Infinity`,
+        # `1e400` → inf) cannot be rendered as JSON, which turned a 422 into a 500.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:
