@@ -112,6 +112,10 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("query", field), "msg": message, "type": "value_error"}])
 
 
+def _unknown(order_id: str) -> JSONResponse:
+    return JSONResponse({"code": "not_found", "message": f"order {order_id!r} is not known"}, status_code=404)
+
+
 @router.get(
     "/orders/{order_id}",
     response_model=OrderSummary,
@@ -131,7 +135,7 @@ async def get_order(
         async with pool.acquire() as conn:
             view = await store.get_order(conn, await store.current_generation(conn), order_id)
         if view is None or not view.known:
-            return JSONResponse({"code": "not_found", "message": f"order {order_id} is not known"}, status_code=404)
+            return _unknown(order_id)
         return view.summary()
     limit = ctx.settings.min_version_timeout_s if wait_s is None else wait_s
     if limit > ctx.settings.min_version_max_timeout_s:
@@ -150,8 +154,8 @@ async def get_order(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        # NOTIFY wakes us on every commit; the short cap covers a lost listener connection.
-        await signal.wait(waiter, min(remaining, 0.25 if not ctx.notifications.listening else remaining))
+        # NOTIFY wakes us on every commit; the cap re-checks anyway (a silently lost listener).
+        await signal.wait(waiter, min(remaining, 1.0 if ctx.notifications.listening else 0.25))
     waited = round(time.monotonic() - started, 3)
     MIN_VERSION_WAIT.labels(outcome="timeout").observe(waited)
     body = Behind(

@@ -399,6 +399,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(placed_at)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise BadCursor("cursor is not one this service issued") from exc
-    if when.tzinfo is None or not isinstance(order_id, str):
+    if when.tzinfo is None or not isinstance(order_id, str) or "\x00" in order_id:
         raise BadCursor("cursor is not one this service issued")
     return when, order_id

@@ -14,6 +14,7 @@ incrementally built ones.
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any, Sequence
@@ -113,11 +114,18 @@ def _status(generation: store.Generation, position: store.Offsets) -> dict[str, 
     status_code=202,
     response_model=RebuildStatus,
     summary="Rebuild the views by replaying the event topics; the old views serve until the switch",
-    responses={409: {"description": "a rebuild is already in progress (its id is in the body)"}},
+    responses={409: {"description": "a rebuild is already in progress (its id is in the body)"},
+               503: {"description": "Kafka unreachable: nothing was started"}},
 )
 async def start_rebuild(request: Request) -> Any:
     ctx = context_of(request)
-    target = await end_offsets(ctx.settings.kafka_bootstrap_servers, ctx.settings.topics)
+    try:
+        target = await asyncio.wait_for(end_offsets(ctx.settings.kafka_bootstrap_servers, ctx.settings.topics), 30)
+    except Exception as exc:  # nothing was started: say why and let the caller retry
+        return JSONResponse(
+            {"code": "kafka_unavailable", "message": f"cannot read the topics' end offsets: {exc!r}"},
+            status_code=503,
+        )
     async with pool_of(request).acquire() as conn:
         try:
             generation = await store.start_rebuild(conn, ctx.settings.query_consumer_prefix, target)

@@ -25,6 +25,7 @@ from services.query.metrics import SSE_CLIENTS
 router = APIRouter(tags=["stream"])
 
 RETRY_MS = 2000
+MAX_ID = 2**63 - 1  # fact_feed.seq is a BIGINT
 
 
 def format_event(item: store.FeedItem) -> str:
@@ -40,16 +41,20 @@ def format_event(item: store.FeedItem) -> str:
 async def stream(
     request: Request,
     order_id: str | None = None,
-    last_event_id: Annotated[int | None, Query(ge=0, description="resume after this id (same as the header)")] = None,
+    last_event_id: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="resume after this id (same as the header)")
+    ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     resume_from = last_event_id
-    if last_event_id_header is not None and last_event_id_header.strip():
-        if not last_event_id_header.strip().isdigit():
+    header = (last_event_id_header or "").strip()
+    if header:
+        if not (header.isascii() and header.isdigit() and int(header) <= MAX_ID):
             raise RequestValidationError(
                 [{"loc": ("header", "Last-Event-ID"), "msg": "must be an id this stream sent", "type": "value_error"}]
             )
-        resume_from = int(last_event_id_header)
+        resume_from = int(header)
+
     return StreamingResponse(
         _events(request, order_id, resume_from),
         media_type="text/event-stream",
@@ -62,12 +67,12 @@ async def _events(request: Request, order_id: str | None, resume_from: int | Non
     settings = ctx.settings
     pool = pool_of(request)
     signal = ctx.notifications.views
-    SSE_CLIENTS.inc()
+    if resume_from is None:
+        async with pool.acquire() as conn:
+            resume_from = await store.feed_head(conn)
+    last = resume_from
+    SSE_CLIENTS.inc()  # counted once its starting point is fixed (tests rely on that order)
     try:
-        if resume_from is None:
-            async with pool.acquire() as conn:
-                resume_from = await store.feed_head(conn)
-        last = resume_from
         yield f"retry: {RETRY_MS}\n\n"
         started = last_write = time.monotonic()
         while time.monotonic() - started < settings.sse_max_stream_s:

@@ -1,8 +1,11 @@
 """The SQL adapter of the views: batch writes, reads, generations and the SSE feed.
 
-Writes are set-based: one partition batch costs one `INSERT … SELECT FROM unnest(…)` per
-table, whatever its size. The orders upsert applies `projections.merge` in SQL (same rules,
-see that module), so facts can be applied in any order and any number of times.
+Writes are set-based: one partition batch costs one `INSERT … SELECT FROM json_to_recordset(…)`
+per table, whatever its size. The orders upsert applies `projections.merge` in SQL (same
+rules, see that module), so facts can be applied in any order, and applying one twice
+changes nothing. The timeline relies on the kernel's inbox (same transaction) to never see
+a fact twice; its primary key turns a repeat that bypassed the inbox into a loud failure
+(retry, then DLQ) instead of a duplicate row.
 """
 from __future__ import annotations
 
@@ -53,15 +56,14 @@ INSERT INTO {schema}.timeline (order_id, event_id, type, source, subject, time, 
                                correlation_id, causation_id, schema_version, data)
 SELECT order_id, id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version, data
 FROM json_to_recordset($1::json) AS f(id text, type text, source text, subject text, time timestamptz,
-     sequence int, order_id text, correlation_id text, causation_id text, schema_version int, data jsonb)
-ON CONFLICT (order_id, event_id) DO NOTHING
+     sequence int, order_id text, correlation_id text, causation_id text, schema_version int, data json)
 """
 
 # projections.merge, in SQL: o = the stored row, excluded = the batch's merged patch.
 _ORDERS_UPSERT = """
 INSERT INTO {schema}.orders AS o ({columns})
 SELECT {columns}
-FROM json_to_recordset($1::json) AS u(order_id text, customer_id text, items jsonb, total_cents bigint,
+FROM json_to_recordset($1::json) AS u(order_id text, customer_id text, items json, total_cents bigint,
      currency text, placed_at timestamptz, status text, reason text, status_version int, version int,
      payment_id text, payment_status text, payment_version int, shipment_id text, shipment_status text,
      shipment_version int, payment_currency text, captured_cents bigint, refunded_cents bigint,
@@ -92,7 +94,7 @@ ON CONFLICT (order_id) DO UPDATE SET
 
 _FEED_INSERT = """
 INSERT INTO fact_feed (event_id, order_id, document)
-SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::json[])
 ON CONFLICT (event_id) DO NOTHING
 """
 

@@ -1,0 +1,496 @@
+"""The query service against the real Kafka and PostgreSQL: views, pagination, read-your-writes,
+SSE with resume, poison facts, and rebuild-by-replay giving the same tables.
+
+The event topics are shared by the whole test session, so every test uses its own order ids
+(and customer ids / currencies) and only looks at those.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from infra.stack import LocalStack, free_port
+from services.query import store
+from services.query.api import OrderSummary
+from services.query.app import VIEWS_SQL, create_app
+from services.query.projections import Fact, causal_order, fold, project
+from services.query.rebuild import end_offsets
+from services.query.settings import QuerySettings
+from shared.db import create_pool, migrate
+from shared.messages import Envelope, RecordedEvent, encode, event_to_cloudevent
+from shared.topics import EVENT_TOPICS
+from tests.integration.kafka_support import produce, read_topic, wait_for
+from tests.integration.service_support import running, scratch_database
+from tests.unit.query.journeys import Journey, cancelled_after_capture, declined, happy, topic_of, wire
+
+pytestmark = pytest.mark.integration
+
+
+class Query:
+    """The running service under test: its HTTP client, app and database."""
+
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient, dsn: str, bootstrap: str) -> None:
+        self.app = app
+        self.client = client
+        self.dsn = dsn
+        self.bootstrap = bootstrap
+
+    async def publish(self, envs: list[Envelope]) -> None:
+        """Each fact on its own topic, in the given order (so across topics: any order we like)."""
+        for env in envs:
+            key, value = wire(env)
+            await produce(self.bootstrap, topic_of(env), [(key, value)])
+
+    async def order_when(self, order_id: str, predicate: Any, timeout_s: float = 60) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        async def check() -> bool:
+            r = await self.client.get(f"/orders/{order_id}")
+            if r.status_code == 200:
+                seen.update(r.json())
+                return bool(predicate(seen))
+            return False
+
+        await wait_for(check, timeout_s=timeout_s)
+        return seen
+
+    async def caught_up(self) -> None:
+        """Wait until the current generation has applied everything on the topics right now."""
+        target = await end_offsets(self.bootstrap, list(EVENT_TOPICS))
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async def done() -> bool:
+                [current] = await store.generations(conn, ["current"])
+                return store.reached(await store.positions(conn, current.consumer), target)
+
+            await wait_for(done, timeout_s=120)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def query(stack: LocalStack) -> AsyncIterator[Query]:
+    async with scratch_database(stack, "query") as dsn:
+        settings = QuerySettings(
+            database_url=dsn,
+            kafka_bootstrap_servers=stack.kafka_bootstrap,
+            sse_keepalive_s=0.5,
+            sse_poll_s=5.0,
+            generation_poll_s=0.1,
+            rebuild_switch_grace_s=2.0,
+        )
+        app = create_app(settings)
+        async with running(app) as client:
+            yield Query(app, client, dsn, stack.kafka_bootstrap)
+
+
+def expected_summary(envs: list[Envelope]) -> dict[str, Any]:
+    [view] = fold(f for f in (Fact.from_envelope(e) for e in envs) if f is not None).values()
+    return OrderSummary.model_validate(view.summary()).model_dump(mode="json")  # as the API renders it
+
+
+# ---------------------------------------------------------------- views
+
+async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates_change_nothing(query: Query) -> None:
+    j = happy(customer_id=f"cust-{uuid.uuid4().hex[:8]}")
+    shipping = [e for e in j.facts if e.type.startswith("shipment.")]
+    payment = [e for e in j.facts if e.type.startswith("payment.")]
+    order = [e for e in j.facts if e.type.startswith("order.")]
+    # The shipment's and the payment's facts land before the order is even placed, twice over.
+    await query.publish(shipping + payment + shipping[:1] + order + payment)
+    view = await query.order_when(j.order_id, lambda v: v["version"] == 4 and v["shipment_status"] == "DELIVERED")
+    assert view == expected_summary(j.facts)
+    assert view["status"] == "DELIVERED" and view["payment_status"] == "CAPTURED"
+
+    timeline = (await query.client.get(f"/orders/{j.order_id}/timeline")).json()
+    assert [e["id"] for e in timeline["events"]] == [e.id for e in j.facts]  # causal = recorded order
+    first = timeline["events"][0]
+    assert set(first) == {"id", "type", "source", "subject", "time", "sequence", "causationid", "correlationid", "data"}
+    assert (first["type"], first["source"], first["sequence"]) == ("order.placed", "/services/order", 1)
+
+
+async def test_unknown_orders_are_404_and_facts_before_the_order_stream_do_not_make_it_known(query: Query) -> None:
+    assert (await query.client.get(f"/orders/{uuid.uuid4()}")).status_code == 404
+    assert (await query.client.get(f"/orders/{uuid.uuid4()}/timeline")).status_code == 404
+    # An id PostgreSQL cannot even store (NUL) is refused by the kernel's input guard, never a 500.
+    assert (await query.client.get("/orders/a%00b")).status_code == 422
+    assert (await query.client.get("/orders/a%00b/timeline")).status_code == 422
+    j = happy()
+    await query.publish([j.facts[2]])  # shipment.scheduled only
+
+    async def on_timeline() -> bool:
+        return (await query.client.get(f"/orders/{j.order_id}/timeline")).status_code == 200
+
+    await wait_for(on_timeline)
+    assert (await query.client.get(f"/orders/{j.order_id}")).status_code == 404
+
+
+async def test_orders_by_customer_paginate_newest_first_with_an_opaque_cursor(query: Query) -> None:
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    journeys = [Journey(customer_id=customer) for _ in range(5)]
+    for n, j in enumerate(journeys):
+        j.clock = j.clock.replace(minute=n)
+        j.placed()
+    d = declined(customer_id=customer)
+    d.clock = d.clock.replace(minute=30)
+    d.facts.clear()
+    d.versions.clear()
+    d.placed()
+    rejected_cause = d.payment("declined", reason="card_declined")
+    d.order("rejected", rejected_cause, reason="payment_declined:card_declined")
+    await query.publish([e for j in journeys for e in j.facts] + d.facts)
+    await query.order_when(d.order_id, lambda v: v["status"] == "REJECTED")
+    for j in journeys:
+        await query.order_when(j.order_id, lambda v: v["status"] == "PENDING")
+
+    pages, cursor = [], None
+    while True:
+        params: dict[str, str | int] = {"customer_id": customer, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        body = (await query.client.get("/orders", params=params)).json()
+        pages.append([o["order_id"] for o in body["items"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [2, 2, 2]
+    newest_first = [d.order_id] + [j.order_id for j in reversed(journeys)]
+    assert [o for p in pages for o in p] == newest_first
+
+    pending = (await query.client.get("/orders", params={"customer_id": customer, "status": "PENDING"})).json()
+    assert [o["order_id"] for o in pending["items"]] == newest_first[1:] and pending["next_cursor"] is None
+    assert pending["items"][0]["customer_id"] == customer
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b'["yesterday", "x"]').decode()}, "cursor"),
+        ({"status": "LOST"}, "status"),
+        ({"customer_id": "a\x00b"}, "customer_id"),
+    ],
+)
+async def test_bad_list_parameters_are_422_naming_the_field(query: Query, params: dict[str, Any], field: str) -> None:
+    r = await query.client.get("/orders", params=params)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", field]
+
+
+async def test_stats_count_by_status_and_revenue_is_captured_minus_refunded(query: Query) -> None:
+    currency = "X" + uuid.uuid4().hex[:2].upper()  # a currency only this test uses
+    kept = happy(currency=currency, total_cents=1000)
+    refunded = cancelled_after_capture(currency=currency, total_cents=300)
+    await query.publish(kept.facts + refunded.facts)
+    await query.order_when(refunded.order_id, lambda v: v["status"] == "CANCELLED")
+    await query.order_when(kept.order_id, lambda v: v["status"] == "DELIVERED")
+    stats = (await query.client.get("/stats")).json()
+    assert stats["revenue_by_currency"][currency] == {"captured_cents": 1300, "refunded_cents": 300, "revenue_cents": 1000}
+    assert stats["orders_total"] == sum(stats["orders_by_status"].values())
+    assert stats["orders_by_status"]["DELIVERED"] >= 1 and stats["orders_by_status"]["CANCELLED"] >= 1
+    assert stats["payments_by_status"]["REFUNDED"] >= 1 and stats["shipments_by_status"]["CANCELLED"] >= 1
+
+
+# ---------------------------------------------------------------- read your writes
+
+async def test_min_version_waits_for_the_view_then_answers(query: Query) -> None:
+    j = happy()
+    await query.publish(j.facts[:1])
+    r = await query.client.get(f"/orders/{j.order_id}", params={"min_version": 1, "wait_s": 30})
+    assert r.status_code == 200 and r.json()["version"] == 1
+
+    started = time.monotonic()
+    waiting = asyncio.create_task(query.client.get(f"/orders/{j.order_id}", params={"min_version": 2, "wait_s": 30}))
+    await asyncio.sleep(0)  # let the request start waiting before version 2 exists
+    assert not waiting.done()
+    await query.publish(j.facts[1:5])  # ..., order.confirmed (version 2)
+    r = await waiting
+    assert r.status_code == 200
+    assert (r.json()["version"], r.json()["status"]) == (2, "CONFIRMED")
+    assert time.monotonic() - started < 30
+
+
+async def test_min_version_not_reached_in_time_is_a_clear_504(query: Query) -> None:
+    j = happy()
+    await query.publish(j.facts[:1])
+    await query.order_when(j.order_id, lambda v: v["version"] == 1)
+    started = time.monotonic()
+    r = await query.client.get(f"/orders/{j.order_id}", params={"min_version": 3, "wait_s": 0.5})
+    assert time.monotonic() - started >= 0.5
+    assert r.status_code == 504 and r.headers["retry-after"] == "1"
+    body = r.json()
+    assert (body["code"], body["wanted_version"], body["current_version"]) == ("view_behind", 3, 1)
+    unknown = await query.client.get(f"/orders/{uuid.uuid4()}", params={"min_version": 1, "wait_s": 0.1})
+    assert unknown.status_code == 504 and unknown.json()["current_version"] == 0
+    too_long = await query.client.get(f"/orders/{j.order_id}", params={"min_version": 1, "wait_s": 3600})
+    assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["query", "wait_s"]
+
+
+# ---------------------------------------------------------------- server-sent events
+
+@asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """The already-started app behind a real HTTP server (ASGITransport buffers whole bodies)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
+                                           access_log=False, timeout_graceful_shutdown=2))
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started, timeout_s=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+async def read_sse(
+    url: str, want: int, headers: dict[str, str] | None = None, kept_alive: asyncio.Event | None = None
+) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """Read until `want` events arrived; return them and the number of keep-alive comments."""
+    events: list[tuple[int, dict[str, Any]]] = []
+    keepalives = 0
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("GET", url, headers=headers or {}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            current: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line.startswith(": keep-alive"):
+                    keepalives += 1
+                    if kept_alive is not None:
+                        kept_alive.set()
+                elif line.startswith("id: "):
+                    current["id"] = line[4:]
+                elif line.startswith("data: "):
+                    current["data"] = line[6:]
+                elif line == "" and "id" in current:
+                    events.append((int(current["id"]), orjson.loads(current["data"])))
+                    current = {}
+                    if len(events) >= want:
+                        break
+    return events, keepalives
+
+
+async def test_stream_sends_facts_as_they_arrive_and_resumes_after_last_event_id(query: Query) -> None:
+    j = happy()
+    async with served(query.app) as base:
+        url = f"{base}/stream?order_id={j.order_id}"
+        first = asyncio.create_task(read_sse(url, want=2))
+        await wait_for(lambda: _sse_clients(query) >= 1, timeout_s=10)
+        await query.publish(j.facts[:2])
+        events, _ = await asyncio.wait_for(first, 60)
+        assert [doc["id"] for _, doc in events] == [e.id for e in j.facts[:2]]
+        assert events[0][1]["type"] == "order.placed" and events[0][1]["specversion"] == "1.0"
+        assert events[0][0] < events[1][0]
+
+        # Disconnected: two more facts happen, then the client comes back with its last id.
+        await query.publish(j.facts[2:4])
+        await query.order_when(j.order_id, lambda v: v["payment_status"] == "CAPTURED")
+        missed, _ = await asyncio.wait_for(read_sse(url, want=2, headers={"Last-Event-ID": str(events[-1][0])}), 60)
+        assert [doc["id"] for _, doc in missed] == [e.id for e in j.facts[2:4]]
+
+        # Idle streams get keep-alive comments; a new fact still arrives on the same stream.
+        kept_alive = asyncio.Event()
+        third = asyncio.create_task(
+            read_sse(url, want=1, headers={"Last-Event-ID": str(missed[-1][0])}, kept_alive=kept_alive)
+        )
+        await asyncio.wait_for(kept_alive.wait(), 10)  # idle: a keep-alive comment (every 0.5 s here)
+        await query.publish(j.facts[4:5])
+        live, keepalives = await asyncio.wait_for(third, 60)
+        assert [doc["id"] for _, doc in live] == [j.facts[4].id]
+        assert keepalives >= 1
+
+    for headers, params in [({"Last-Event-ID": "yesterday"}, {}), ({"Last-Event-ID": str(2**70)}, {}),
+                            ({}, {"last_event_id": str(2**70)}), ({}, {"order_id": "a\x00b"})]:
+        bad = await query.client.get("/stream", headers=headers, params=params)
+        assert bad.status_code == 422, (headers, params)
+
+
+def _sse_clients(query: Query) -> float:
+    from services.query.metrics import SSE_CLIENTS
+
+    return SSE_CLIENTS._value.get()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- poison
+
+async def test_a_fact_naming_no_order_goes_to_the_dlq_and_the_next_fact_is_applied(query: Query) -> None:
+    orphan = RecordedEvent(
+        event_id=uuid.uuid4(), type="order.placed", stream_id="?", version=1, schema_version=1,
+        occurred_at=happy().clock, correlation_id="", causation_id="", data={"customer_id": "nobody"},
+    )
+    j = happy()
+    await produce(query.bootstrap, "order.events", [("?", encode(event_to_cloudevent(orphan, "/test")))])
+    await query.publish(j.facts[:1])
+    await query.order_when(j.order_id, lambda v: v["status"] == "PENDING")
+
+    def has_orphan(seen: list[Any]) -> bool:
+        return any(str(orphan.event_id).encode() in base64.b64decode(s.value.get("value_base64", "")) for s in seen)
+
+    dead = await read_topic(query.bootstrap, "order.events.dlq", until=has_orphan, timeout_s=60)
+    assert has_orphan(dead)
+
+
+# ---------------------------------------------------------------- rebuild
+
+async def view_tables(dsn: str, generation: int) -> dict[str, list[tuple[Any, ...]]]:
+    schema = store.schema_of(generation)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {
+            "orders": [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.orders ORDER BY order_id")],
+            "timeline": [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.timeline ORDER BY event_id")],
+        }
+    finally:
+        await conn.close()
+
+
+async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_and_switches(query: Query) -> None:
+    j = cancelled_after_capture()
+    later = happy()
+    await query.publish(j.facts)
+    await query.order_when(j.order_id, lambda v: v["status"] == "CANCELLED")
+    await query.caught_up()
+    [before] = (g for g in (await query.client.get("/admin/generations")).json() if g["state"] == "current")
+    incremental = await view_tables(query.dsn, before["generation"])
+    assert any(row[0] == j.order_id for row in incremental["orders"])
+
+    both = await asyncio.gather(query.client.post("/admin/rebuild"), query.client.post("/admin/rebuild"))
+    assert sorted(r.status_code for r in both) == [202, 409], "one rebuild at a time"
+    started, refused = sorted(both, key=lambda r: r.status_code)
+    rebuild = started.json()
+    assert refused.json()["rebuild_id"] == rebuild["rebuild_id"]
+    assert started.headers["location"] == f"/admin/rebuild/{rebuild['rebuild_id']}"
+    assert rebuild["generation"] == before["generation"] + 1 and rebuild["state"] == "building"
+    assert rebuild["target_total"] >= len(j.facts)
+    # The old views keep serving meanwhile.
+    assert (await query.client.get(f"/orders/{j.order_id}")).json()["status"] == "CANCELLED"
+
+    async def switched() -> bool:
+        body = (await query.client.get(f"/admin/rebuild/{rebuild['rebuild_id']}")).json()
+        return bool(body["done"])
+
+    await wait_for(switched, timeout_s=120)
+    status = (await query.client.get(f"/admin/rebuild/{rebuild['rebuild_id']}")).json()
+    assert (status["state"], status["progress"]) == ("current", 1.0)
+    assert (await query.client.get("/stats")).json()["generation"] == rebuild["generation"]
+    assert await view_tables(query.dsn, rebuild["generation"]) == incremental
+    assert await view_tables(query.dsn, before["generation"]) == incremental  # retired, kept for comparison
+    assert (await query.client.get(f"/admin/rebuild/{uuid.uuid4()}")).status_code == 404
+
+    # The rebuilt generation's consumer is now the live one.
+    await query.publish(later.facts[:1])
+    await query.order_when(later.order_id, lambda v: v["status"] == "PENDING")
+    # And the SSE feed holds each fact once, whichever generation applied it first.
+    conn = await asyncpg.connect(query.dsn)
+    try:
+        ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM fact_feed WHERE order_id = $1", j.order_id)]
+    finally:
+        await conn.close()
+    assert sorted(ids) == sorted(e.id for e in j.facts)
+
+
+# ---------------------------------------------------------------- SQL = pure projection
+
+async def test_the_sql_upsert_applies_exactly_the_pure_merge_in_any_order_and_batching(stack: LocalStack) -> None:
+    import random
+
+    async with scratch_database(stack, "query_sql") as dsn:
+        pool = await create_pool(dsn)
+        try:
+            await migrate(pool, [VIEWS_SQL, store.bootstrap_sql("test")])
+            rng = random.Random(11)
+            for trial in range(12):
+                builder = [happy, cancelled_after_capture, declined][trial % 3]
+                j = builder()
+                arrival = j.facts + rng.sample(j.facts, 3)
+                rng.shuffle(arrival)
+                cuts = sorted(rng.sample(range(1, len(arrival)), 3))
+                inbox: set[str] = set()  # what the kernel's inbox does: repeats never reach the handler
+                for lo, hi in zip([0, *cuts], [*cuts, len(arrival)]):
+                    fresh = [e for e in arrival[lo:hi] if e.id not in inbox]
+                    inbox.update(e.id for e in fresh)
+                    async with pool.acquire() as conn, conn.transaction():
+                        await store.apply_batch(conn, 1, project(fresh), feed=True)
+                async with pool.acquire() as conn:
+                    stored = await store.get_order(conn, 1, j.order_id)
+                    facts = await store.timeline(conn, 1, j.order_id)
+                [expected] = fold(f for f in (Fact.from_envelope(e) for e in j.facts) if f is not None).values()
+                assert stored == expected, f"trial {trial}"
+                assert [f.id for f in causal_order(facts)] == [e.id for e in j.facts]
+            # A repeat that bypassed the inbox would fail loudly (-> DLQ), never duplicate a row.
+            with pytest.raises(asyncpg.UniqueViolationError):
+                async with pool.acquire() as conn, conn.transaction():
+                    await store.apply_batch(conn, 1, project(j.facts[:1]), feed=True)
+        finally:
+            await pool.close()
+
+
+async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_atomically(stack: LocalStack) -> None:
+    from datetime import timedelta
+
+    async with scratch_database(stack, "query_switch") as dsn:
+        pool = await create_pool(dsn)
+        try:
+            await migrate(pool, [VIEWS_SQL, store.bootstrap_sql("test")])
+            j = happy()
+            async with pool.acquire() as conn:
+                [old] = await store.generations(conn, ["current"])
+                new = await store.start_rebuild(conn, "test", {("order.events", 0): 5, ("payment.events", 0): 0})
+                with pytest.raises(store.RebuildInProgress):
+                    await store.start_rebuild(conn, "test", {})
+
+                async def position(consumer: str, offset: int) -> None:
+                    await conn.execute(
+                        """INSERT INTO consumer_positions VALUES ($1, 'order.events', 0, $2)
+                           ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
+                        consumer, offset,
+                    )
+
+                # Only the rebuilt views know these facts so far (the live ones lag behind).
+                async with conn.transaction():
+                    await store.apply_batch(conn, new.generation, project(j.facts[:3]), feed=False)
+                hour, nothing = timedelta(hours=1), timedelta(0)
+                assert not await store.try_switch(conn, new.generation, ["order.events"], nothing)  # target not reached
+                await position(new.consumer, 5)
+                await position(old.consumer, 7)  # the current views are further along
+                assert not await store.try_switch(conn, new.generation, ["order.events"], hour)
+                assert [g.generation for g in await store.generations(conn, ["current"])] == [old.generation]
+                await position(new.consumer, 7)
+                assert await store.try_switch(conn, new.generation, ["order.events"], hour)
+                states = {g.generation: g.state for g in await store.generations(conn)}
+                assert states == {old.generation: "retired", new.generation: "current"}
+                assert await store.current_generation(conn) == new.generation
+                # The facts only the new views had applied are now in the SSE feed, in time order.
+                fed = await store.feed_after(conn, 0, j.order_id, 10)
+                assert [i.document["id"] for i in fed] == [e.id for e in j.facts[:3]]
+                assert await store.drop_retired(conn, keep=1) == []
+                assert await store.drop_retired(conn, keep=0) == [old.generation]
+                assert await conn.fetchval("SELECT count(*) FROM consumer_positions WHERE consumer = $1", old.consumer) == 0
+                assert not await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", store.schema_of(old.generation)
+                )
+        finally:
+            await pool.close()
+
+
+async def test_health_metrics_and_openapi_come_from_the_kernel(query: Query) -> None:
+    health = await query.client.get("/health")
+    assert health.status_code == 200 and health.json()["database"] == "up"
+    assert "query_facts_applied_total" in (await query.client.get("/metrics")).text
+    assert "/admin/rebuild" in (await query.client.get("/openapi.json")).json()["paths"]
+    assert (await query.client.get("/docs")).status_code == 200
