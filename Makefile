@@ -67,8 +67,8 @@ demo: venv ## guided tour against the running `make up` stack (ARGS="--fast --no
 watch: venv ## print every event on the Kafka topics live (ARGS="--order ID --from-beginning")
 	$(PY) -m infra watch $(ARGS)
 
-audit: venv ## check the saga invariants
-	$(not_yet)
+audit: venv ## check the saga invariants, topics vs event logs, views vs write side (ARGS="--json --settle-s 30")
+	$(PY) -m reliability audit $(ARGS)
 
-chaos: venv ## fault-injection run
-	$(not_yet)
+chaos: venv kafka-jars ## faults under load on a private stack; table + reliability/results/chaos-latest.json (ARGS="--faults kill-order,poison --rate 20")
+	$(PY) -m reliability chaos $(ARGS)

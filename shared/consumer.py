@@ -76,6 +76,7 @@ class ConsumerSettings:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
     kafka_commit_interval_s: float = 2.0
+    kafka_call_timeout_s: float = 15.0
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -133,6 +134,7 @@ class ConsumerRunner:
                         *(self._process_partition_batch(consumer, tp, records, stop) for tp, records in batches.items())
                     )
                     if time.monotonic() - committed_at >= self.settings.kafka_commit_interval_s:
+                        _raise_if_wedged(consumer)
                         await self._commit_kafka_offsets(consumer)
                         committed_at = time.monotonic()
                     backoff = self.settings.retry_backoff_s
@@ -159,7 +161,14 @@ class ConsumerRunner:
         offsets, self._uncommitted = self._uncommitted, {}
         assigned = consumer.assignment()
         try:
-            await consumer.commit({tp: o for tp, o in offsets.items() if tp in assigned})
+            await asyncio.wait_for(
+                consumer.commit({tp: o for tp, o in offsets.items() if tp in assigned}),
+                timeout=self.settings.kafka_call_timeout_s,
+            )
+        except asyncio.TimeoutError as exc:
+            # aiokafka can wedge after a transport reset (its metadata task died, the
+            # coordinator lookup waits for ever): drop this client and start a fresh one.
+            raise _ConsumerWedged("offset commit did not return") from exc
         except Exception as exc:  # a rebalance may revoke a partition; the stored position holds
             log.info("offset commit skipped", extra={"consumer": self.name, "error": repr(exc)})
 
@@ -342,6 +351,19 @@ class ConsumerRunner:
             "message dead-lettered",
             extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},
         )
+
+
+class _ConsumerWedged(Exception):
+    """Internal: the Kafka client stopped making progress; `run` replaces it."""
+
+
+def _raise_if_wedged(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka's background metadata task can die on a transport error (uvloop raises
+    RuntimeError, not OSError, on a reset connection); without it lookups never finish."""
+    client = getattr(consumer, "_client", None)
+    sync_task = getattr(client, "_sync_task", None)
+    if sync_task is not None and sync_task.done():
+        raise _ConsumerWedged("the Kafka client's metadata task has stopped")
 
 
 class _HandlerFailed(Exception):

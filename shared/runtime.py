@@ -360,4 +360,12 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Entry point for `python -m services.<name>`."""
     import uvicorn
 
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False, loop="uvloop")
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        timeout_graceful_shutdown=10,  # open SSE streams must not hold a shutdown forever
+    )
