@@ -27,7 +27,9 @@ and checks, printing each violation with its order id and exiting non-zero if th
   stored fact (`message_mismatch`), one key stays in one partition (`key_split`) and the *first
   occurrences* per key are in stream-version order (`out_of_order`). Each command topic holds
   exactly the commands the sagas recorded in `saga.step_requested` (`unpublished_command` /
-  `phantom_command`), first occurrences in saga order. A real fact or command found in a
+  `phantom_command`), first occurrences in saga order (ids appended after the logs were read
+  — looked up again once the topics are read — are newer than the snapshot, not phantoms). A
+  real fact or command found in a
   `.dlq` topic is a violation (`dead_lettered_real_message`); other DLQ entries are counted.
 **Views**: every order's query view matches its write side: status, version, total, currency,
   payment and shipment status and ids (`view_missing` / `view_mismatch` / `view_orphan`).
@@ -200,6 +202,9 @@ class Snapshot:
     outbox_backlog: dict[str, int] = field(default_factory=dict)
     topics: dict[str, list[TopicRecord]] | None = None  # None: not checked
     views: dict[str, dict[str, Any]] | None = None  # order_id → view; None: not checked
+    #: Ids of facts and commands appended after the logs were read (seen again once the topics
+    #: were read): on a topic they are not phantoms, just newer than the snapshot.
+    late_ids: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -600,6 +605,8 @@ class _Checker:
                     continue
                 seen.add(event_id)
                 stored = expected.get(event_id)
+                if stored is None and event_id in self.s.late_ids:
+                    continue  # appended after the logs were read
                 if stored is None:
                     self.add("phantom_message", _order_id_of_doc(doc),
                              f"{topic} p{r.partition}@{r.offset}: {doc.get('type')} {event_id} is in no log")
@@ -657,6 +664,8 @@ class _Checker:
                     dup += 1
                     continue
                 seen.add(command_id)
+                if command_id not in wanted and command_id in self.s.late_ids:
+                    continue  # sent after the logs were read
                 if command_id not in wanted:
                     self.add("phantom_command", _order_id_of_doc(doc),
                              f"{topic} p{r.partition}@{r.offset}: {doc.get('type')} {command_id} is in no saga")
@@ -775,8 +784,8 @@ def check(snapshot: Snapshot, config: AuditConfig, expected_orders: Iterable[str
 # ====================================================================== collecting a snapshot
 
 
-async def read_log(dsn: str, log: str) -> tuple[list[Event], int]:
-    """Every event of one service database, and its outbox backlog."""
+async def read_log(dsn: str, log: str) -> tuple[list[Event], int, int]:
+    """Every event of one service database, its outbox backlog and the last position read."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn, timeout=10)
@@ -784,19 +793,36 @@ async def read_log(dsn: str, log: str) -> tuple[list[Event], int]:
         await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
                                   schema="pg_catalog")
         rows = await conn.fetch(
-            """SELECT event_id::text AS event_id, stream_id, version, type, data, occurred_at,
+            """SELECT position, event_id::text AS event_id, stream_id, version, type, data, occurred_at,
                       correlation_id, causation_id
                FROM events ORDER BY position"""
         )
         backlog = await conn.fetchval("SELECT count(*) FROM outbox")
     finally:
         await conn.close()
+    last_position = int(rows[-1]["position"]) if rows else 0
     events = [
         Event(log, r["event_id"], r["stream_id"], r["version"], r["type"], r["data"], r["occurred_at"],
               r["correlation_id"], r["causation_id"])
         for r in rows
     ]
-    return events, int(backlog)
+    return events, int(backlog), last_position
+
+
+async def read_late_ids(dsn: str, after_position: int) -> set[str]:
+    """Ids of the events (and of the commands saga events carry) appended after a position."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            """SELECT event_id::text AS event_id, data->'command'->>'command_id' AS command_id
+               FROM events WHERE position > $1""",
+            after_position,
+        )
+    finally:
+        await conn.close()
+    return {r["event_id"] for r in rows} | {r["command_id"] for r in rows if r["command_id"]}
 
 
 async def read_topics(bootstrap: str, topics: Sequence[str], timeout_s: float = 60.0) -> dict[str, list[TopicRecord]]:
@@ -912,27 +938,31 @@ async def collect(config: AuditConfig) -> Snapshot:
     """Read the logs first, then topics and views (which can only be ahead of the logs)."""
     logs: dict[str, list[Event]] = {}
     backlog: dict[str, int] = {}
-    results = await asyncio.gather(
-        read_log(config.order_dsn, "order"),
-        read_log(config.payment_dsn, "payment"),
-        read_log(config.shipping_dsn, "shipping"),
-    )
-    for log, (events, pending) in zip(("order", "payment", "shipping"), results):
+    last: dict[str, int] = {}
+    dsns = {"order": config.order_dsn, "payment": config.payment_dsn, "shipping": config.shipping_dsn}
+    results = await asyncio.gather(*(read_log(dsn, log) for log, dsn in dsns.items()))
+    for log, (events, pending, last_position) in zip(dsns, results):
         logs[log] = events
         backlog[log] = pending
+        last[log] = last_position
     taken_at = datetime.now(timezone.utc)
     topics = None
+    late: set[str] = set()
     if config.check_topics:
         names = [*EVENT_TOPICS, *COMMAND_TOPICS]
         topics = await read_topics(config.kafka_bootstrap, [*names, *(n + DLQ_SUFFIX for n in names)],
                                    timeout_s=config.kafka_timeout_s)
+        # What reached a topic after the logs were read is newer, not phantom: note it.
+        for ids in await asyncio.gather(*(read_late_ids(dsn, last[log]) for log, dsn in dsns.items())):
+            late |= ids
     views = None
     if config.views == "http":
         order_ids = {e.stream_id for e in logs["order"] if e.type == "order.placed"}
         views = await read_views_http(config.query_url, order_ids)
     elif config.views == "db":
         views = await read_views_db(config.query_dsn)
-    return Snapshot(taken_at=taken_at, logs=logs, outbox_backlog=backlog, topics=topics, views=views)
+    return Snapshot(taken_at=taken_at, logs=logs, outbox_backlog=backlog, topics=topics, views=views,
+                    late_ids=late)
 
 
 async def run_audit(config: AuditConfig, expected_orders: Iterable[str] = ()) -> AuditReport:

@@ -32,7 +32,7 @@ from shared.topics import dlq_topic
 log = logging.getLogger("shared.consumer")
 
 # Errors that say "the infrastructure is away", not "this message is bad": retry the batch.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.consumer import ConsumerRunner, ConsumerSettings, Handler
+from shared.consumer import TRANSIENT_ERRORS, ConsumerRunner, ConsumerSettings, Handler
 from shared.db import create_pool, migrate
 from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
 from shared.logs import configure_logging
@@ -294,6 +294,19 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
         # FastAPI's own handler echoes each bad `input`; a non-finite number (`NaN`, `Infinity`,
         # `1e400` → inf) cannot be rendered as JSON, which turned a 422 into a 500.
         return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database (or a lock) is away for a moment: nothing was written, and a retry is
+        # exactly right (Idempotency-Key makes it safe), so say so instead of a bare 500.
+        log.warning("request failed: a dependency is unavailable", extra={"error": repr(exc)})
+        return JSONResponse(
+            {"code": "database_unavailable", "message": "a dependency is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for transient in TRANSIENT_ERRORS:
+        app.add_exception_handler(transient, unavailable)
 
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:
