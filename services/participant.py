@@ -33,10 +33,10 @@ from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, Sequence
 from prometheus_client import Counter
 
 from services.domain_errors import DomainError, IllegalTransition, InvalidCommand, NotFound
-from shared.consumer import Delivery, Handler, one_at_a_time
+from shared.consumer import Delivery, Handler
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
 from shared.ids import caused_by, current_context
-from shared.messages import NewEvent, RecordedEvent
+from shared.messages import Envelope, NewEvent, RecordedEvent
 
 log = logging.getLogger("services.participant")
 
@@ -123,28 +123,43 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
 
     # ------------------------------------------------------------------ commands
 
-    async def execute(self, uow: UnitOfWork, command: C, *, causation_id: str | None = None) -> Outcome[S]:
-        """Read → fold → decide → append in `uow`, re-deciding after a lost race.
+    async def execute(
+        self,
+        uow: UnitOfWork,
+        command: C,
+        *,
+        causation_id: str | None = None,
+        history: list[RecordedEvent] | None = None,
+    ) -> Outcome[S]:
+        """Read (unless `history` is given) → fold → decide → append in `uow`.
 
-        Raises DomainError for a refusal (nothing written) and ConcurrencyConflict once the
-        attempts are spent. With `causation_id` (an HTTP request), the appended facts carry it
-        and the aggregate's order id as correlation; otherwise the ambient causal context of
-        the message being handled (set by `one_at_a_time`) applies.
+        Raises DomainError for a refusal (nothing written) and ConcurrencyConflict when another
+        writer appended first; the caller retries its whole transaction (`execute_alone`, or
+        the consumer runner, which re-applies the message in a savepoint). No savepoint here:
+        it would cost two round trips per command for a race that almost never happens.
+        With `causation_id` (an HTTP request), the appended facts carry it and the aggregate's
+        order id as correlation; otherwise the ambient causal context of the message being
+        handled (set by `one_at_a_time`) applies.
         """
         stream_id = self.stream_of(command)
+        if history is None:
+            history = await uow.read(stream_id)
+        state = self.fold(history)
+        if causation_id is None:
+            return await self._decide_and_append(uow, command, stream_id, history, state)
+        with caused_by(state.order_id or stream_id, causation_id):
+            return await self._decide_and_append(uow, command, stream_id, history, state)
+
+    async def execute_alone(self, store: EventStore, command: C, *, causation_id: str) -> Outcome[S]:
+        """`execute` in a transaction of its own, re-deciding after a lost race (HTTP commands)."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                async with uow.conn.transaction():  # a savepoint: a lost race leaves uow usable
-                    history = await uow.read(stream_id)
-                    state = self.fold(history)
-                    if causation_id is None:
-                        return await self._decide_and_append(uow, command, stream_id, history, state)
-                    with caused_by(state.order_id or stream_id, causation_id):
-                        return await self._decide_and_append(uow, command, stream_id, history, state)
+                async with store.transaction() as uow:
+                    return await self.execute(uow, command, causation_id=causation_id)
             except ConcurrencyConflict:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
-                log.info("append lost a race, deciding again", extra={"stream_id": stream_id, "attempt": attempt})
+                log.info("append lost a race, deciding again", extra={"stream_id": self.stream_of(command), "attempt": attempt})
         raise AssertionError("unreachable")
 
     async def _decide_and_append(
@@ -164,13 +179,15 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
         return Outcome(after, appended, None)
 
     def consumer(self, store: EventStore, parse: Callable[[str, Mapping[str, Any]], C]) -> Handler:
-        """The batch handler for the participant's command topic (one causal context per message)."""
+        """The batch handler for the participant's command topic (one causal context per message).
 
-        async def handle(uow: UnitOfWork, delivery: Delivery) -> None:
-            env = delivery.envelope
-            command = parse(env.type, env.data)  # InvalidCommand → retried, then dead-lettered
+        The streams of the whole batch are read in one round trip; each command then decides
+        on its stream as the earlier commands of the batch left it.
+        """
+
+        async def handle_one(uow: UnitOfWork, env: Envelope, command: C, history: list[RecordedEvent]) -> list[RecordedEvent]:
             try:
-                outcome = await self.execute(uow, command)
+                outcome = await self.execute(uow, command, history=history)
             except InvalidCommand:
                 raise
             except (IllegalTransition, NotFound) as refusal:
@@ -181,11 +198,22 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
                         correlation_id=ctx.correlation_id if ctx else None,
                     )
                 )
-                return
+                return history
             if outcome.duplicate:
                 await self.reanswer(uow, env.type, outcome.recorded_answer, message_id=env.id)
+            return [*history, *outcome.appended]
 
-        return one_at_a_time(handle)
+        async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+            # InvalidCommand → the batch is re-applied message by message, then dead-lettered.
+            commands = [parse(d.envelope.type, d.envelope.data) for d in deliveries]
+            histories = await uow.read_many(sorted({self.stream_of(c) for c in commands}))
+            for delivery, command in zip(deliveries, commands):
+                env = delivery.envelope
+                stream_id = self.stream_of(command)
+                with caused_by(env.correlation_id or env.subject, env.id):
+                    histories[stream_id] = await handle_one(uow, env, command, histories[stream_id])
+
+        return handle
 
     def record_refusal(
         self, command_type: str, refusal: DomainError, *, message_id: str, stream_id: str, correlation_id: str | None = None

@@ -43,6 +43,19 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# The batch's position and its inbox rows in one statement (a data-modifying CTE always runs).
+_CLAIM_SQL = """
+WITH position AS (
+    INSERT INTO consumer_positions (consumer, topic, partition, next_offset)
+    VALUES ($1, $3, $4, $5)
+    ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset
+)
+INSERT INTO inbox (consumer, message_id, outcome)
+SELECT $1, id, 'handled' FROM unnest($2::text[]) AS id
+ON CONFLICT DO NOTHING RETURNING message_id
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """A decoded message plus where it came from."""
@@ -226,7 +239,7 @@ class ConsumerRunner:
                     poison.append((record, str(exc)))
                     continue
                 fresh.append(Delivery(env, record.topic, record.partition, record.offset))
-            fresh = await self._claim(uow, fresh)
+            fresh = await self._claim(uow, tp, records[-1].offset + 1, fresh)
             for record, error in poison:
                 if await self._claim_ids(uow, [f"{record.topic}:{record.partition}:{record.offset}"], "dead_lettered"):
                     await self._dead_letter(uow, record, "poison", error, dead)
@@ -234,21 +247,13 @@ class ConsumerRunner:
                 await self._apply_isolated(uow, records, fresh, dead)
             elif fresh:
                 try:
-                    async with uow.conn.transaction():
-                        await self.handler(uow, fresh)
+                    # No savepoint: if the batch fails, the whole transaction is rolled back
+                    # and `_process_partition_batch` re-applies it message by message.
+                    await self.handler(uow, fresh)
                 except TRANSIENT_ERRORS:
                     raise
                 except Exception as exc:
                     raise _HandlerFailed() from exc
-            await uow.conn.execute(
-                """INSERT INTO consumer_positions (consumer, topic, partition, next_offset)
-                   VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
-                self.name,
-                tp.topic,
-                tp.partition,
-                records[-1].offset + 1,
-            )
         # Counted only once the transaction committed: a rolled-back attempt did nothing.
         dead_ids = {offset for offset, _ in dead}
         for d in fresh:
@@ -270,9 +275,8 @@ class ConsumerRunner:
         for delivery in fresh:
             error: Exception | None = None
             for attempt in range(1, self.settings.max_attempts + 1):
-                checkpoint = len(uow.after_commit_callbacks)
                 try:
-                    async with uow.conn.transaction():
+                    async with uow.savepoint():
                         await self.handler(uow, [delivery])
                     error = None
                     break
@@ -282,7 +286,6 @@ class ConsumerRunner:
                     error = exc  # someone else wrote the stream: the next attempt re-reads it
                 except Exception as exc:
                     error = exc
-                del uow.after_commit_callbacks[checkpoint:]  # that attempt was rolled back
                 HANDLER_ERRORS.labels(consumer=self.name, type=delivery.envelope.type).inc()
                 log.warning(
                     "handler failed",
@@ -303,11 +306,17 @@ class ConsumerRunner:
             )
             await self._dead_letter(uow, by_offset[delivery.offset], delivery.envelope.type, repr(error), dead)
 
-    async def _claim(self, uow: UnitOfWork, deliveries: list[Delivery]) -> list[Delivery]:
-        """Record the message ids in the inbox; keep only those never handled before."""
-        if not deliveries:
-            return []
-        new_ids = await self._claim_ids(uow, [d.envelope.id for d in deliveries], "handled")
+    async def _claim(
+        self, uow: UnitOfWork, tp: TopicPartition, next_offset: int, deliveries: list[Delivery]
+    ) -> list[Delivery]:
+        """Store the partition's next offset and record the message ids in the inbox, in one
+        round trip; keep only the deliveries never handled before."""
+        new_ids = {
+            r["message_id"]
+            for r in await uow.conn.fetch(
+                _CLAIM_SQL, self.name, [d.envelope.id for d in deliveries], tp.topic, tp.partition, next_offset
+            )
+        }
         seen: set[str] = set()
         fresh = []
         for d in deliveries:

@@ -5,6 +5,7 @@ Appending a fact and queueing its publication happen in one statement of one tra
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,10 +59,28 @@ WITH head AS (
 SELECT count(*) FROM new_events
 """
 
+_ENQUEUE_SQL = """
+INSERT INTO outbox (topic, key, value)
+SELECT o.topic, o.key, o.value
+FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS o(topic, key, value, n)
+ORDER BY o.n
+"""
+
 _READ_SQL = """
 SELECT event_id, type, stream_id, version, schema_version, occurred_at,
        correlation_id, causation_id, data
 FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version
+"""
+
+# One index range scan per stream (LATERAL): `stream_id = ANY($1) ORDER BY stream_id, version`
+# gets a generic plan that walks the whole index once the statement is prepared.
+_READ_MANY_SQL = """
+SELECT e.event_id, e.type, e.stream_id, e.version, e.schema_version, e.occurred_at,
+       e.correlation_id, e.causation_id, e.data
+FROM unnest($1::text[]) AS s(stream_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM events WHERE events.stream_id = s.stream_id ORDER BY version
+) AS e
 """
 
 
@@ -79,19 +98,45 @@ class EventRoutes:
 
 
 class UnitOfWork:
-    """One database transaction: read streams, append facts, queue commands and messages."""
+    """One database transaction: read streams, append facts, queue commands and messages.
+
+    Queued messages are written to the outbox in one statement, just before the next append
+    and at commit, so a batch that sends many commands pays one round trip, and the outbox
+    still holds everything in the order this transaction produced it.
+    """
 
     def __init__(self, conn: asyncpg.Connection, store: "EventStore") -> None:
         self.conn = conn
         self._store = store
         self.after_commit_callbacks: list[Callable[[], None]] = []
+        self._queued: list[tuple[str, str, bytes]] = []
+        self.published_messages = 0  # rows this transaction puts in the outbox
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction has committed (metrics, logs): never on rollback."""
         self.after_commit_callbacks.append(callback)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator["UnitOfWork"]:
+        """A nested transaction: if its block raises, its facts, queued messages and
+        after-commit callbacks are all undone and the outer transaction stays usable."""
+        await self.flush()  # what was queued before the savepoint must survive its rollback
+        callbacks = len(self.after_commit_callbacks)
+        try:
+            async with self.conn.transaction():
+                yield self
+                await self.flush()
+        except BaseException:
+            del self.after_commit_callbacks[callbacks:]
+            self._queued.clear()
+            raise
+
     async def read(self, stream_id: str, up_to_version: int | None = None) -> list[RecordedEvent]:
         return await self._store.read(stream_id, up_to_version, conn=self.conn)
+
+    async def read_many(self, stream_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        """Several whole streams in one round trip (a stream without facts maps to [])."""
+        return await self._store.read_many(stream_ids, conn=self.conn)
 
     async def append(
         self,
@@ -102,6 +147,8 @@ class UnitOfWork:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> list[RecordedEvent]:
+        await self.flush()  # messages queued earlier keep their place before these facts
+        self.published_messages += sum(1 for e in events if self._store.routes.topic_for(e.type) is not None)
         return await self._store.append(
             stream_id,
             expected_version,
@@ -125,9 +172,17 @@ class UnitOfWork:
         await self.enqueue(topic, event.stream_id, encode(event_to_cloudevent(event, self._store.source)))
 
     async def enqueue(self, topic: str, key: str, value: bytes) -> None:
-        await self.conn.execute(
-            "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)", topic, key, value
-        )
+        """Queue a message for the outbox (written by `flush`, at the latest before commit)."""
+        self._queued.append((topic, key, value))
+        self.published_messages += 1
+
+    async def flush(self) -> None:
+        """Write the queued messages to the outbox now, in the order they were queued."""
+        if not self._queued:
+            return
+        topics, keys, values = (list(column) for column in zip(*self._queued))
+        await self.conn.execute(_ENQUEUE_SQL, topics, keys, values)
+        self._queued.clear()
 
 
 def _causal_ids(correlation_id: str | None, causation_id: str | None, *, fallback: str) -> tuple[str, str]:
@@ -151,6 +206,9 @@ class EventStore:
         self.source = source
         self.routes = routes
         self.upcasters = upcasters
+        #: Set after every commit that put rows in the outbox: wakes a relay in this process
+        #: at once, without a database round trip (other processes' commits use the doorbell).
+        self.outbox_written = asyncio.Event()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -158,6 +216,9 @@ class EventStore:
             async with conn.transaction():
                 uow = UnitOfWork(conn, self)
                 yield uow
+                await uow.flush()
+            if uow.published_messages:
+                self.outbox_written.set()
             for callback in uow.after_commit_callbacks:
                 callback()
 
@@ -216,6 +277,8 @@ class EventStore:
             if conn is None:
                 async with self.pool.acquire() as own:
                     inserted = await own.fetchval(_APPEND_SQL, *args)
+                if topics and inserted == len(recorded):
+                    self.outbox_written.set()
             else:
                 inserted = await conn.fetchval(_APPEND_SQL, *args)
         except asyncpg.UniqueViolationError as exc:
@@ -237,6 +300,22 @@ class EventStore:
         else:
             rows = await conn.fetch(_READ_SQL, stream_id, limit)
         return [self._to_event(row) for row in rows]
+
+    async def read_many(
+        self, stream_ids: Sequence[str], *, conn: asyncpg.Connection | None = None
+    ) -> dict[str, list[RecordedEvent]]:
+        """Several whole streams in one query, each in version order."""
+        streams: dict[str, list[RecordedEvent]] = {stream_id: [] for stream_id in stream_ids}
+        if not streams:
+            return streams
+        if conn is None:
+            async with self.pool.acquire() as own:
+                rows = await own.fetch(_READ_MANY_SQL, list(streams))
+        else:
+            rows = await conn.fetch(_READ_MANY_SQL, list(streams))
+        for row in rows:
+            streams[row["stream_id"]].append(self._to_event(row))
+        return streams
 
     def _to_event(self, row: asyncpg.Record) -> RecordedEvent:
         schema_version, data = self.upcasters.upcast(row["type"], row["schema_version"], row["data"])

@@ -9,9 +9,12 @@ Per-key order: a stream's later facts are committed after its earlier ones, so t
 higher outbox ids; the relay sends in id order through an idempotent producer, and after
 any failed send it retries from the first unacknowledged row (never skipping ahead).
 
-Wake-up: while rows keep coming the relay just fetches again; once idle it raises a flag
-(`outbox_relay_state.listening`) so that writers' commits NOTIFY it, and falls back to polling
-every `poll_interval_s` (schema.sql explains why writers do not notify on every commit).
+Wake-up: while rows keep coming the relay just fetches again. A commit in the relay's own
+process rings `EventStore.outbox_written` (no database round trip), so a relay that just went
+idle waits for that bell, looking every `linger_poll_s` for other processes' rows; after
+`linger_s` of quiet it raises a flag (`outbox_relay_state.listening`) so that every writer's
+commit NOTIFYs it, and falls back to polling every `poll_interval_s` (schema.sql explains why
+writers do not notify on every commit).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class RelaySettings:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
     linger_s: float = 0.05
-    linger_poll_s: float = 0.005
+    linger_poll_s: float = 0.02
 
 
 class OutboxRelay:
@@ -53,8 +56,10 @@ class OutboxRelay:
         name: str = "relay",
         settings: RelaySettings = RelaySettings(),
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+        local_bell: asyncio.Event | None = None,
     ) -> None:
         self.dsn = dsn
+        self.local_bell = local_bell or asyncio.Event()  # a standalone relay has no local writers
         self.bootstrap_servers = bootstrap_servers
         self.name = name
         self.settings = settings
@@ -98,14 +103,16 @@ class OutboxRelay:
         idle_since: float | None = None
         try:
             while not stop.is_set():
+                self.local_bell.clear()  # before the fetch: a commit after it rings again
                 rows = await self._fetch(conn)
                 if not rows:
                     now = asyncio.get_running_loop().time()
                     idle_since = now if idle_since is None else idle_since
                     if now - idle_since < self.settings.linger_s:
-                        # Just gone idle: keep looking briefly before asking writers to ring
-                        # (raising and lowering the flag costs two commits per sleep).
-                        await _sleep_unless(stop, self.settings.linger_poll_s)
+                        # Just gone idle: wait for a local commit, looking now and then for
+                        # other processes' rows, before asking writers to ring (raising and
+                        # lowering the flag costs two commits per sleep).
+                        await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
                     else:
                         await self._sleep_until_rung(conn, wake, stop)
                     continue
@@ -138,7 +145,7 @@ class OutboxRelay:
         await conn.execute("UPDATE outbox_relay_state SET listening = true WHERE id = 1")
         try:
             if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
-                await _wait_either(wake, stop, self.settings.poll_interval_s)
+                await _wait_any((wake, self.local_bell, stop), self.settings.poll_interval_s)
         finally:
             await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
 
@@ -185,8 +192,11 @@ class OutboxRelay:
         return acknowledged
 
 
-async def _wait_either(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Until one of `events` is set or `timeout` passes."""
+    if any(event.is_set() for event in events):
+        return
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -336,6 +336,7 @@ async def _start(definition: ServiceDefinition) -> Runtime:
         settings.kafka_bootstrap_servers,
         name=definition.name,
         settings=RelaySettings(batch_size=settings.relay_batch_size, poll_interval_s=settings.relay_poll_interval_s),
+        local_bell=store.outbox_written,
     )
     runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay)
     runtime.tasks.append(asyncio.create_task(relay.run(runtime.stop), name="relay"))

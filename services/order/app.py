@@ -31,7 +31,7 @@ are shown, with the payment token redacted, at `GET /sagas/{order_id}`.
 
 def definition(settings: OrderSettings) -> ServiceDefinition:
     def consumers(store: EventStore) -> list[ConsumerSpec]:
-        return [ConsumerSpec(name=handlers.SAGA_CONSUMER, topics=handlers.REPLY_TOPICS, handler=handlers.reply_handler())]
+        return [ConsumerSpec(name=handlers.SAGA_CONSUMER, topics=handlers.REPLY_TOPICS, handler=handlers.handle_replies)]
 
     return ServiceDefinition(
         name="order",

@@ -32,7 +32,7 @@ from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
 from services.order.domain import order, saga
 from services.order.domain.order import OrderState, PlaceOrder
 from services.order.domain.saga import SagaDecision, SagaState
-from shared.consumer import Delivery, Handler, one_at_a_time
+from shared.consumer import Delivery
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
 from shared.ids import caused_by
 from shared.messages import RecordedEvent, utc_now
@@ -123,10 +123,15 @@ async def place_order(
         with caused_by(command.order_id, causation_id):
             recorded = await uow.append(command.order_id, 0, placed_events)
             state = order.fold(recorded)
-            await uow.conn.execute("INSERT INTO saga_deadlines (order_id) VALUES ($1)", command.order_id)
             start = saga.SagaStarted.for_order(state, command.payment_token, step_timeout_s)
             decision = saga.decide(start, SagaState(), utc_now())
-            await _persist(uow, state, SagaState(), decision)
+            await _write_decision(uow, state, SagaState(), decision)
+            await uow.conn.execute(
+                "INSERT INTO saga_deadlines (order_id, deadline, saga_version) VALUES ($1, $2, $3)",
+                command.order_id,
+                decision.state.deadline,
+                decision.state.version,
+            )
     ORDERS_PLACED.inc()
     SAGA_TRIGGERS.labels(trigger="started", outcome="decided").inc()
     with caused_by(command.order_id, causation_id):
@@ -203,28 +208,6 @@ async def cancel_order(store: EventStore, order_id: str, *, causation_id: str, a
 # --------------------------------------------------------------------------- replies
 
 
-async def handle_reply(uow: UnitOfWork, delivery: Delivery) -> None:
-    """Feed a participant's fact to its saga, in the consumer runner's transaction.
-
-    Facts about orders this service does not know (other deployments or tests sharing the
-    topics) are ignored. ConcurrencyConflict propagates: the runner retries the message.
-    """
-    env = delivery.envelope
-    order_id = _reply_order_id(delivery)
-    if order_id is None:
-        log.debug("message ignored: not a reply about an order", extra={"type": env.type, "message_id": env.id})
-        return
-    if not await _lock_saga(uow, order_id):
-        log.debug("reply for an unknown order ignored", extra={"type": env.type, "order_id": order_id})
-        return
-    order_state, saga_state, _ = await _load(uow, order_id)
-    with caused_by(order_id, env.id):
-        decision = saga.decide(saga.ReplyReceived.of(env), saga_state, utc_now())
-        await _persist(uow, order_state, saga_state, decision)
-    outcome = _outcome(decision)
-    uow.after_commit(lambda: SAGA_TRIGGERS.labels(trigger="reply", outcome=outcome).inc())
-
-
 def _reply_order_id(delivery: Delivery) -> str | None:
     env = delivery.envelope
     if env.type not in saga.REPLY_TYPES:
@@ -233,25 +216,45 @@ def _reply_order_id(delivery: Delivery) -> str | None:
     return order_id if isinstance(order_id, str) and order_id else None
 
 
-def reply_handler() -> Handler:
-    """The batch handler of the `order.saga` consumer (one causal context per message).
+async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+    """Feed participants' facts to their sagas, in the consumer runner's transaction.
 
-    A batch may touch many sagas and holds their locks until it commits, so it takes them all
-    up front in one sorted order: two replicas' batches then never wait on each other in a
-    cycle (a deadlock would cost a retry, and three in a row would dead-letter a reply).
+    The batch takes its sagas' locks up front, in one sorted order (two replicas' batches then
+    never wait on each other in a cycle), and reads every order and saga stream it needs in one
+    round trip; each reply then decides on its saga as the earlier replies of the batch left
+    it, and the deadline index is updated once per saga. Facts about orders this service does
+    not know (other deployments or tests sharing the topics) are ignored. ConcurrencyConflict
+    propagates: the runner re-applies the message alone.
     """
-    per_message = one_at_a_time(handle_reply)
-
-    async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        order_ids = sorted({oid for d in deliveries if (oid := _reply_order_id(d)) is not None})
-        if order_ids:
-            await uow.conn.execute(
-                "SELECT 1 FROM saga_deadlines WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
-                order_ids,
-            )
-        await per_message(uow, deliveries)
-
-    return handle
+    replies = [(d, order_id) for d in deliveries if (order_id := _reply_order_id(d)) is not None]
+    if len(replies) < len(deliveries):
+        log.debug("messages ignored: not replies about an order", extra={"ignored": len(deliveries) - len(replies)})
+    if not replies:
+        return
+    known: list[str] = [
+        row["order_id"]
+        for row in await uow.conn.fetch(
+            "SELECT order_id FROM saga_deadlines WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
+            sorted({order_id for _, order_id in replies}),
+        )
+    ]
+    streams = await uow.read_many([s for order_id in known for s in (order_id, saga.saga_stream_id(order_id))])
+    sagas = {oid: (order.fold(streams[oid]), saga.fold(streams[saga.saga_stream_id(oid)])) for oid in known}
+    moved: dict[str, SagaState] = {}
+    for delivery, order_id in replies:
+        env = delivery.envelope
+        if order_id not in sagas:
+            log.debug("reply for an unknown order ignored", extra={"type": env.type, "order_id": order_id})
+            continue
+        order_state, saga_state = sagas[order_id]
+        with caused_by(order_id, env.id):
+            decision = saga.decide(saga.ReplyReceived.of(env), saga_state, utc_now())
+            order_state = await _write_decision(uow, order_state, saga_state, decision)
+        if not decision.is_empty:
+            sagas[order_id] = (order_state, decision.state)
+            moved[order_id] = decision.state
+        uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
+    await _index_deadlines(uow, list(moved.values()))
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -289,7 +292,7 @@ async def time_out_next(store: EventStore, now: datetime, skip: Sequence[str] = 
                     decision = saga.decide(saga.StepTimedOut(), saga_state, now)
                     await _persist(uow, order_state, saga_state, decision)
                     if decision.is_empty:  # the index disagreed with the saga: realign it
-                        await _index_deadline(uow, order_id, saga_state)
+                        await _index_deadlines(uow, [saga_state])
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
             raise
         except Exception as exc:
@@ -324,13 +327,23 @@ async def _lock_saga(uow: UnitOfWork, order_id: str) -> bool:
 
 async def _load(uow: UnitOfWork, order_id: str) -> tuple[OrderState, SagaState, list[RecordedEvent]]:
     """The order's state, the saga's state and the saga's facts, read in the transaction."""
-    order_state = order.fold(await uow.read(order_id))
-    history = await uow.read(saga.saga_stream_id(order_id))
-    return order_state, saga.fold(history), history
+    streams = await uow.read_many([order_id, saga.saga_stream_id(order_id)])
+    history = streams[saga.saga_stream_id(order_id)]
+    return order.fold(streams[order_id]), saga.fold(history), history
 
 
 async def _persist(uow: UnitOfWork, order_state: OrderState, before: SagaState, decision: SagaDecision) -> OrderState:
-    """Write one saga decision (module docstring, steps 1-4); the order's state afterwards."""
+    """Write one saga decision and its deadline (module docstring, steps 1-4)."""
+    state = await _write_decision(uow, order_state, before, decision)
+    if not decision.is_empty:
+        await _index_deadlines(uow, [decision.state])
+    return state
+
+
+async def _write_decision(
+    uow: UnitOfWork, order_state: OrderState, before: SagaState, decision: SagaDecision
+) -> OrderState:
+    """Steps 1-3 of the module docstring; the order's state afterwards."""
     if decision.is_empty:
         return order_state
     order_id = decision.state.order_id
@@ -343,16 +356,20 @@ async def _persist(uow: UnitOfWork, order_state: OrderState, before: SagaState, 
                 state = order.evolve(state, recorded)
     for outgoing in decision.commands:
         await uow.send(outgoing, saga.COMMAND_TOPICS[outgoing.type])
-    await _index_deadline(uow, order_id, decision.state)
     return state
 
 
-async def _index_deadline(uow: UnitOfWork, order_id: str, state: SagaState) -> None:
+async def _index_deadlines(uow: UnitOfWork, states: Sequence[SagaState]) -> None:
+    """Copy sagas' deadlines to `saga_deadlines` for the scheduler (step 4), in one statement."""
+    if not states:
+        return
     await uow.conn.execute(
-        "UPDATE saga_deadlines SET deadline = $2, saga_version = $3, updated_at = now() WHERE order_id = $1",
-        order_id,
-        state.deadline,
-        state.version,
+        """UPDATE saga_deadlines AS d SET deadline = u.deadline, saga_version = u.version, updated_at = now()
+           FROM unnest($1::text[], $2::timestamptz[], $3::int[]) AS u(order_id, deadline, version)
+           WHERE d.order_id = u.order_id""",
+        [state.order_id for state in states],
+        [state.deadline for state in states],
+        [state.version for state in states],
     )
 
 

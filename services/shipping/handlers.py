@@ -48,8 +48,7 @@ async def deliver(store: EventStore, shipment_id: str, *, causation_id: str) -> 
 
 
 async def _http_command(store: EventStore, command: ShipmentCommand, causation_id: str) -> ShipmentState:
-    async with store.transaction() as uow:
-        outcome = await SHIPMENTS.execute(uow, command, causation_id=causation_id)
+    outcome = await SHIPMENTS.execute_alone(store, command, causation_id=causation_id)
     return outcome.state
 
 

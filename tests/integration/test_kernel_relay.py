@@ -217,3 +217,24 @@ async def test_an_idle_relay_is_woken_by_the_commit_not_by_its_poll(
     finally:
         stop.set()
         await task
+
+
+async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a_database_bell(
+    store: EventStore, stack: LocalStack, fresh_database: str
+) -> None:
+    # It never stops lingering and never polls within the test: only the local bell can wake it.
+    settings = RelaySettings(poll_interval_s=3600, linger_s=3600, linger_poll_s=3600)
+    stop = asyncio.Event()
+    relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t", settings=settings, local_bell=store.outbox_written)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.is_leader)
+        for n in range(1, 4):
+            async with store.transaction() as uow:
+                await uow.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
+            await wait_for(lambda: relay.published == n, timeout_s=20)
+        async with store.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT listening FROM outbox_relay_state") is False
+    finally:
+        stop.set()
+        await task

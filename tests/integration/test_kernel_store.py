@@ -11,7 +11,7 @@ from infra.stack import LocalStack
 from shared.db import create_pool, migrate
 from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
 from shared.ids import caused_by
-from shared.messages import NewEvent
+from shared.messages import Command, NewEvent, decode
 from shared.upcasting import UpcasterRegistry
 
 pytestmark = pytest.mark.integration
@@ -146,3 +146,71 @@ async def test_republish_queues_the_recorded_fact_unchanged(store: EventStore) -
     async with store.pool.acquire() as conn:
         values = [bytes(r["value"]) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
     assert len(values) == 2 and values[0] == values[1], "the same CloudEvent, same id, queued twice"
+
+
+async def _outbox(store: EventStore) -> list[tuple[str, str]]:
+    """(key, CloudEvents type) of the outbox rows, in publication order."""
+    async with store.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT key, value FROM outbox ORDER BY id")
+    return [(r["key"], decode(bytes(r["value"])).type) for r in rows]
+
+
+async def test_queued_messages_keep_their_place_among_appended_facts(store: EventStore) -> None:
+    async with store.transaction() as uow:
+        await uow.send(Command("test.first", "a", {"order_id": "o"}), "test.commands")
+        await uow.append("s", 0, [happened(1)])
+        await uow.send(Command("test.second", "b", {"order_id": "o"}), "test.commands")
+        await uow.send(Command("test.third", "c", {"order_id": "o"}), "test.commands")
+        await uow.append("s", 1, [happened(2)])
+        await uow.send(Command("test.fourth", "d", {"order_id": "o"}), "test.commands")
+    assert await _outbox(store) == [
+        ("a", "test.first"), ("s", "test.happened"), ("b", "test.second"),
+        ("c", "test.third"), ("s", "test.happened"), ("d", "test.fourth"),
+    ]
+
+
+async def test_a_failed_savepoint_undoes_its_facts_messages_and_callbacks_only(store: EventStore) -> None:
+    ran: list[str] = []
+    async with store.transaction() as uow:
+        await uow.send(Command("test.kept", "a", {"order_id": "o"}), "test.commands")
+        uow.after_commit(lambda: ran.append("kept"))
+        with pytest.raises(RuntimeError):
+            async with uow.savepoint():
+                await uow.send(Command("test.undone", "b", {"order_id": "o"}), "test.commands")
+                await uow.append("s", 0, [happened(1)])
+                await uow.send(Command("test.undone", "c", {"order_id": "o"}), "test.commands")
+                uow.after_commit(lambda: ran.append("undone"))
+                raise RuntimeError("this attempt fails")
+        async with uow.savepoint():
+            await uow.send(Command("test.retried", "d", {"order_id": "o"}), "test.commands")
+    assert await _outbox(store) == [("a", "test.kept"), ("d", "test.retried")]
+    assert ran == ["kept"]
+    assert await store.read("s") == []
+
+
+async def test_read_many_returns_each_stream_in_version_order(store: EventStore) -> None:
+    for n in range(1, 4):
+        await store.append("b", n - 1, [happened(n)])
+        await store.append("a", n - 1, [happened(10 + n)])
+    streams = await store.read_many(["b", "missing", "a"])
+    assert list(streams) == ["b", "missing", "a"]
+    assert [e.data["n"] for e in streams["b"]] == [1, 2, 3]
+    assert [e.data["n"] for e in streams["a"]] == [11, 12, 13]
+    assert streams["missing"] == []
+    async with store.transaction() as uow:
+        assert (await uow.read_many(["a"]))["a"] == await store.read("a")
+
+
+async def test_a_commit_that_queued_messages_rings_the_local_bell(store: EventStore) -> None:
+    store.outbox_written.clear()
+    async with store.transaction() as uow:
+        await uow.append("private", 0, [NewEvent("saga.noted", {"order_id": "o"})])  # unrouted
+    assert not store.outbox_written.is_set()
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as uow:
+            await uow.append("s", 0, [happened(1)])
+            raise RuntimeError("rolled back")
+    assert not store.outbox_written.is_set()
+    async with store.transaction() as uow:
+        await uow.append("s", 0, [happened(1)])
+    assert store.outbox_written.is_set()

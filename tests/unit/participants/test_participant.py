@@ -43,6 +43,19 @@ class FakeConn:
         self.executed.append((sql, args))
 
 
+class FakeStore:
+    """Every transaction of the fake store is the same FakeUow (its streams survive a retry)."""
+
+    def __init__(self, uow: "FakeUow") -> None:
+        self.uow = uow
+        self.transactions = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator["FakeUow"]:
+        self.transactions += 1
+        yield self.uow
+
+
 class FakeUow:
     """Streams in a dict; `rivals` are facts another writer commits just before our append."""
 
@@ -55,6 +68,9 @@ class FakeUow:
 
     async def read(self, stream_id: str, up_to_version: int | None = None) -> list[RecordedEvent]:
         return list(self.streams.get(stream_id, []))
+
+    async def read_many(self, stream_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        return {stream_id: list(self.streams.get(stream_id, [])) for stream_id in stream_ids}
 
     async def append(self, stream_id: str, expected_version: int, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         if self.rivals:
@@ -180,8 +196,10 @@ async def test_a_lost_race_is_decided_again_on_the_new_state() -> None:
     uow._record(shipment_id, [NewEvent("shipment.scheduled", {"shipment_id": shipment_id, "order_id": "o", "address": None})], "o", "c")
     # Another writer dispatches between our read and our append: we re-read and find it done.
     uow.rivals.append((shipment_id, NewEvent("shipment.dispatched", {"shipment_id": shipment_id, "order_id": "o"})))
-    outcome = await SHIPMENTS.execute(cast(UnitOfWork, uow), DispatchShipment(shipment_id), causation_id="req-1")
+    store = FakeStore(uow)
+    outcome = await SHIPMENTS.execute_alone(cast(EventStore, store), DispatchShipment(shipment_id), causation_id="req-1")
     assert outcome.duplicate and outcome.state.version == 2
+    assert store.transactions == 2  # the lost race was retried in a new transaction
     assert [e.type for e in uow.streams[shipment_id]] == ["shipment.scheduled", "shipment.dispatched"]
 
 
@@ -189,8 +207,10 @@ async def test_an_endless_race_gives_up_with_a_conflict() -> None:
     uow = FakeUow()
     uow._record("ship-2", [NewEvent("shipment.scheduled", {"shipment_id": "ship-2", "order_id": "o", "address": None})], "o", "c")
     uow.rivals = [("ship-2", NewEvent("shipment.noted", {}))] * CONFLICT_ATTEMPTS
+    store = FakeStore(uow)
     with pytest.raises(ConcurrencyConflict):
-        await SHIPMENTS.execute(cast(UnitOfWork, uow), DispatchShipment("ship-2"), causation_id="req-2")
+        await SHIPMENTS.execute_alone(cast(EventStore, store), DispatchShipment("ship-2"), causation_id="req-2")
+    assert store.transactions == CONFLICT_ATTEMPTS
 
 
 async def test_http_commands_correlate_with_the_order_and_are_caused_by_the_request() -> None:
