@@ -3,7 +3,8 @@
 Starts its own Kafka, PostgreSQL and the four services on free ports in a temporary directory
 (never a running stack), everything co-located on this machine, then:
 
-1. warms up, measures the idle cost of the running system;
+1. warms up (long enough for the JVM to compile Kafka's hot paths: a cold broker spends half its
+   CPU in the JIT compiler), measures the idle cost of the running system;
 2. offers POST /orders open-loop (bench/load.py: each request at its planned time, in a separate
    process) at increasing rates, a fixed duration each, with a fixed mix of outcomes (90 % happy,
    5 % `tok_decline` → REJECTED, 5 % country `AQ` → CANCELLED); after each step it waits until
@@ -86,11 +87,11 @@ class Config:
 
 def make_config(quick: bool) -> Config:
     if quick:
-        config = Config("quick", [10, 25, 50, 100, 200, 400, 800], step_s=4, warmup_rate=30, warmup_s=2, idle_s=1,
+        config = Config("quick", [10, 25, 50, 75, 100, 150, 200, 300, 400, 800], step_s=4, warmup_rate=40, warmup_s=12, idle_s=1,
                         drain_timeout_s=10, floor_s=2)
     else:
-        config = Config("full", [10, 15, 25, 50, 100, 200, 300, 400, 600, 800, 1200, 1600], step_s=15, warmup_rate=30,
-                        warmup_s=4, idle_s=3, drain_timeout_s=40, floor_s=6)
+        config = Config("full", [10, 15, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600], step_s=15,
+                        warmup_rate=40, warmup_s=30, idle_s=3, drain_timeout_s=40, floor_s=6)
     env = os.environ
     rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
     step_s = float(env.get("BENCH_STEP_S", config.step_s))

@@ -59,7 +59,10 @@ class OutboxRelay:
         local_bell: asyncio.Event | None = None,
     ) -> None:
         self.dsn = dsn
-        self.local_bell = local_bell or asyncio.Event()  # a standalone relay has no local writers
+        #: A relay in its writers' process: after a pass it waits for their bell instead of
+        #: fetching again at once (a standalone relay has no local writers and always fetches).
+        self._local_writers = local_bell is not None
+        self.local_bell = local_bell or asyncio.Event()
         self.bootstrap_servers = bootstrap_servers
         self.name = name
         self.settings = settings
@@ -101,11 +104,17 @@ class OutboxRelay:
         producer: AIOKafkaProducer | None = None
         backoff = self.settings.retry_backoff_s
         idle_since: float | None = None
+        caught_up = False
         try:
             while not stop.is_set():
+                if caught_up and self._local_writers:
+                    # All that was committed before the last fetch is out: wait for the next local
+                    # commit (other processes' rows are looked for every `linger_poll_s`).
+                    await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
                 self.local_bell.clear()  # before the fetch: a commit after it rings again
                 rows = await self._fetch(conn)
                 if not rows:
+                    caught_up = False  # the linger below does the waiting
                     now = asyncio.get_running_loop().time()
                     idle_since = now if idle_since is None else idle_since
                     if now - idle_since < self.settings.linger_s:
@@ -122,6 +131,7 @@ class OutboxRelay:
                     if producer is None:
                         return
                 done = await self._send_in_order(producer, rows)
+                caught_up = done == len(rows) < self.settings.batch_size
                 if done:
                     await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows[:done]])
                     self.published += done

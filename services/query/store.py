@@ -18,7 +18,8 @@ import asyncpg
 
 from services.query.projections import COLUMNS, Batch, Fact, OrderView
 
-# Advisory lock keys. GENERATION_LOCK must equal the constant in views.sql (query_batch_begin).
+# Advisory lock keys and channel: the same constants are written in views.sql
+# (query_batch_begin, query_feed_append).
 GENERATION_LOCK = 4539207  # batches share it; a generation switch or new rebuild takes it alone
 FEED_LOCK = 4539208  # fact_feed writers hold it until commit, so seq order = commit order
 VIEWS_CHANNEL = "query_views"  # NOTIFY after every applied batch (wakes /stream and min_version)
@@ -92,10 +93,12 @@ ON CONFLICT (order_id) DO UPDATE SET
     updated_at       = greatest(o.updated_at, excluded.updated_at)
 """
 
-_FEED_INSERT = """
-INSERT INTO fact_feed (event_id, order_id, document)
-SELECT * FROM unnest($1::text[], $2::text[], $3::json[])
-ON CONFLICT (event_id) DO NOTHING
+# One round trip per batch for both tables (two independent data-modifying statements).
+_APPLY_SQL = """
+WITH timeline AS (
+{timeline}
+)
+{orders}
 """
 
 
@@ -109,23 +112,28 @@ async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *
     """Write a projected batch into a generation's tables (and the SSE feed when current)."""
     if not batch.facts:
         return
-    schema = schema_of(generation)
-    await conn.execute(_TIMELINE_INSERT.format(schema=schema), batch.facts)
     # Sorted keys: concurrent batches (replicas) lock shared order rows in one order, no deadlock.
     views = [batch.orders[k] for k in sorted(batch.orders)]
-    await conn.execute(_ORDERS_UPSERT.format(schema=schema, columns=", ".join(COLUMNS)), views)
-    if feed:
-        await append_feed(conn, batch.facts)
-    await conn.execute("SELECT pg_notify($1, $2)", VIEWS_CHANNEL, str(generation))
+    await conn.execute(_apply_sql(schema_of(generation)), batch.facts, views)
+    await append_feed(conn, generation, batch.facts if feed else [])
 
 
-async def append_feed(conn: asyncpg.Connection, facts: Sequence[Fact]) -> None:
-    """Add facts to the SSE feed (a fact already there keeps its id); caller's transaction."""
-    if not facts:
-        return
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", FEED_LOCK)
+def _apply_sql(schema: str) -> str:
+    return _APPLY_SQL.format(
+        timeline=_TIMELINE_INSERT.format(schema=schema).strip(),
+        orders=_ORDERS_UPSERT.format(schema=schema, columns=", ".join(COLUMNS)).replace("$1::json", "$2::json").strip(),
+    )
+
+
+async def append_feed(conn: asyncpg.Connection, generation: int, facts: Sequence[Fact]) -> None:
+    """Add facts to the SSE feed (a fact already there keeps its id) and NOTIFY the readers of
+    `generation`, in the caller's transaction (views.sql, query_feed_append)."""
     await conn.execute(
-        _FEED_INSERT, [f.id for f in facts], [f.order_id for f in facts], [f.cloudevent() for f in facts]
+        "SELECT query_feed_append($1, $2, $3, $4)",
+        generation,
+        [f.id for f in facts],
+        [f.order_id for f in facts],
+        [f.cloudevent() for f in facts],
     )
 
 
@@ -425,9 +433,8 @@ async def try_switch(conn: asyncpg.Connection, generation: int, topics: Sequence
                 WHERE NOT EXISTS (SELECT 1 FROM fact_feed f WHERE f.event_id = t.event_id)
                 ORDER BY time, event_id"""
         )
-        await append_feed(conn, [_fact(r) for r in missing])
         await conn.execute("SELECT pg_notify($1, $2)", GENERATIONS_CHANNEL, str(generation))
-        await conn.execute("SELECT pg_notify($1, $2)", VIEWS_CHANNEL, str(generation))
+        await append_feed(conn, generation, [_fact(r) for r in missing])  # also NOTIFYs the views channel
     return True
 
 

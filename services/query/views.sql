@@ -103,5 +103,21 @@ BEGIN
     RETURN result;
 END $fn$;
 
+-- Adds facts to the SSE feed and wakes /stream and min_version readers, in one round trip.
+-- The feed lock (4539208 = store.FEED_LOCK) is taken before the rows get their seq and held
+-- until commit, so seq order is commit order; 'query_views' = store.VIEWS_CHANNEL.
+CREATE OR REPLACE FUNCTION query_feed_append(gen INTEGER, ids TEXT[], order_ids TEXT[], documents JSON[])
+RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF cardinality(ids) > 0 THEN
+        PERFORM pg_advisory_xact_lock(4539208);
+        INSERT INTO fact_feed (event_id, order_id, document)
+        SELECT * FROM unnest(ids, order_ids, documents)
+        ON CONFLICT (event_id) DO NOTHING;
+    END IF;
+    PERFORM pg_notify('query_views', gen::text);
+END $fn$;
+
 -- The first generation is created by services.query.store.bootstrap_sql (it needs the
 -- consumer-name prefix from the settings).
