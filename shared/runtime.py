@@ -381,5 +381,6 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         loop="uvloop",
+        http="httptools",  # the C parser: h11 (pure Python) cost a tenth of the order service's CPU
         timeout_graceful_shutdown=10,  # open SSE streams must not hold a shutdown forever
     )

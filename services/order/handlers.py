@@ -286,7 +286,7 @@ async def time_out_next(store: EventStore, now: datetime, skip: Sequence[str] = 
         if order_id is None:
             return None
         try:
-            async with uow.conn.transaction():  # a savepoint: a failure leaves the row as it was
+            async with uow.savepoint():  # a failure leaves the row (and the outbox) as it was
                 order_state, saga_state, history = await _load(uow, order_id)
                 with caused_by(order_id, _deadline_cause(order_id, history)):
                     decision = saga.decide(saga.StepTimedOut(), saga_state, now)
