@@ -1,7 +1,7 @@
 """The floor of `make bench`: what raw Kafka and raw PostgreSQL do on this machine, no services.
 
 * Kafka: messages/s produced -> consumed in one process with aiokafka: the services' producer
-  settings (acks=all, idempotent, linger 1 ms), keyed messages of the system's mean message
+  settings (acks=all, idempotent, linger 0 ms), keyed messages of the system's mean message
   size spread over a fresh topic with the same partition count; a group-less consumer reads
   them concurrently. Rate = messages / (last consumed - first produced).
 * PostgreSQL: single-row commits/s: N asyncpg connections, each looping `INSERT` of one row
@@ -84,7 +84,7 @@ async def kafka_floor(bootstrap: str, *, message_bytes: int, partitions: int, du
         "produce_consume_per_s": round(produced / elapsed, 1),
         "seconds": round(elapsed, 2),
         "client": "aiokafka, one process: producer as shared.kafka.make_producer (acks=all, idempotent, "
-        "linger 1 ms) + a group-less consumer reading concurrently",
+        "linger 0 ms) + a group-less consumer reading concurrently",
     }
 
 

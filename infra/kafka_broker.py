@@ -186,6 +186,7 @@ class KafkaBroker:
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
             f"-Dkafka.logs.dir={self.run_dir / 'logs'}",
+            *self.settings.kafka_jit_opts.split(),
             *self.settings.kafka_jvm_opts.split(),
             "-cp", str(self.lib_dir / "*"),
         ]

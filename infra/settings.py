@@ -23,6 +23,10 @@ class InfraSettings(BaseSettings):
 
     # KAFKA_HEAP_OPTS: JVM heap; small enough for a 2-core / CI box.
     kafka_heap_opts: str = "-Xms256m -Xmx512m"
+    # KAFKA_JIT_OPTS: the broker's JIT. C1 only by default: on a 2-core box shared with
+    # PostgreSQL and four services, the C2 compiler kept a quarter of the CPU busy for minutes
+    # after start (make bench measured it per JVM thread). Set it empty for a long-lived broker.
+    kafka_jit_opts: str = "-XX:TieredStopAtLevel=1"
     # KAFKA_JVM_OPTS: extra JVM flags appended to the defaults.
     kafka_jvm_opts: str = ""
     # KAFKA_LIB_DIR: where the broker jars are cached (default ~/.cache/events-first/kafka-<ver>-<pomhash>/lib).

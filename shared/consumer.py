@@ -101,6 +101,9 @@ class ConsumerSettings:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
     kafka_commit_interval_s: float = 2.0
+    #: After a poll that returned less than a full batch, wait this long and take what arrived
+    #: meanwhile into the same transaction: fewer, larger transactions for a little latency.
+    batch_linger_s: float = 0.0
     kafka_call_timeout_s: float = 15.0
 
 
@@ -150,9 +153,7 @@ class ConsumerRunner:
                 consumer.subscribe(self.topics, listener=_SeekToStoredPositions(self))
                 committed_at = time.monotonic()
                 while not stop.is_set():
-                    batches = await consumer.getmany(
-                        timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
-                    )
+                    batches = await self._poll(consumer)
                     if batches:
                         await self._process_poll(consumer, batches, stop)
                     if time.monotonic() - committed_at >= self.settings.kafka_commit_interval_s:
@@ -173,6 +174,19 @@ class ConsumerRunner:
                     await asyncio.wait_for(consumer.stop(), timeout=10)
                 except Exception as exc:
                     log.debug("consumer stop failed", extra={"error": repr(exc)})
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await consumer.getmany(
+            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
+        )
+        count = sum(len(records) for records in batches.values())
+        if not count or count >= self.settings.max_batch or self.settings.batch_linger_s <= 0:
+            return batches
+        await asyncio.sleep(self.settings.batch_linger_s)
+        more = await consumer.getmany(timeout_ms=0, max_records=self.settings.max_batch - count)
+        for tp, records in more.items():  # each partition's records follow on from the first poll's
+            batches.setdefault(tp, []).extend(records)
+        return batches
 
     async def _commit_kafka_offsets(self, consumer: AIOKafkaConsumer) -> None:
         """Advisory only: the positions committed with the effects in the database are the truth

@@ -11,7 +11,7 @@ def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=1,
+        linger_ms=0,  # the relay hands over a whole fetched batch at once: lingering only adds latency
         max_batch_size=256 * 1024,
         request_timeout_ms=15000,
         retry_backoff_ms=100,

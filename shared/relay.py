@@ -2,8 +2,9 @@
 
 Why an outbox and not log tailing: positions are assigned at insert, commits land out of
 position order, so a tailer could skip a late-committing lower position. Outbox rows are
-deleted only once Kafka acknowledged them, so nothing committed is ever skipped; a crash
-between publish and delete re-publishes, and consumers drop the duplicate by message id.
+deleted only once Kafka acknowledged them (by the next fetch, in the same statement), so
+nothing committed is ever skipped; a crash between publish and delete re-publishes, and
+consumers drop the duplicate by message id.
 
 Per-key order: a stream's later facts are committed after its earlier ones, so they get
 higher outbox ids; the relay sends in id order through an idempotent producer, and after
@@ -35,6 +36,18 @@ from shared.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, RELAY_LAG
 log = logging.getLogger("shared.relay")
 
 _RELAY_LOCK = 0x0075_7462_6F78  # advisory lock key: one active relay per database
+
+# The SELECT sees the rows as they were before the statement, so the deleted ones are filtered
+# out explicitly; lower ids committed late are still read (never skipped).
+_FETCH_SQL = """
+WITH published AS (
+    DELETE FROM outbox WHERE id = ANY($2::bigint[])
+)
+SELECT id, topic, key, value, created_at FROM outbox
+WHERE NOT (id = ANY($2::bigint[]))
+ORDER BY id LIMIT $1
+"""
+_DELETE_SQL = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class OutboxRelay:
         backoff = self.settings.retry_backoff_s
         idle_since: float | None = None
         caught_up = False
+        acknowledged: list[int] = []  # published rows, deleted by the next fetch (same round trip)
         try:
             while not stop.is_set():
                 if caught_up and self._local_writers:
@@ -112,7 +126,8 @@ class OutboxRelay:
                     # commit (other processes' rows are looked for every `linger_poll_s`).
                     await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
                 self.local_bell.clear()  # before the fetch: a commit after it rings again
-                rows = await self._fetch(conn)
+                rows = await self._fetch(conn, acknowledged)
+                acknowledged = []
                 if not rows:
                     caught_up = False  # the linger below does the waiting
                     now = asyncio.get_running_loop().time()
@@ -133,7 +148,7 @@ class OutboxRelay:
                 done = await self._send_in_order(producer, rows)
                 caught_up = done == len(rows) < self.settings.batch_size
                 if done:
-                    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows[:done]])
+                    acknowledged = [r["id"] for r in rows[:done]]
                     self.published += done
                 if done < len(rows):
                     # Kafka refused or timed out: start a fresh producer session and resend
@@ -147,6 +162,11 @@ class OutboxRelay:
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
+            if acknowledged:  # best effort: what is left is published again (consumers drop it)
+                try:
+                    await asyncio.wait_for(conn.execute(_DELETE_SQL, acknowledged), timeout=5)
+                except Exception as exc:
+                    log.info("relay could not delete its last published rows", extra={"error": repr(exc)})
 
     async def _sleep_until_rung(self, conn: asyncpg.Connection, wake: asyncio.Event, stop: asyncio.Event) -> None:
         """Ask writers to ring, look once more (a commit may have slipped in before the bell was
@@ -159,11 +179,9 @@ class OutboxRelay:
         finally:
             await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
 
-    async def _fetch(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await conn.fetch(
-            "SELECT id, topic, key, value, created_at FROM outbox ORDER BY id LIMIT $1",
-            self.settings.batch_size,
-        )
+    async def _fetch(self, conn: asyncpg.Connection, acknowledged: list[int]) -> list[asyncpg.Record]:
+        """Delete the rows Kafka acknowledged and read the next ones, in one statement."""
+        rows: list[asyncpg.Record] = await conn.fetch(_FETCH_SQL, self.settings.batch_size, acknowledged)
         OUTBOX_BACKLOG.set(len(rows))
         return rows
 

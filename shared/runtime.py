@@ -340,7 +340,7 @@ async def _start(definition: ServiceDefinition) -> Runtime:
     )
     runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay)
     runtime.tasks.append(asyncio.create_task(relay.run(runtime.stop), name="relay"))
-    consumer_settings = ConsumerSettings(max_batch=settings.consumer_max_batch, max_attempts=settings.consumer_max_attempts)
+    consumer_settings = consumer_settings_of(settings)
     for spec in definition.consumers(store):
         runner = ConsumerRunner(
             name=spec.name,
@@ -368,6 +368,15 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[Any]], tries: int
             log.warning("waiting for %s", what, extra={"attempt": n, "error": repr(exc)})
             await asyncio.sleep(min(0.2 * n, 2.0))
     raise AssertionError("unreachable")
+
+
+def consumer_settings_of(settings: ServiceSettings) -> ConsumerSettings:
+    """The ConsumerRunner settings a service's environment asks for."""
+    return ConsumerSettings(
+        max_batch=settings.consumer_max_batch,
+        max_attempts=settings.consumer_max_attempts,
+        batch_linger_s=settings.consumer_linger_ms / 1000,
+    )
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -17,6 +17,9 @@ class ServiceSettings(BaseSettings):
     RELAY_POLL_INTERVAL_S    relay polling fallback when no NOTIFY arrives (default 0.5)
     CONSUMER_MAX_BATCH       Kafka records applied per transaction (default 500)
     CONSUMER_MAX_ATTEMPTS    handler attempts before a message goes to the DLQ (default 3)
+    CONSUMER_LINGER_MS       after a poll of less than a full batch, wait this long for more
+                             messages to share its transaction (default 0: the write services
+                             answer each hop of the saga at once)
     TOPIC_PARTITIONS         partitions of topics the service creates if missing (default 6)
     """
 
@@ -33,4 +36,5 @@ class ServiceSettings(BaseSettings):
     relay_poll_interval_s: float = 0.5
     consumer_max_batch: int = 500
     consumer_max_attempts: int = 3
+    consumer_linger_ms: float = 0.0
     topic_partitions: int = 6

@@ -31,6 +31,9 @@ class QuerySettings(ServiceSettings):
                                overlaps another's database round trips (replay throughput)
     CONSUMER_MAX_BATCH         as in ServiceSettings, but default 2000 here: bigger partition
                                batches mean fewer transactions when replaying
+    CONSUMER_LINGER_MS         as in ServiceSettings, but default 5 here: a view transaction (feed
+                               lock, NOTIFY, WAL flush) costs far more than one fact, so facts
+                               arriving together share one for 5 ms more view latency
     GENERATION_POLL_S          how often the supervisor checks generations and rebuild progress (default 0.5)
     REBUILD_SWITCH_GRACE_S     once a rebuild reached its target offsets, how long the switch waits for
                                the new views to also pass the old ones' positions, so reads never go
@@ -53,6 +56,7 @@ class QuerySettings(ServiceSettings):
     sse_max_stream_s: float = Field(default=300.0, gt=0)
     view_consumers: int = Field(default=2, ge=1, le=16)
     consumer_max_batch: int = Field(default=2000, ge=1)
+    consumer_linger_ms: float = Field(default=5.0, ge=0)
     generation_poll_s: float = Field(default=0.5, gt=0)
     rebuild_switch_grace_s: float = Field(default=10.0, ge=0)
     retained_generations: int = Field(default=1, ge=0)

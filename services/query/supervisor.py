@@ -22,9 +22,9 @@ from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, REBUILD_PR
 from services.query.notify import Notifications
 from services.query.projections import project
 from services.query.settings import QuerySettings
-from shared.consumer import ConsumerRunner, ConsumerSettings, Delivery, Handler
+from shared.consumer import ConsumerRunner, Delivery, Handler
 from shared.eventstore import UnitOfWork
-from shared.runtime import Runtime
+from shared.runtime import Runtime, consumer_settings_of
 
 log = logging.getLogger("services.query.supervisor")
 
@@ -120,9 +120,7 @@ class GenerationSupervisor:
         """Start VIEW_CONSUMERS members of the generation's group: Kafka splits the partitions
         between them, so one member's Python work overlaps another's database round trips."""
         settings = runtime.settings
-        consumer_settings = ConsumerSettings(
-            max_batch=settings.consumer_max_batch, max_attempts=settings.consumer_max_attempts
-        )
+        consumer_settings = consumer_settings_of(settings)
         stop = asyncio.Event()
         runners, tasks = [], []
         for member in range(self.settings.view_consumers):
