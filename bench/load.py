@@ -76,6 +76,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.idle_since = time.monotonic()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -128,6 +129,11 @@ class Connection:
             self.writer.close()
 
 
+#: Idle connections are not reused after this long: uvicorn closes them after 5 s of keep-alive,
+#: and a request written just as the server closes is lost (IncompleteReadError) — a client race.
+MAX_IDLE_S = 2.0
+
+
 @dataclass
 class Pool:
     host: str
@@ -141,8 +147,9 @@ class Pool:
     async def acquire(self) -> Connection:
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed:
+            if not conn.closed and time.monotonic() - conn.idle_since < MAX_IDLE_S:
                 return conn
+            conn.close()  # the server may be closing it right now (keep-alive timeout race)
             self.live -= 1
         if self.live < self.max_connections:
             self.live += 1
@@ -166,6 +173,7 @@ class Pool:
             if not future.done():
                 future.set_result(conn)
                 return
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
     def close(self) -> None:

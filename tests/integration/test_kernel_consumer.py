@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import orjson
 import pytest
@@ -151,3 +151,27 @@ async def test_two_replicas_in_one_group_share_the_work_once_through_rebalances(
     await b.close()
     assert sorted(n for _, n in await effects(store)) == list(range(1, 451))
     assert a.runner.handled + b.runner.handled == 450
+
+
+async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isolates_only_its_message(
+    store: EventStore, stack: LocalStack, topic: str
+) -> None:
+    streams = [f"k{i}" for i in range(12)]  # enough keys to land on all 3 partitions
+    messages = [fact(n, stream=s, fail=(s == "k5" and n == 2)) for s in streams for n in (1, 2)]
+    await produce(stack.kafka_bootstrap, topic, messages)
+    batches: list[set[int]] = []
+
+    async def handler(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+        batches.append({d.partition for d in deliveries})
+        await record_effect(uow, deliveries)
+
+    consumer = ConsumerRunner(name="c", topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap, handler=handler)
+    running = Running(consumer)
+    await wait_for(lambda: consumer.handled == len(messages) - 1 and consumer.dead_lettered == 1)
+    await running.close()
+    assert max(len(partitions) for partitions in batches) > 1, "a poll's partitions share one handler call"
+    assert len(await effects(store)) == len(messages) - 1
+    async with store.pool.acquire() as conn:
+        positions = await conn.fetch("SELECT partition, next_offset FROM consumer_positions WHERE consumer = 'c'")
+    assert len(positions) == 3
+    assert sum(r["next_offset"] for r in positions) == len(messages), "every partition's position was stored"

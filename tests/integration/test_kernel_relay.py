@@ -235,6 +235,10 @@ async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a
             await wait_for(lambda: relay.published == n, timeout_s=20)
         async with store.pool.acquire() as conn:
             assert await conn.fetchval("SELECT listening FROM outbox_relay_state") is False
+            # Published rows are deleted by the next fetch: only the last one is still there.
+            assert await conn.fetchval("SELECT count(*) FROM outbox") == 1
     finally:
         stop.set()
         await task
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0, "a stopping relay deletes what it published"
