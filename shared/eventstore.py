@@ -37,24 +37,28 @@ class ConcurrencyConflict(Exception):
         self.expected_version = expected_version
 
 
-# One statement: the version check, the facts and their outbox rows. Under READ COMMITTED
-# two racing writers both pass the check and the loser fails on the (stream_id, version) key.
+# One statement: the version check of every stream, their facts and the outbox rows (messages
+# queued earlier in the transaction first, then the facts', in order). Under READ COMMITTED two
+# racing writers both pass the check and the loser fails on the (stream_id, version) key.
 _APPEND_SQL = """
-WITH head AS (
-    SELECT coalesce(max(version), 0) AS version FROM events WHERE stream_id = $1
+WITH heads AS (
+    SELECT bool_and(coalesce((SELECT max(e.version) FROM events e WHERE e.stream_id = x.stream_id), 0)
+                    = x.expected) AS ok
+    FROM unnest($1::text[], $2::int[]) AS x(stream_id, expected)
 ), new_events AS (
     INSERT INTO events (event_id, stream_id, version, type, schema_version, occurred_at,
                         correlation_id, causation_id, data)
-    SELECT e.event_id, $1, e.version, e.type, e.schema_version, $2, $3, $4, e.data
-    FROM unnest($5::uuid[], $6::int[], $7::text[], $8::int[], $9::jsonb[])
-         AS e(event_id, version, type, schema_version, data), head
-    WHERE head.version = $10
+    SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, $3, $4, $5, e.data
+    FROM unnest($6::uuid[], $7::text[], $8::int[], $9::text[], $10::int[], $11::jsonb[])
+         AS e(event_id, stream_id, version, type, schema_version, data), heads
+    WHERE heads.ok
     RETURNING event_id
 ), published AS (
     INSERT INTO outbox (topic, key, value)
-    SELECT o.topic, $1, o.value
-    FROM unnest($11::text[], $12::bytea[]) AS o(topic, value)
+    SELECT o.topic, o.key, o.value
+    FROM unnest($12::text[], $13::text[], $14::bytea[]) WITH ORDINALITY AS o(topic, key, value, n)
     WHERE EXISTS (SELECT 1 FROM new_events)
+    ORDER BY o.n
 )
 SELECT count(*) FROM new_events
 """
@@ -82,6 +86,15 @@ CROSS JOIN LATERAL (
     SELECT * FROM events WHERE events.stream_id = s.stream_id ORDER BY version
 ) AS e
 """
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """Facts to append to one stream, after the version its writer decided on."""
+
+    stream_id: str
+    expected_version: int
+    events: Sequence[NewEvent]
 
 
 @dataclass(frozen=True)
@@ -147,16 +160,30 @@ class UnitOfWork:
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> list[RecordedEvent]:
-        await self.flush()  # messages queued earlier keep their place before these facts
-        self.published_messages += sum(1 for e in events if self._store.routes.topic_for(e.type) is not None)
-        return await self._store.append(
-            stream_id,
-            expected_version,
-            events,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            conn=self.conn,
+        [recorded] = await self.append_many(
+            [StreamAppend(stream_id, expected_version, events)], correlation_id=correlation_id, causation_id=causation_id
         )
+        return recorded
+
+    async def append_many(
+        self,
+        appends: Sequence["StreamAppend"],
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> list[list[RecordedEvent]]:
+        """Append to several streams in one statement (all or none; ConcurrencyConflict if any
+        stream moved), writing the messages queued so far with them, before their facts."""
+        if not any(a.events for a in appends):
+            return [[] for _ in appends]
+        recorded = await self._store.append_many(
+            appends, correlation_id=correlation_id, causation_id=causation_id, conn=self.conn, queued=self._queued
+        )
+        self.published_messages += sum(
+            1 for stream in recorded for e in stream if self._store.routes.topic_for(e.type) is not None
+        )
+        self._queued.clear()
+        return recorded
 
     async def send(self, command: Command, topic: str) -> None:
         """Queue a command for publication with this transaction's facts."""
@@ -234,60 +261,93 @@ class EventStore:
         occurred_at: datetime | None = None,
     ) -> list[RecordedEvent]:
         """Append after `expected_version`, or raise ConcurrencyConflict. Empty input is a no-op."""
-        if not events:
-            return []
-        correlation, causation = _causal_ids(correlation_id, causation_id, fallback=stream_id)
+        [recorded] = await self.append_many(
+            [StreamAppend(stream_id, expected_version, events)],
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            conn=conn,
+            occurred_at=occurred_at,
+        )
+        return recorded
+
+    async def append_many(
+        self,
+        appends: Sequence["StreamAppend"],
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        conn: asyncpg.Connection | None = None,
+        occurred_at: datetime | None = None,
+        queued: Sequence[tuple[str, str, bytes]] = (),
+    ) -> list[list[RecordedEvent]]:
+        """Append to each stream after its expected version, all in one statement, or raise
+        ConcurrencyConflict (nothing written). `queued` outbox rows (topic, key, value) are
+        written first. Streams without events are not checked; a stream may appear once."""
+        given = list(appends)
+        appends = [a for a in given if a.events]
+        streams = [a.stream_id for a in appends]
+        if len(set(streams)) != len(streams):
+            raise ValueError(f"a stream may be appended to once per statement: {streams}")
+        if not appends:
+            return [[] for _ in given]
+        first = appends[0].stream_id
+        correlation, causation = _causal_ids(correlation_id, causation_id, fallback=first)
         when = occurred_at or utc_now()
         recorded = [
-            RecordedEvent(
-                event_id=uuid.uuid4(),
-                type=e.type,
-                stream_id=stream_id,
-                version=expected_version + i,
-                schema_version=e.schema_version,
-                occurred_at=when,
-                correlation_id=correlation,
-                causation_id=causation,
-                data=dict(e.data),
-            )
-            for i, e in enumerate(events, start=1)
+            [
+                RecordedEvent(
+                    event_id=uuid.uuid4(),
+                    type=e.type,
+                    stream_id=a.stream_id,
+                    version=a.expected_version + i,
+                    schema_version=e.schema_version,
+                    occurred_at=when,
+                    correlation_id=correlation,
+                    causation_id=causation,
+                    data=dict(e.data),
+                )
+                for i, e in enumerate(a.events, start=1)
+            ]
+            for a in appends
         ]
-        topics: list[str] = []
-        values: list[bytes] = []
-        for r in recorded:
+        flat = [r for stream in recorded for r in stream]
+        outbox = list(queued)
+        for r in flat:
             topic = self.routes.topic_for(r.type)
             if topic is not None:
-                topics.append(topic)
-                values.append(encode(event_to_cloudevent(r, self.source)))
+                outbox.append((topic, r.stream_id, encode(event_to_cloudevent(r, self.source))))
         args: tuple[Any, ...] = (
-            stream_id,
+            streams,
+            [a.expected_version for a in appends],
             when,
             correlation,
             causation,
-            [r.event_id for r in recorded],
-            [r.version for r in recorded],
-            [r.type for r in recorded],
-            [r.schema_version for r in recorded],
-            [r.data for r in recorded],
-            expected_version,
-            topics,
-            values,
+            [r.event_id for r in flat],
+            [r.stream_id for r in flat],
+            [r.version for r in flat],
+            [r.type for r in flat],
+            [r.schema_version for r in flat],
+            [r.data for r in flat],
+            [o[0] for o in outbox],
+            [o[1] for o in outbox],
+            [o[2] for o in outbox],
         )
         try:
             if conn is None:
                 async with self.pool.acquire() as own:
                     inserted = await own.fetchval(_APPEND_SQL, *args)
-                if topics and inserted == len(recorded):
+                if outbox and inserted == len(flat):
                     self.outbox_written.set()
             else:
                 inserted = await conn.fetchval(_APPEND_SQL, *args)
         except asyncpg.UniqueViolationError as exc:
-            raise ConcurrencyConflict(stream_id, expected_version) from exc
-        if inserted != len(recorded):
-            raise ConcurrencyConflict(stream_id, expected_version)
-        for r in recorded:
+            raise ConcurrencyConflict(first, appends[0].expected_version) from exc
+        if inserted != len(flat):
+            raise ConcurrencyConflict(first, appends[0].expected_version)
+        for r in flat:
             EVENTS_APPENDED.labels(type=r.type).inc()
-        return recorded
+        by_stream = dict(zip(streams, recorded))
+        return [by_stream.get(a.stream_id, []) if a.events else [] for a in given]
 
     async def read(
         self, stream_id: str, up_to_version: int | None = None, *, conn: asyncpg.Connection | None = None

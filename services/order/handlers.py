@@ -8,6 +8,8 @@ Every write is ONE transaction of the order database (see `_persist`):
 3. the saga's commands go to the outbox (`payment.commands` / `shipping.commands`);
 4. the saga's deadline is copied to `saga_deadlines` for the scheduler.
 
+Steps 1-3 are one statement (`UnitOfWork.append_many`, which also writes the queued commands).
+
 Nothing is ever produced to Kafka directly: the kernel's relay publishes the outbox.
 
 Per-saga serialisation: every saga transaction first locks the saga's `saga_deadlines` row
@@ -33,9 +35,9 @@ from services.order.domain import order, saga
 from services.order.domain.order import OrderState, PlaceOrder
 from services.order.domain.saga import SagaDecision, SagaState
 from shared.consumer import Delivery
-from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.eventstore import ConcurrencyConflict, EventStore, StreamAppend, UnitOfWork
 from shared.ids import caused_by
-from shared.messages import RecordedEvent, utc_now
+from shared.messages import NewEvent, RecordedEvent, utc_now
 
 log = logging.getLogger("services.order")
 
@@ -121,11 +123,9 @@ async def place_order(
                 IDEMPOTENT_REPLAYS.inc()
                 return earlier
         with caused_by(command.order_id, causation_id):
-            recorded = await uow.append(command.order_id, 0, placed_events)
-            state = order.fold(recorded)
-            start = saga.SagaStarted.for_order(state, command.payment_token, step_timeout_s)
+            start = saga.SagaStarted.for_order(placed_state, command.payment_token, step_timeout_s)
             decision = saga.decide(start, SagaState(), utc_now())
-            await _write_decision(uow, state, SagaState(), decision)
+            await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed_events)
             await uow.conn.execute(
                 "INSERT INTO saga_deadlines (order_id, deadline, saga_version) VALUES ($1, $2, $3)",
                 command.order_id,
@@ -341,21 +341,38 @@ async def _persist(uow: UnitOfWork, order_state: OrderState, before: SagaState, 
 
 
 async def _write_decision(
-    uow: UnitOfWork, order_state: OrderState, before: SagaState, decision: SagaDecision
+    uow: UnitOfWork,
+    order_state: OrderState,
+    before: SagaState,
+    decision: SagaDecision,
+    *,
+    placed: Sequence[NewEvent] = (),
 ) -> OrderState:
-    """Steps 1-3 of the module docstring; the order's state afterwards."""
+    """Steps 1-3 of the module docstring, in one statement; the order's state afterwards.
+
+    The order commands are decided in memory first (each on the state the previous one left),
+    so the saga's facts, the order's facts (after `placed`, when the order is new) and the
+    queued commands are written together.
+    """
     if decision.is_empty:
         return order_state
     order_id = decision.state.order_id
-    await uow.append(saga.saga_stream_id(order_id), before.version, decision.saga_events)
-    state = order_state
-    for command in decision.order_commands:
-        events = order.decide(command, state)  # the saga never issues a refused command
-        if events:
-            for recorded in await uow.append(order_id, state.version, events):
-                state = order.evolve(state, recorded)
     for outgoing in decision.commands:
         await uow.send(outgoing, saga.COMMAND_TOPICS[outgoing.type])
+    state = order_state
+    order_events: list[NewEvent] = list(placed)
+    for event in placed:
+        state = order.evolve(state, event)
+    for command in decision.order_commands:
+        for event in order.decide(command, state):  # the saga never issues a refused command
+            state = order.evolve(state, event)
+            order_events.append(event)
+    await uow.append_many(
+        [
+            StreamAppend(saga.saga_stream_id(order_id), before.version, decision.saga_events),
+            StreamAppend(order_id, order_state.version, order_events),
+        ]
+    )
     return state
 
 

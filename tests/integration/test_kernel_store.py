@@ -9,7 +9,7 @@ import pytest
 
 from infra.stack import LocalStack
 from shared.db import create_pool, migrate
-from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
+from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore, StreamAppend
 from shared.ids import caused_by
 from shared.messages import Command, NewEvent, decode
 from shared.upcasting import UpcasterRegistry
@@ -214,3 +214,28 @@ async def test_a_commit_that_queued_messages_rings_the_local_bell(store: EventSt
     async with store.transaction() as uow:
         await uow.append("s", 0, [happened(1)])
     assert store.outbox_written.is_set()
+
+
+async def test_append_many_writes_several_streams_and_the_queue_in_one_statement_or_nothing(store: EventStore) -> None:
+    await store.append("b", 0, [happened(1)])
+    async with store.transaction() as uow:
+        await uow.send(Command("test.sent", "x", {"order_id": "o"}), "test.commands")
+        a, empty, b = await uow.append_many(
+            [StreamAppend("a", 0, [happened(1), happened(2)]), StreamAppend("c", 0, []), StreamAppend("b", 1, [happened(2)])]
+        )
+    assert ([e.version for e in a], empty, [e.version for e in b]) == ([1, 2], [], [2])
+    assert await _outbox(store) == [
+        ("b", "test.happened"),  # the first append, before the transaction
+        ("x", "test.sent"), ("a", "test.happened"), ("a", "test.happened"), ("b", "test.happened"),
+    ]
+    async with store.pool.acquire() as conn:
+        before = await conn.fetchval("SELECT count(*) FROM outbox")
+    with pytest.raises(ConcurrencyConflict):
+        async with store.transaction() as uow:
+            await uow.send(Command("test.lost", "y", {"order_id": "o"}), "test.commands")
+            await uow.append_many([StreamAppend("a", 2, [happened(3)]), StreamAppend("b", 1, [happened(3)])])  # b is at 2
+    assert [e.version for e in await store.read("a")] == [1, 2], "one stale stream: nothing is appended"
+    async with store.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == before
+    with pytest.raises(ValueError, match="once per statement"):
+        await store.append_many([StreamAppend("d", 0, [happened(1)]), StreamAppend("d", 1, [happened(2)])])

@@ -64,8 +64,8 @@ async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: Even
     async with store.pool.acquire() as conn:
         outbox = [decode(bytes(r["value"])) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
         index = await conn.fetchrow("SELECT deadline, saga_version FROM saga_deadlines WHERE order_id = $1", order_id)
-    assert [e.type for e in outbox] == [
-        "order.placed", "payment.authorize", "shipment.schedule", "payment.capture", "order.confirmed",
+    assert [e.type for e in outbox] == [  # a transaction's commands are queued before its facts
+        "payment.authorize", "order.placed", "shipment.schedule", "payment.capture", "order.confirmed",
     ]
     assert [e.causation_id for e in outbox if e.type == "payment.capture"] == [batch[2].envelope.id]
     assert index is not None and index["saga_version"] == state.version and index["deadline"] == state.deadline
