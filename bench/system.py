@@ -3,8 +3,9 @@
 Starts its own Kafka, PostgreSQL and the four services on free ports in a temporary directory
 (never a running stack), everything co-located on this machine, then:
 
-1. warms up (long enough for the JVM to compile Kafka's hot paths: a cold broker spends half its
-   CPU in the JIT compiler), measures the idle cost of the running system;
+1. warms up (long enough for the broker's JIT to settle: a cold broker spent half its CPU
+   compiling, hence C1-only by default, see KAFKA_JIT_OPTS in infra/), measures the idle cost
+   of the running system;
 2. offers POST /orders open-loop (bench/load.py: each request at its planned time, in a separate
    process) at increasing rates, a fixed duration each, with a fixed mix of outcomes (90 % happy,
    5 % `tok_decline` → REJECTED, 5 % country `AQ` → CANCELLED); after each step it waits until
