@@ -14,8 +14,10 @@ Wake-up: while rows keep coming the relay just fetches again. A commit in the re
 process rings `EventStore.outbox_written` (no database round trip), so a relay that just went
 idle waits for that bell, looking every `linger_poll_s` for other processes' rows; after
 `linger_s` of quiet it raises a flag (`outbox_relay_state.listening`) so that every writer's
-commit NOTIFYs it, and falls back to polling every `poll_interval_s` (schema.sql explains why
-writers do not notify on every commit).
+commit NOTIFYs it, with polling every `poll_interval_s` as the fallback. The flag stays up
+through short bursts (raising and lowering it costs a commit each) and comes down only once
+the relay has been busy for `busy_s`: schema.sql explains why writers must not notify on every
+commit under load.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class RelaySettings:
     max_backoff_s: float = 5.0
     linger_s: float = 0.05
     linger_poll_s: float = 0.02
+    busy_s: float = 1.0  # the doorbell comes down once every fetch found rows for this long
 
 
 class OutboxRelay:
@@ -117,30 +120,40 @@ class OutboxRelay:
         producer: AIOKafkaProducer | None = None
         backoff = self.settings.retry_backoff_s
         idle_since: float | None = None
+        busy_since: float | None = None
+        listening = await self._set_doorbell(conn, False)  # a crashed leader may have left it up
         caught_up = False
         acknowledged: list[int] = []  # published rows, deleted by the next fetch (same round trip)
         try:
             while not stop.is_set():
-                if caught_up and self._local_writers:
-                    # All that was committed before the last fetch is out: wait for the next local
-                    # commit (other processes' rows are looked for every `linger_poll_s`).
-                    await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
+                if caught_up and (self._local_writers or listening):
+                    # All that was committed before the last fetch is out: wait for a writer.
+                    await self._wait_for_writers(wake, stop, listening)
                 self.local_bell.clear()  # before the fetch: a commit after it rings again
+                wake.clear()
                 rows = await self._fetch(conn, acknowledged)
                 acknowledged = []
+                now = asyncio.get_running_loop().time()
                 if not rows:
-                    caught_up = False  # the linger below does the waiting
-                    now = asyncio.get_running_loop().time()
+                    caught_up, busy_since = False, None
                     idle_since = now if idle_since is None else idle_since
-                    if now - idle_since < self.settings.linger_s:
+                    if listening:
+                        await self._wait_for_writers(wake, stop, listening)
+                    elif now - idle_since < self.settings.linger_s:
                         # Just gone idle: wait for a local commit, looking now and then for
-                        # other processes' rows, before asking writers to ring (raising and
-                        # lowering the flag costs two commits per sleep).
+                        # other processes' rows, before asking every writer to ring.
                         await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
                     else:
-                        await self._sleep_until_rung(conn, wake, stop)
+                        # Ask writers to ring, then look once more (the next fetch): a commit
+                        # may have slipped in before the bell was up.
+                        listening = await self._set_doorbell(conn, True)
                     continue
                 idle_since = None
+                busy_since = now if busy_since is None else busy_since
+                if listening and now - busy_since >= self.settings.busy_s:
+                    # Busy for a while: every commit's NOTIFY would be pure cost (it serialises
+                    # commits); fetching back to back finds the rows anyway.
+                    listening = await self._set_doorbell(conn, False)
                 if producer is None:
                     producer = await self._start_producer(stop)
                     if producer is None:
@@ -162,22 +175,26 @@ class OutboxRelay:
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
-            if acknowledged:  # best effort: what is left is published again (consumers drop it)
-                try:
+            try:  # best effort: rows left are published again (consumers drop them)
+                if acknowledged:
                     await asyncio.wait_for(conn.execute(_DELETE_SQL, acknowledged), timeout=5)
-                except Exception as exc:
-                    log.info("relay could not delete its last published rows", extra={"error": repr(exc)})
+                if listening:
+                    await asyncio.wait_for(self._set_doorbell(conn, False), timeout=5)
+            except Exception as exc:
+                log.info("relay could not tidy up", extra={"error": repr(exc)})
 
-    async def _sleep_until_rung(self, conn: asyncpg.Connection, wake: asyncio.Event, stop: asyncio.Event) -> None:
-        """Ask writers to ring, look once more (a commit may have slipped in before the bell was
-        up), then sleep until the bell or the poll fallback."""
-        wake.clear()
-        await conn.execute("UPDATE outbox_relay_state SET listening = true WHERE id = 1")
-        try:
-            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)"):
-                await _wait_any((wake, self.local_bell, stop), self.settings.poll_interval_s)
-        finally:
-            await conn.execute("UPDATE outbox_relay_state SET listening = false WHERE id = 1")
+    async def _wait_for_writers(self, wake: asyncio.Event, stop: asyncio.Event, listening: bool) -> None:
+        """Until a local commit, a NOTIFY (while the doorbell is up) or the poll fallback."""
+        if listening:
+            await _wait_any((self.local_bell, wake, stop), self.settings.poll_interval_s)
+        else:
+            await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
+
+    @staticmethod
+    async def _set_doorbell(conn: asyncpg.Connection, up: bool) -> bool:
+        """Raise or lower the flag that makes writers' commits NOTIFY this relay."""
+        await conn.execute("UPDATE outbox_relay_state SET listening = $1 WHERE id = 1", up)
+        return up
 
     async def _fetch(self, conn: asyncpg.Connection, acknowledged: list[int]) -> list[asyncpg.Record]:
         """Delete the rows Kafka acknowledged and read the next ones, in one statement."""

@@ -242,3 +242,37 @@ async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a
         await task
     async with store.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 0, "a stopping relay deletes what it published"
+
+
+async def test_the_doorbell_stays_up_between_commits_and_comes_down_while_the_relay_is_busy(
+    store: EventStore, stack: LocalStack, fresh_database: str, topic: str
+) -> None:
+    settings = RelaySettings(poll_interval_s=60, linger_s=0.05, busy_s=0.3)
+    stop = asyncio.Event()
+    relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t", settings=settings)
+    task = asyncio.create_task(relay.run(stop))
+
+    async def doorbell() -> bool:
+        async with store.pool.acquire() as conn:
+            return bool(await conn.fetchval("SELECT listening FROM outbox_relay_state"))
+
+    async def is_down() -> bool:
+        return not await doorbell()
+
+    try:
+        await wait_for(doorbell)
+        for n in range(1, 4):  # each commit rings; the bell is not taken down and put up again
+            await store.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
+            await wait_for(lambda: relay.published == n, timeout_s=20)  # far below the 60 s poll
+            assert await doorbell()
+        async with store.pool.acquire() as conn:  # a long burst: 100,000 rows at once
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, value) SELECT $1, 'k' || (g % 50), 'x'::bytea FROM generate_series(1, 100000) g",
+                topic,
+            )
+        await wait_for(is_down, timeout_s=60, interval_s=0.01)
+        await wait_for(lambda: relay.published == 100003, timeout_s=120)
+        await wait_for(doorbell, timeout_s=20)  # idle again: writers ring once more
+    finally:
+        stop.set()
+        await task
