@@ -21,6 +21,7 @@ Starts its own Kafka, PostgreSQL and the four services on free ports in a tempor
 Writes bench/results/latest.json and latest.png, prints a summary table.
 
 Environment: BENCH_RATES (comma-separated orders/s), BENCH_STEP_S (seconds per rate),
+BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
 bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*).
 """
@@ -52,7 +53,7 @@ from bench.observe import FeedWatcher, OrderEventsWatcher, backlog, partitions_o
 from infra.stack import LocalStack, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).with_name("results")
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).with_name("results"))
 SERVICES = ("order", "payment", "shipping", "query")
 DATABASES = ("order", "payment", "shipping", "query")
 PROCESSES = (*SERVICES, "kafka", "postgres")
@@ -96,8 +97,9 @@ def make_config(quick: bool) -> Config:
     env = os.environ
     rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
     step_s = float(env.get("BENCH_STEP_S", config.step_s))
+    warmup_s = float(env.get("BENCH_WARMUP_S", config.warmup_s))
     profile = float(env["BENCH_PROFILE_RATE"]) if env.get("BENCH_PROFILE_RATE") else None
-    return Config(config.mode, rates, step_s, config.warmup_rate, config.warmup_s, config.idle_s,
+    return Config(config.mode, rates, step_s, config.warmup_rate, warmup_s, config.idle_s,
                   config.drain_timeout_s, config.floor_s, profile_rate=profile)
 
 
@@ -571,7 +573,7 @@ class Run:
         for name, proc, path in spies:
             await proc.wait()
             if path.exists():
-                profile[name] = {"raw": str(path.relative_to(ROOT)), **summarise_profile(path, 50, int(duration + 1))}
+                profile[name] = {"raw": _shown(path), **summarise_profile(path, 50, int(duration + 1))}
             else:
                 profile[name] = {"error": f"py-spy exited {proc.returncode}"}
         return profile
@@ -676,6 +678,11 @@ async def measure_system(run: Run) -> dict[str, Any]:
                 "nothing else of the system competes; the bench client itself shares the 2 cores",
     }
     return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result}
+
+
+def _shown(path: Path) -> str:
+    """A results path as printed: relative to the repository when it is inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def headline(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
@@ -793,7 +800,7 @@ def main() -> None:
     began = time.time()
     display.line(f"make bench ({cfg.mode}): rates {', '.join(f'{r:g}' for r in cfg.rates)} orders/s, "
                  f"{cfg.step_s:g}s each; load average at start {load_at_start[0]:.2f} on {os.cpu_count()} cores")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-system-") as tmp_name:
         tmp = Path(tmp_name)
         kafka_port, controller_port, pg_port, *service_ports = free_ports(7)
@@ -841,7 +848,7 @@ def main() -> None:
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     plot.render(result, timeline, png_path)
     print_summary(result)
-    print(f"\nwritten: {json_path.relative_to(ROOT)}, {png_path.relative_to(ROOT)} "
+    print(f"\nwritten: {_shown(json_path)}, {_shown(png_path)} "
           f"(run took {result['duration_s']}s)")
 
 
