@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -344,8 +345,8 @@ class EventStore:
             raise ConcurrencyConflict(first, appends[0].expected_version) from exc
         if inserted != len(flat):
             raise ConcurrencyConflict(first, appends[0].expected_version)
-        for r in flat:
-            EVENTS_APPENDED.labels(type=r.type).inc()
+        for event_type, count in Counter(r.type for r in flat).items():
+            EVENTS_APPENDED.labels(type=event_type).inc(count)
         by_stream = dict(zip(streams, recorded))
         return [by_stream.get(a.stream_id, []) if a.events else [] for a in given]
 
