@@ -102,8 +102,9 @@ class ConsumerSettings:
     retry_backoff_s: float = 0.5
     max_backoff_s: float = 5.0
     kafka_commit_interval_s: float = 2.0
-    #: After a poll that returned less than a full batch, wait this long and take what arrived
-    #: meanwhile into the same transaction: fewer, larger transactions for a little latency.
+    #: After a poll that returned less than a full batch and reached the partitions' ends, wait
+    #: this long and take what arrived meanwhile into the same transaction: fewer, larger
+    #: transactions for a little latency (never while working off a backlog).
     batch_linger_s: float = 0.0
     kafka_call_timeout_s: float = 15.0
 
@@ -183,6 +184,8 @@ class ConsumerRunner:
         count = sum(len(records) for records in batches.values())
         if not count or count >= self.settings.max_batch or self.settings.batch_linger_s <= 0:
             return batches
+        if any(_behind(consumer, tp, records) for tp, records in batches.items()):
+            return batches  # a backlog (a replay, a catch-up): more is there already, no waiting
         await asyncio.sleep(self.settings.batch_linger_s)
         more = await consumer.getmany(timeout_ms=0, max_records=self.settings.max_batch - count)
         for tp, records in more.items():  # each partition's records follow on from the first poll's
@@ -394,6 +397,11 @@ class ConsumerRunner:
             "message dead-lettered",
             extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},
         )
+
+
+def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> bool:
+    highwater = consumer.highwater(tp)
+    return highwater is not None and records[-1].offset + 1 < highwater
 
 
 class _ConsumerWedged(Exception):
