@@ -114,9 +114,9 @@ class EventRoutes:
 class UnitOfWork:
     """One database transaction: read streams, append facts, queue commands and messages.
 
-    Queued messages are written to the outbox in one statement, just before the next append
-    and at commit, so a batch that sends many commands pays one round trip, and the outbox
-    still holds everything in the order this transaction produced it.
+    Queued messages are written to the outbox by the next append's own statement (before its
+    facts), or in one statement at commit, so a batch that sends many commands pays no extra
+    round trip, and the outbox still holds everything in the order this transaction produced it.
     """
 
     def __init__(self, conn: asyncpg.Connection, store: "EventStore") -> None:
@@ -176,7 +176,7 @@ class UnitOfWork:
         """Append to several streams in one statement (all or none; ConcurrencyConflict if any
         stream moved), writing the messages queued so far with them, before their facts."""
         if not any(a.events for a in appends):
-            return [[] for _ in appends]
+            return [[] for _ in appends]  # nothing to write: the queue waits for commit
         recorded = await self._store.append_many(
             appends, correlation_id=correlation_id, causation_id=causation_id, conn=self.conn, queued=self._queued
         )
