@@ -21,19 +21,28 @@ import base64
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
+import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from shared.contract import (
+    DeadLetter,
+    DeadLetterOrigin,
+    Envelope,
+    Message,
+    MessageFormatError,
+    decode,
+    dlq_topic,
+    utc_now,
+)
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
-from shared.ids import caused_by
 from shared.kafka import make_consumer
-from shared.messages import Envelope, MessageFormatError, decode, encode, utc_now
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, HANDLER_ERRORS, MESSAGES_HANDLED
-from shared.topics import dlq_topic
 
 log = logging.getLogger("shared.consumer")
 
@@ -65,9 +74,10 @@ ON CONFLICT DO NOTHING RETURNING message_id
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A decoded message plus where it came from."""
+    """A decoded, validated message (its data the current version of its contract type) plus
+    where it came from."""
 
-    envelope: Envelope
+    envelope: Envelope[Message]
     topic: str
     partition: int
     offset: int
@@ -80,18 +90,6 @@ _Origin = tuple[str, int, int]  # topic, partition, offset of a record
 
 def _origin(delivery: Delivery) -> _Origin:
     return (delivery.topic, delivery.partition, delivery.offset)
-
-
-def one_at_a_time(fn: Callable[[UnitOfWork, Delivery], Awaitable[None]]) -> Handler:
-    """Adapt a per-message handler; each message runs in its own causal context."""
-
-    async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            env = delivery.envelope
-            with caused_by(env.correlation_id or env.subject, env.id):
-                await fn(uow, delivery)
-
-    return handle
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class ConsumerSettings:
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: "ConsumerRunner") -> None:
+    def __init__(self, runner: ConsumerRunner) -> None:
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -205,7 +203,7 @@ class ConsumerRunner:
                 consumer.commit({tp: o for tp, o in offsets.items() if tp in assigned}),
                 timeout=self.settings.kafka_call_timeout_s,
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             # aiokafka can wedge after a transport reset (its metadata task died, the
             # coordinator lookup waits for ever): drop this client and start a fresh one.
             raise _ConsumerWedged("offset commit did not return") from exc
@@ -378,20 +376,15 @@ class ConsumerRunner:
     async def _dead_letter(
         self, uow: UnitOfWork, record: ConsumerRecord[Any, Any], kind: str, error: str, dead: list[tuple[_Origin, str]]
     ) -> None:
-        document = {
-            "consumer": self.name,
-            "error": error,
-            "failed_at": utc_now().isoformat(),
-            "origin": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "key": record.key.decode(errors="replace") if record.key else None,
-            },
-            "value_base64": base64.b64encode(record.value or b"").decode(),
-        }
-        key = record.key.decode(errors="replace") if record.key else ""
-        await uow.enqueue(dlq_topic(record.topic), key, encode(document))
+        key = record.key.decode(errors="replace") if record.key else None
+        letter = DeadLetter(
+            consumer=self.name,
+            error=error,
+            failed_at=utc_now().isoformat(),
+            origin=DeadLetterOrigin(topic=record.topic, partition=record.partition, offset=record.offset, key=key),
+            value_base64=base64.b64encode(record.value or b"").decode(),
+        )
+        await uow.enqueue(dlq_topic(record.topic), key or "", msgspec.json.encode(letter))
         dead.append(((record.topic, record.partition, record.offset), kind))
         log.error(
             "message dead-lettered",

@@ -1,8 +1,9 @@
 """PostgreSQL connection pools and schema migration for every service database."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import asyncpg
 import orjson

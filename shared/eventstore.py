@@ -8,25 +8,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
+from shared.contract import Command, Envelope, Fact, decode_data, encode, encode_data, utc_now
 from shared.ids import current_context
-from shared.messages import (
-    Command,
-    NewEvent,
-    RecordedEvent,
-    command_to_cloudevent,
-    encode,
-    event_to_cloudevent,
-    utc_now,
-)
 from shared.metrics import EVENTS_APPENDED
-from shared.upcasting import NO_UPCASTERS, UpcasterRegistry
+
+#: A fact as its stream recorded it.
+Recorded = Envelope[Fact]
 
 
 class ConcurrencyConflict(Exception):
@@ -49,8 +44,8 @@ WITH heads AS (
 ), new_events AS (
     INSERT INTO events (event_id, stream_id, version, type, schema_version, occurred_at,
                         correlation_id, causation_id, data)
-    SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, $3, $4, $5, e.data
-    FROM unnest($6::uuid[], $7::text[], $8::int[], $9::text[], $10::int[], $11::jsonb[])
+    SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, $3, $4, $5, e.data::jsonb
+    FROM unnest($6::uuid[], $7::text[], $8::int[], $9::text[], $10::int[], $11::text[])
          AS e(event_id, stream_id, version, type, schema_version, data), heads
     WHERE heads.ok
     RETURNING event_id
@@ -73,7 +68,7 @@ ORDER BY o.n
 
 _READ_SQL = """
 SELECT event_id, type, stream_id, version, schema_version, occurred_at,
-       correlation_id, causation_id, data
+       correlation_id, causation_id, data::text AS data
 FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version
 """
 
@@ -81,7 +76,7 @@ FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version
 # gets a generic plan that walks the whole index once the statement is prepared.
 _READ_MANY_SQL = """
 SELECT e.event_id, e.type, e.stream_id, e.version, e.schema_version, e.occurred_at,
-       e.correlation_id, e.causation_id, e.data
+       e.correlation_id, e.causation_id, e.data::text AS data
 FROM unnest($1::text[]) AS s(stream_id)
 CROSS JOIN LATERAL (
     SELECT * FROM events WHERE events.stream_id = s.stream_id ORDER BY version
@@ -95,20 +90,7 @@ class StreamAppend:
 
     stream_id: str
     expected_version: int
-    events: Sequence[NewEvent]
-
-
-@dataclass(frozen=True)
-class EventRoutes:
-    """Which topic publishes which event types, by type prefix; unrouted types stay private."""
-
-    by_prefix: Mapping[str, str] = field(default_factory=dict)
-
-    def topic_for(self, event_type: str) -> str | None:
-        for prefix, topic in self.by_prefix.items():
-            if event_type.startswith(prefix):
-                return topic
-        return None
+    events: Sequence[Fact]
 
 
 class UnitOfWork:
@@ -119,7 +101,7 @@ class UnitOfWork:
     round trip, and the outbox still holds everything in the order this transaction produced it.
     """
 
-    def __init__(self, conn: asyncpg.Connection, store: "EventStore") -> None:
+    def __init__(self, conn: asyncpg.Connection, store: EventStore) -> None:
         self.conn = conn
         self._store = store
         self.after_commit_callbacks: list[Callable[[], None]] = []
@@ -131,7 +113,7 @@ class UnitOfWork:
         self.after_commit_callbacks.append(callback)
 
     @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator["UnitOfWork"]:
+    async def savepoint(self) -> AsyncIterator[UnitOfWork]:
         """A nested transaction: if its block raises, its facts, queued messages and
         after-commit callbacks are all undone and the outer transaction stays usable."""
         await self.flush()  # what was queued before the savepoint must survive its rollback
@@ -145,10 +127,10 @@ class UnitOfWork:
             self._queued.clear()
             raise
 
-    async def read(self, stream_id: str, up_to_version: int | None = None) -> list[RecordedEvent]:
+    async def read(self, stream_id: str, up_to_version: int | None = None) -> list[Recorded]:
         return await self._store.read(stream_id, up_to_version, conn=self.conn)
 
-    async def read_many(self, stream_ids: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+    async def read_many(self, stream_ids: Sequence[str]) -> dict[str, list[Recorded]]:
         """Several whole streams in one round trip (a stream without facts maps to [])."""
         return await self._store.read_many(stream_ids, conn=self.conn)
 
@@ -156,11 +138,11 @@ class UnitOfWork:
         self,
         stream_id: str,
         expected_version: int,
-        events: Sequence[NewEvent],
+        events: Sequence[Fact],
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-    ) -> list[RecordedEvent]:
+    ) -> list[Recorded]:
         [recorded] = await self.append_many(
             [StreamAppend(stream_id, expected_version, events)], correlation_id=correlation_id, causation_id=causation_id
         )
@@ -168,11 +150,11 @@ class UnitOfWork:
 
     async def append_many(
         self,
-        appends: Sequence["StreamAppend"],
+        appends: Sequence[StreamAppend],
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-    ) -> list[list[RecordedEvent]]:
+    ) -> list[list[Recorded]]:
         """Append to several streams in one statement (all or none; ConcurrencyConflict if any
         stream moved), writing the messages queued so far with them, before their facts."""
         if not any(a.events for a in appends):
@@ -180,24 +162,32 @@ class UnitOfWork:
         recorded = await self._store.append_many(
             appends, correlation_id=correlation_id, causation_id=causation_id, conn=self.conn, queued=self._queued
         )
-        self.published_messages += sum(
-            1 for stream in recorded for e in stream if self._store.routes.topic_for(e.type) is not None
-        )
+        self.published_messages += sum(1 for stream in recorded for e in stream if e.data.TOPIC is not None)
         self._queued.clear()
         return recorded
 
-    async def send(self, command: Command, topic: str) -> None:
-        """Queue a command for publication with this transaction's facts."""
+    async def send(self, command: Command, *, command_id: str | None = None) -> None:
+        """Queue a command for publication on its topic with this transaction's facts."""
+        assert command.TOPIC is not None, f"{command.TYPE} has no topic"
         correlation_id, causation_id = _causal_ids(None, None, fallback=command.target_id)
-        document = command_to_cloudevent(command, self._store.source, correlation_id, causation_id)
-        await self.enqueue(topic, command.target_id, encode(document))
+        envelope = Envelope(
+            id=command_id or str(uuid.uuid4()),
+            source=self._store.source,
+            subject=command.target_id,
+            sequence=0,
+            time=utc_now(),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            data=command,
+        )
+        await self.enqueue(command.TOPIC, command.target_id, encode(envelope))
 
-    async def republish(self, event: RecordedEvent) -> None:
-        """Queue an already-recorded fact again, unchanged (same id), e.g. to re-answer a retried command."""
-        topic = self._store.routes.topic_for(event.type)
+    async def republish(self, event: Recorded) -> None:
+        """Queue an already-recorded fact again (same id), e.g. to re-answer a retried command."""
+        topic = event.data.TOPIC
         if topic is None:
-            raise ValueError(f"{event.type} is not routed to any topic")
-        await self.enqueue(topic, event.stream_id, encode(event_to_cloudevent(event, self._store.source)))
+            raise ValueError(f"{event.type} is private to its service and never published")
+        await self.enqueue(topic, event.subject, encode(event))
 
     async def enqueue(self, topic: str, key: str, value: bytes) -> None:
         """Queue a message for the outbox (written by `flush`, at the latest before commit)."""
@@ -227,13 +217,9 @@ class EventStore:
         pool: asyncpg.Pool,
         *,
         source: str,
-        routes: EventRoutes = EventRoutes(),
-        upcasters: UpcasterRegistry = NO_UPCASTERS,
     ) -> None:
         self.pool = pool
         self.source = source
-        self.routes = routes
-        self.upcasters = upcasters
         #: Set after every commit that put rows in the outbox: wakes a relay in this process
         #: at once, without a database round trip (other processes' commits use the doorbell).
         self.outbox_written = asyncio.Event()
@@ -254,13 +240,13 @@ class EventStore:
         self,
         stream_id: str,
         expected_version: int,
-        events: Sequence[NewEvent],
+        events: Sequence[Fact],
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
         conn: asyncpg.Connection | None = None,
         occurred_at: datetime | None = None,
-    ) -> list[RecordedEvent]:
+    ) -> list[Recorded]:
         """Append after `expected_version`, or raise ConcurrencyConflict. Empty input is a no-op."""
         [recorded] = await self.append_many(
             [StreamAppend(stream_id, expected_version, events)],
@@ -273,14 +259,14 @@ class EventStore:
 
     async def append_many(
         self,
-        appends: Sequence["StreamAppend"],
+        appends: Sequence[StreamAppend],
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
         conn: asyncpg.Connection | None = None,
         occurred_at: datetime | None = None,
         queued: Sequence[tuple[str, str, bytes]] = (),
-    ) -> list[list[RecordedEvent]]:
+    ) -> list[list[Recorded]]:
         """Append to each stream after its expected version, all in one statement, or raise
         ConcurrencyConflict (nothing written). `queued` outbox rows (topic, key, value) are
         written first. Streams without events are not checked; a stream may appear once."""
@@ -296,39 +282,38 @@ class EventStore:
         when = occurred_at or utc_now()
         recorded = [
             [
-                RecordedEvent(
-                    event_id=uuid.uuid4(),
-                    type=e.type,
-                    stream_id=a.stream_id,
-                    version=a.expected_version + i,
-                    schema_version=e.schema_version,
-                    occurred_at=when,
+                Envelope(
+                    id=str(uuid.uuid4()),
+                    source=self.source,
+                    subject=a.stream_id,
+                    sequence=a.expected_version + i,
+                    time=when,
                     correlation_id=correlation,
                     causation_id=causation,
-                    data=dict(e.data),
+                    data=e,
                 )
                 for i, e in enumerate(a.events, start=1)
             ]
             for a in appends
         ]
         flat = [r for stream in recorded for r in stream]
+        encoded = [encode_data(r.data) for r in flat]
         outbox = list(queued)
-        for r in flat:
-            topic = self.routes.topic_for(r.type)
-            if topic is not None:
-                outbox.append((topic, r.stream_id, encode(event_to_cloudevent(r, self.source))))
+        for r, data in zip(flat, encoded):
+            if r.data.TOPIC is not None:
+                outbox.append((r.data.TOPIC, r.subject, encode(r, data=data)))
         args: tuple[Any, ...] = (
             streams,
             [a.expected_version for a in appends],
             when,
             correlation,
             causation,
-            [r.event_id for r in flat],
-            [r.stream_id for r in flat],
-            [r.version for r in flat],
+            [r.uuid for r in flat],
+            [r.subject for r in flat],
+            [r.sequence for r in flat],
             [r.type for r in flat],
-            [r.schema_version for r in flat],
-            [r.data for r in flat],
+            [r.data.VERSION for r in flat],
+            [data.decode() for data in encoded],
             [o[0] for o in outbox],
             [o[1] for o in outbox],
             [o[2] for o in outbox],
@@ -352,7 +337,7 @@ class EventStore:
 
     async def read(
         self, stream_id: str, up_to_version: int | None = None, *, conn: asyncpg.Connection | None = None
-    ) -> list[RecordedEvent]:
+    ) -> list[Recorded]:
         """The stream's facts in order, upcast to their current schema."""
         limit = up_to_version if up_to_version is not None else 2**31 - 1
         if conn is None:
@@ -364,9 +349,9 @@ class EventStore:
 
     async def read_many(
         self, stream_ids: Sequence[str], *, conn: asyncpg.Connection | None = None
-    ) -> dict[str, list[RecordedEvent]]:
+    ) -> dict[str, list[Recorded]]:
         """Several whole streams in one query, each in version order."""
-        streams: dict[str, list[RecordedEvent]] = {stream_id: [] for stream_id in stream_ids}
+        streams: dict[str, list[Recorded]] = {stream_id: [] for stream_id in stream_ids}
         if not streams:
             return streams
         if conn is None:
@@ -378,15 +363,16 @@ class EventStore:
             streams[row["stream_id"]].append(self._to_event(row))
         return streams
 
-    def _to_event(self, row: asyncpg.Record) -> RecordedEvent:
-        schema_version, data = self.upcasters.upcast(row["type"], row["schema_version"], row["data"])
-        return RecordedEvent(
-            event_id=row["event_id"],
-            type=row["type"],
-            stream_id=row["stream_id"],
-            version=row["version"],
-            schema_version=schema_version,
-            occurred_at=row["occurred_at"],
+    def _to_event(self, row: asyncpg.Record) -> Recorded:
+        """A stored row as its current version (the codec upcasts older facts; none is rewritten)."""
+        data = decode_data(row["type"], row["schema_version"], row["data"])
+        assert isinstance(data, Fact), f"{row['type']} in the event log is not a fact"
+        return Envelope(
+            id=str(row["event_id"]),
+            source=self.source,
+            subject=row["stream_id"],
+            sequence=row["version"],
+            time=row["occurred_at"],
             correlation_id=row["correlation_id"],
             causation_id=row["causation_id"],
             data=data,

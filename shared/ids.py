@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from contextlib import contextmanager
-from typing import Iterator
 
 _NAMESPACE = uuid.UUID("6f1f3a52-3c1e-4b7e-9a57-1f1a3e5d9c10")
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -225,7 +225,7 @@ class OutboxRelay:
         except Exception as exc:
             log.warning("relay send failed", extra={"error": repr(exc)})
         results = await asyncio.gather(*futures, return_exceptions=True)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         acknowledged = 0
         for row, result in zip(rows, results):
             if isinstance(result, BaseException):
@@ -254,7 +254,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return stop.is_set()
 
 

@@ -12,41 +12,34 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaClient
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.consumer import TRANSIENT_ERRORS, ConsumerRunner, ConsumerSettings, Handler
 from shared.db import create_pool, migrate
-from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
+from shared.errors import DomainError
+from shared.eventstore import ConcurrencyConflict, EventStore
 from shared.logs import configure_logging
 from shared.relay import OutboxRelay, RelaySettings
+from shared.rest import error_response
 from shared.settings import ServiceSettings
 from shared.topics import ensure_topics
-from shared.upcasting import NO_UPCASTERS, UpcasterRegistry
 
 log = logging.getLogger("shared.runtime")
-
-
-class Refusal(Protocol):
-    """What a domain refusal offers the HTTP layer (see services/domain_errors.py)."""
-
-    http_status: int
-
-    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -79,12 +72,9 @@ class ServiceDefinition:
     name: str
     settings: ServiceSettings
     routers: Sequence[APIRouter]
-    routes: EventRoutes = EventRoutes()
     schema: Sequence[Path | str] = ()
     consumers: Callable[[EventStore], Sequence[ConsumerSpec]] = lambda store: ()
     loops: Sequence[BackgroundLoop] = ()
-    upcasters: UpcasterRegistry = NO_UPCASTERS
-    refusal_type: type[Exception] | None = None
     description: str = ""
     openapi_tags: list[dict[str, Any]] | None = None
 
@@ -219,15 +209,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _field_of(loc: Sequence[Any]) -> str:
+    """`["body", "items", 0, "sku"]` → `items.0.sku`: the bad field as a client names it."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _invalid(detail: list[dict[str, Any]], status: int = 422, code: str = "invalid_input") -> JSONResponse:
+    first = detail[0] if detail else {"loc": ["body"], "msg": "invalid input"}
+    return error_response(status, code, str(first.get("msg")), field=_field_of(first.get("loc", ())), detail=detail)
+
+
 def _invalid_text(loc: tuple[str | int, ...], msg: str) -> JSONResponse:
-    return JSONResponse({"detail": [{"loc": list(loc), "msg": msg, "type": "string_unstorable"}]}, status_code=422)
+    return _invalid([{"loc": list(loc), "msg": msg, "type": "string_unstorable"}])
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {"detail": [{"loc": ["body"], "msg": f"request body larger than {limit} bytes", "type": "body_too_large"}]},
-        status_code=413,
-    )
+    detail = [{"loc": ["body"], "msg": f"request body larger than {limit} bytes", "type": "body_too_large"}]
+    return _invalid(detail, status=413, code="body_too_large")
 
 
 def build_app(definition: ServiceDefinition) -> FastAPI:
@@ -283,26 +284,22 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
         # FastAPI answers 400 for a body its JSON parser rejects (e.g. a 5,000-digit number);
         # the contract says invalid input is a 422 naming the field, so say it that way.
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            return JSONResponse(
-                {"detail": [{"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}]},
-                status_code=422,
-            )
-        return await http_exception_handler(request, exc)
+            return _invalid([{"loc": ["body"], "msg": "the body is not valid JSON", "type": "json_invalid"}])
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes each bad `input`; a non-finite number (`NaN`, `Infinity`,
         # `1e400` → inf) cannot be rendered as JSON, which turned a 422 into a 500.
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        return _invalid(_json_safe(jsonable_encoder(exc.errors())))
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         # The database (or a lock) is away for a moment: nothing was written, and a retry is
         # exactly right (Idempotency-Key makes it safe), so say so instead of a bare 500.
         log.warning("request failed: a dependency is unavailable", extra={"error": repr(exc)})
-        return JSONResponse(
-            {"code": "database_unavailable", "message": "a dependency is unavailable; retry shortly"},
-            status_code=503,
-            headers={"Retry-After": "1"},
+        return error_response(
+            503, "database_unavailable", "a dependency is unavailable; retry shortly", headers={"Retry-After": "1"}
         )
 
     for transient in TRANSIENT_ERRORS:
@@ -310,14 +307,11 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
 
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:
-        return JSONResponse({"code": "version_conflict", "message": str(exc)}, status_code=409)
+        return error_response(409, "version_conflict", str(exc))
 
-    if definition.refusal_type is not None:
-
-        @app.exception_handler(definition.refusal_type)
-        async def refused(_: Request, exc: Exception) -> JSONResponse:
-            refusal: Refusal = exc  # type: ignore[assignment]
-            return JSONResponse(refusal.to_dict(), status_code=refusal.http_status)
+    @app.exception_handler(DomainError)
+    async def refused(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(exc.http_status, exc.code, exc.message, field=exc.field)
 
     for router in definition.routers:
         app.include_router(router)
@@ -330,7 +324,7 @@ async def _start(definition: ServiceDefinition) -> Runtime:
     pool = await _retrying("database", lambda: create_pool(settings.database_url, max_size=settings.db_pool_max_size))
     await migrate(pool, definition.schema)
     await _retrying("kafka topics", lambda: ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions))
-    store = EventStore(pool, source=f"/services/{definition.name}", routes=definition.routes, upcasters=definition.upcasters)
+    store = EventStore(pool, source=f"/services/{definition.name}")
     relay = OutboxRelay(
         settings.database_url,
         settings.kafka_bootstrap_servers,

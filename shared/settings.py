@@ -1,6 +1,7 @@
 """Configuration through environment variables only, with documented defaults."""
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +22,8 @@ class ServiceSettings(BaseSettings):
                              messages to share its transaction (default 0: the write services
                              answer each hop of the saga at once)
     TOPIC_PARTITIONS         partitions of topics the service creates if missing (default 6)
+    CONFLICT_ATTEMPTS        times a command that lost an append race to another writer is
+                             decided again before the request answers 409 (default 5)
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -38,3 +41,4 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 3
     consumer_linger_ms: float = 0.0
     topic_partitions: int = 6
+    conflict_attempts: int = Field(default=5, ge=1)

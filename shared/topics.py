@@ -1,15 +1,9 @@
-"""The Kafka topics of SPEC §4, created idempotently with explicit partitions and configs."""
+"""Creating the contract's Kafka topics, idempotently, with explicit partitions and configs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-EVENT_TOPICS = ("order.events", "payment.events", "shipping.events")
-COMMAND_TOPICS = ("payment.commands", "shipping.commands")
-DLQ_SUFFIX = ".dlq"
-
-
-def dlq_topic(topic: str) -> str:
-    return topic + DLQ_SUFFIX
+from shared.contract import COMMAND_TOPICS, EVENT_TOPICS, dlq_topic
 
 
 @dataclass(frozen=True)

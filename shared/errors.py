@@ -1,4 +1,4 @@
-"""Refusals a pure domain raises; adapters map them to HTTP statuses or logged non-answers.
+"""Refusals a pure domain raises; the kernel maps them to HTTP statuses or logged non-answers.
 
 Each carries a machine-readable `code` (stable, snake_case) so clients and logs need not
 parse messages, and `field` (for InvalidCommand) names the offending input, e.g.

@@ -1,44 +1,45 @@
-"""What the saga's participants (payment, shipping) share: command handling around a pure domain.
+"""The kernel's command runner: every write service handles its aggregate's commands this way.
 
-A participant owns one kind of event-sourced aggregate. Every command, whether it arrives on
-Kafka or over HTTP, is handled the same way inside one database transaction:
+An `Aggregate` binds one kind of event-sourced aggregate's pure domain (`fold`, `decide`,
+`find_answer`) to the event store. Every command, whether it arrives on Kafka or over HTTP,
+is handled the same way inside one database transaction:
 
-    read the stream → fold → decide → append (optimistic, retried on a conflict)
+    read the stream → fold → decide → append (optimistic; a lost race is decided again)
 
 and its outcome is one of three:
 
 * **new facts**: appended; the kernel's outbox publishes them (the command's answer);
 * **duplicate**: the domain decided nothing because the command's effect is already recorded
   (e.g. a retried `payment.authorize` after a timeout). A command *message* is answered again
-  by re-queueing the recorded fact's CloudEvent unchanged (same event id, same causal ids), so
-  a consumer that already saw it drops it by id and one that missed it gets the answer;
-* **refused** (IllegalTransition / NotFound): nothing is appended or published; the refusal is
-  logged with the correlation id and counted in `commands_refused_total`, and the saga's step
-  timeout covers the missing answer (docs/EVENTS.md). A malformed command (InvalidCommand) is
-  not a refusal but a poison message: it is raised, so the consumer runner dead-letters it.
+  by re-queueing the recorded fact (same event id, same causal ids), so a consumer that
+  already saw it drops it by id and one that missed it gets the answer;
+* **refused** (IllegalTransition / NotFound): nothing is appended or published. Over HTTP the
+  refusal is the answer (409 / 404); for a command message it is logged with the correlation
+  id and counted in `commands_refused_total`, and the saga's step timeout covers the missing
+  answer. A command message the aggregate does not take is not a refusal but a poison
+  message: it is raised, so the consumer runner dead-letters it.
 
-Each participant also keeps `<name>_by_order(stream_id, order_id)`, written in the transaction
-that creates the aggregate, so `GET /<things>?order_id=` is an index lookup. Why a table and not
-the derived id: ids are *usually* `derived_id(order_id, role)`, but the contract only promises
-`order_id` in the data; a table answers for any id, costs one row per aggregate, and leaves the
-kernel's event log schema (no extra JSONB expression index) alone.
+An aggregate addressed by a derived id (payment, shipment) keeps `<name>_by_order(stream_id,
+order_id)`, written in the transaction that creates it, so `GET /<things>?order_id=` is an
+index lookup that answers for any id, not only the derived one.
 """
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, Sequence, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Counter
 
-from services.domain_errors import DomainError, IllegalTransition, InvalidCommand, NotFound
 from shared.consumer import Delivery, Handler
-from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.contract import Fact
+from shared.errors import DomainError, IllegalTransition, InvalidCommand, NotFound
+from shared.eventstore import ConcurrencyConflict, EventStore, Recorded, UnitOfWork
 from shared.ids import caused_by, current_context
-from shared.messages import Envelope, NewEvent, RecordedEvent
 
-log = logging.getLogger("services.participant")
+log = logging.getLogger("shared.aggregate")
 
 COMMANDS_REFUSED = Counter(
     "commands_refused_total",
@@ -51,14 +52,11 @@ COMMANDS_REANSWERED = Counter(
     ["aggregate", "type"],
 )
 
-#: Appends lost to a concurrent writer are re-decided this many times before giving up (→ 409).
-CONFLICT_ATTEMPTS = 5
-
 _IDENT = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 class StreamState(Protocol):
-    """What the service layer needs of a folded aggregate."""
+    """What the runner needs of a folded aggregate."""
 
     @property
     def version(self) -> int: ...
@@ -76,32 +74,40 @@ class Outcome(Generic[S]):
     """The result of handling one command that was not refused."""
 
     state: S
-    appended: list[RecordedEvent]
+    appended: list[Recorded]
     #: The recorded fact that answers a duplicate command (None when facts were appended).
-    recorded_answer: RecordedEvent | None
+    recorded_answer: Recorded | None
 
     @property
     def duplicate(self) -> bool:
         return not self.appended
 
 
+def facts_of(history: Iterable[Recorded]) -> Iterable[Fact]:
+    """The facts of recorded envelopes, for a pure `fold`."""
+    return (event.data for event in history)
+
+
 @dataclass(frozen=True)
-class Participant(Generic[C, S]):
+class Aggregate(Generic[C, S]):
     """One aggregate kind's pure domain plus the name its tables and metrics use.
 
-    `name` is the aggregate's name ("payment", "shipment"): it names the lookup table, the
-    NotFound code and the `aggregate` label of the metrics.
+    `name` ("order", "payment", "shipment") names the NotFound code, the `aggregate` label of
+    the metrics and, with `indexed_by_order`, the lookup table. `conflict_attempts` is the
+    service's retry policy for appends that lost a race (CONFLICT_ATTEMPTS, ServiceSettings).
     """
 
     name: str
     stream_of: Callable[[C], str]
-    fold: Callable[[Iterable[RecordedEvent]], S]
-    decide: Callable[[C, S], list[NewEvent]]
-    find_answer: Callable[[C, Sequence[RecordedEvent]], RecordedEvent | None]
+    fold: Callable[[Iterable[Fact]], S]
+    decide: Callable[[C, S], Sequence[Fact]]
+    find_answer: Callable[[C, Sequence[Recorded]], Recorded | None] = lambda command, history: None
+    indexed_by_order: bool = False
+    conflict_attempts: int = 5
 
     def __post_init__(self) -> None:
         if not _IDENT.fullmatch(self.name):
-            raise ValueError(f"participant name {self.name!r} must be a plain SQL identifier")
+            raise ValueError(f"aggregate name {self.name!r} must be a plain SQL identifier")
 
     # ------------------------------------------------------------------ schema
 
@@ -110,7 +116,9 @@ class Participant(Generic[C, S]):
         return f"{self.name}_by_order"
 
     def schema(self) -> str:
-        """DDL for the order → aggregate lookup (passed as the service's `schema=`)."""
+        """DDL of the order → aggregate lookup ('' when the aggregate is not indexed)."""
+        if not self.indexed_by_order:
+            return ""
         table = self.index_table
         return f"""
 CREATE TABLE IF NOT EXISTS {table} (
@@ -129,7 +137,7 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
         command: C,
         *,
         causation_id: str | None = None,
-        history: list[RecordedEvent] | None = None,
+        history: list[Recorded] | None = None,
     ) -> Outcome[S]:
         """Read (unless `history` is given) → fold → decide → append in `uow`.
 
@@ -138,39 +146,41 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
         the consumer runner, which re-applies the message in a savepoint). No savepoint here:
         it would cost two round trips per command for a race that almost never happens.
         With `causation_id` (an HTTP request), the appended facts carry it and the aggregate's
-        order id as correlation; otherwise the ambient causal context of the message being
-        handled (set by `one_at_a_time`) applies.
+        order id as correlation; otherwise the causal context of the message being handled.
         """
         stream_id = self.stream_of(command)
         if history is None:
             history = await uow.read(stream_id)
-        state = self.fold(history)
+        state = self.fold(facts_of(history))
         if causation_id is None:
             return await self._decide_and_append(uow, command, stream_id, history, state)
         with caused_by(state.order_id or stream_id, causation_id):
             return await self._decide_and_append(uow, command, stream_id, history, state)
 
     async def execute_alone(self, store: EventStore, command: C, *, causation_id: str) -> Outcome[S]:
-        """`execute` in a transaction of its own, re-deciding after a lost race (HTTP commands)."""
-        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        """`execute` in a transaction of its own, deciding again after a lost race (HTTP commands)."""
+        for attempt in range(1, self.conflict_attempts + 1):
             try:
                 async with store.transaction() as uow:
                     return await self.execute(uow, command, causation_id=causation_id)
             except ConcurrencyConflict:
-                if attempt == CONFLICT_ATTEMPTS:
+                if attempt == self.conflict_attempts:
                     raise
-                log.info("append lost a race, deciding again", extra={"stream_id": self.stream_of(command), "attempt": attempt})
+                log.info(
+                    "append lost a race, deciding again",
+                    extra={"stream_id": self.stream_of(command), "attempt": attempt},
+                )
         raise AssertionError("unreachable")
 
     async def _decide_and_append(
-        self, uow: UnitOfWork, command: C, stream_id: str, history: list[RecordedEvent], state: S
+        self, uow: UnitOfWork, command: C, stream_id: str, history: list[Recorded], state: S
     ) -> Outcome[S]:
-        new_events = self.decide(command, state)
-        if not new_events:
+        new_facts = self.decide(command, state)
+        if not new_facts:
             return Outcome(state, [], self.find_answer(command, history))
-        appended = await uow.append(stream_id, state.version, new_events)
-        after = self.fold([*history, *appended])
-        if state.version == 0:
+        appended = await uow.append(stream_id, state.version, new_facts)
+        after = self.fold(facts_of([*history, *appended]))
+        if state.version == 0 and self.indexed_by_order:
             await uow.conn.execute(
                 f"INSERT INTO {self.index_table} (stream_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 stream_id,
@@ -178,14 +188,22 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
             )
         return Outcome(after, appended, None)
 
-    def consumer(self, store: EventStore, parse: Callable[[str, Mapping[str, Any]], C]) -> Handler:
-        """The batch handler for the participant's command topic (one causal context per message).
+    def consumer(self, accepts: tuple[type[C], ...]) -> Handler:
+        """The batch handler of the aggregate's command topic (one causal context per message).
 
-        The streams of the whole batch are read in one round trip; each command then decides
-        on its stream as the earlier commands of the batch left it.
+        `accepts`: the command types this aggregate takes; any other message is poison. The
+        streams of the whole batch are read in one round trip; each command then decides on
+        its stream as the earlier commands of the batch left it.
         """
 
-        async def handle_one(uow: UnitOfWork, env: Envelope, command: C, history: list[RecordedEvent]) -> list[RecordedEvent]:
+        def command_of(delivery: Delivery) -> C:
+            data = delivery.envelope.data
+            if not isinstance(data, accepts):
+                raise InvalidCommand("type", f"{self.name} takes no {delivery.envelope.type}", code="unknown_command")
+            return data
+
+        async def handle_one(uow: UnitOfWork, delivery: Delivery, command: C, history: list[Recorded]) -> list[Recorded]:
+            env = delivery.envelope
             try:
                 outcome = await self.execute(uow, command, history=history)
             except InvalidCommand:
@@ -194,7 +212,10 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
                 stream_id, ctx, refused = self.stream_of(command), current_context(), refusal
                 uow.after_commit(
                     lambda: self.record_refusal(
-                        env.type, refused, message_id=env.id, stream_id=stream_id,
+                        env.type,
+                        refused,
+                        message_id=env.id,
+                        stream_id=stream_id,
                         correlation_id=ctx.correlation_id if ctx else None,
                     )
                 )
@@ -205,20 +226,26 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
 
         async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
             # InvalidCommand → the batch is re-applied message by message, then dead-lettered.
-            commands = [parse(d.envelope.type, d.envelope.data) for d in deliveries]
+            commands = [command_of(d) for d in deliveries]
             histories = await uow.read_many(sorted({self.stream_of(c) for c in commands}))
             for delivery, command in zip(deliveries, commands):
                 env = delivery.envelope
                 stream_id = self.stream_of(command)
                 with caused_by(env.correlation_id or env.subject, env.id):
-                    histories[stream_id] = await handle_one(uow, env, command, histories[stream_id])
+                    histories[stream_id] = await handle_one(uow, delivery, command, histories[stream_id])
 
         return handle
 
     def record_refusal(
-        self, command_type: str, refusal: DomainError, *, message_id: str, stream_id: str, correlation_id: str | None = None
+        self,
+        command_type: str,
+        refusal: DomainError,
+        *,
+        message_id: str,
+        stream_id: str,
+        correlation_id: str | None = None,
     ) -> None:
-        """Refusals are answered by silence, so they must be visible: a log line and a metric."""
+        """Refusals of command messages are answered by silence, so they must be visible."""
         COMMANDS_REFUSED.labels(aggregate=self.name, type=command_type, code=refusal.code).inc()
         ctx = current_context()
         log.warning(
@@ -233,15 +260,8 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
             },
         )
 
-    async def reanswer(
-        self,
-        uow: UnitOfWork,
-        command_type: str,
-        answer: RecordedEvent | None,
-        *,
-        message_id: str,
-    ) -> None:
-        """Publish the already-recorded answer again, byte-for-byte the same envelope."""
+    async def reanswer(self, uow: UnitOfWork, command_type: str, answer: Recorded | None, *, message_id: str) -> None:
+        """Publish the already-recorded answer again, with the same id."""
         if answer is None:
             log.warning(
                 "duplicate command has no recorded answer to repeat",
@@ -258,7 +278,7 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
                 extra={
                     "command_type": command_type,
                     "message_id": message_id,
-                    "event_id": str(answer.event_id),
+                    "event_id": answer.id,
                     "correlation_id": ctx.correlation_id if ctx else None,
                 },
             )
@@ -267,23 +287,19 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
 
     # ------------------------------------------------------------------ queries
 
-    async def load(self, store: EventStore, stream_id: str) -> tuple[list[RecordedEvent], S]:
+    async def load(self, store: EventStore, stream_id: str) -> tuple[list[Recorded], S]:
         """The stream's facts and the state they fold to; NotFound if there are none."""
         history = await store.read(stream_id)
         if not history:
             raise NotFound(f"{self.name}_not_found", f"{self.name} {stream_id} does not exist")
-        return history, self.fold(history)
+        return history, self.fold(facts_of(history))
 
     async def of_order(self, store: EventStore, order_id: str) -> list[S]:
-        """Every aggregate of this kind the order has, oldest first."""
+        """Every aggregate of this kind the order has, oldest first (indexed aggregates only)."""
         async with store.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT stream_id FROM {self.index_table} WHERE order_id = $1 ORDER BY created_at, stream_id",
                 order_id,
             )
-            states = []
-            for row in rows:
-                history = await store.read(row["stream_id"], conn=conn)
-                if history:
-                    states.append(self.fold(history))
-        return states
+            histories = await store.read_many([row["stream_id"] for row in rows], conn=conn)
+        return [self.fold(facts_of(h)) for h in histories.values() if h]

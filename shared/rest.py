@@ -1,13 +1,21 @@
-"""REST shapes and helpers every service's HTTP layer shares: event listings, error bodies, causation."""
+"""REST shapes and helpers every service's HTTP layer shares: event listings, error bodies, causation.
+
+Every error any service answers has one shape (`ErrorBody`): a stable snake_case `code`, a
+human `message`, for invalid input the first bad `field` (dotted, e.g. `items.0.quantity`)
+and the validator's full `detail` list, plus fields particular to a code (e.g. `view_behind`
+names the versions). docs/API.md lists the codes.
+"""
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from typing import Any
 
+import msgspec
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import RecordedEvent
+from shared.eventstore import Recorded
 
 
 def request_causation_id(header: str | None) -> str:
@@ -31,15 +39,14 @@ class EventView(BaseModel):
                     "type": "payment.authorized",
                     "stream_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
                     "version": 1,
-                    "schema_version": 1,
+                    "schema_version": 2,
                     "occurred_at": "2025-01-01T12:00:00.123456+00:00",
                     "correlation_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
                     "causation_id": "c2f1d3e4-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
                     "data": {
                         "payment_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
                         "order_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
-                        "amount_cents": 4200,
-                        "currency": "EUR",
+                        "amount": {"amount_cents": 4200, "currency": "EUR"},
                     },
                 }
             ]
@@ -50,37 +57,69 @@ class EventView(BaseModel):
     type: str = Field(description="`<group>.<name>`, past tense")
     stream_id: str = Field(description="the aggregate id")
     version: int = Field(description="position in the stream: 1, 2, 3 …")
-    schema_version: int
+    schema_version: int = Field(description="the contract version `data` is shown in (older facts are upcast)")
     occurred_at: datetime
     correlation_id: str = Field(description="the order id of the whole flow")
     causation_id: str = Field(description="id of the message (or HTTP request) that caused it")
     data: dict[str, Any]
 
     @classmethod
-    def of(cls, event: RecordedEvent) -> "EventView":
+    def of(cls, event: Recorded) -> EventView:
         return cls(
-            event_id=event.event_id,
+            event_id=event.uuid,
             type=event.type,
-            stream_id=event.stream_id,
-            version=event.version,
-            schema_version=event.schema_version,
-            occurred_at=event.occurred_at,
+            stream_id=event.subject,
+            version=event.sequence,
+            schema_version=event.data.VERSION,
+            occurred_at=event.time,
             correlation_id=event.correlation_id,
             causation_id=event.causation_id,
-            data=dict(event.data),
+            data=msgspec.to_builtins(event.data),
         )
 
 
 class ErrorBody(BaseModel):
-    """A refusal: stable machine code plus a human message (see services/domain_errors.py)."""
+    """Every error answer of every service (refusals: see shared/errors.py)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"code": "illegal_shipment_transition", "message": "cannot deliver a shipment that is SCHEDULED"}]}
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"code": "illegal_shipment_transition", "message": "cannot deliver a shipment that is SCHEDULED"},
+                {
+                    "code": "invalid_input",
+                    "message": "Input should be greater than or equal to 1",
+                    "field": "items.0.quantity",
+                    "detail": [{"loc": ["body", "items", 0, "quantity"], "msg": "...", "type": "greater_than_equal"}],
+                },
+            ]
+        },
     )
 
     code: str
     message: str
     field: str | None = None
+    detail: list[dict[str, Any]] | None = None
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    detail: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """The one way any service answers an error."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -89,5 +128,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such aggregate",
         409: "illegal transition, or lost a write race too many times",
         422: "invalid input",
+        503: "a dependency is unavailable for a moment; retry after `Retry-After`",
     }
     return {s: {"model": ErrorBody, "description": described.get(s, "refused")} for s in statuses}
