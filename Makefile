@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench bench-quick demo watch audit chaos
+.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench bench-quick demo watch audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -50,11 +50,6 @@ e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E
 bench-kernel: venv ## micro-benchmark of the event-store kernel
 	$(PY) -m bench.kernel
 
-# Guarded until their modules exist: they say so and fail rather than pretend.
-define not_yet
-	@echo "make $@: not yet implemented" >&2; exit 1
-endef
-
 bench: venv kafka-jars ## whole-system benchmark on its own stack: bench/results/latest.json + .png (< ~10 min)
 	$(PY) -m bench.system
 
@@ -72,3 +67,9 @@ audit: venv ## check the saga invariants, topics vs event logs, views vs write s
 
 chaos: venv kafka-jars ## faults under load on a private stack; table + reliability/results/chaos-latest.json (ARGS="--faults kill-order,poison --rate 20")
 	$(PY) -m reliability chaos $(ARGS)
+
+contract: venv ## regenerate docs/schemas, docs/asyncapi.yaml and docs/EVENTS.md from shared/contract
+	$(PY) -m shared.contract.publish
+
+asyncapi-spec: venv ## fetch the official AsyncAPI 3.0.0 JSON Schema (npm @asyncapi/specs, pinned) into .cache/ (the tests do it lazily)
+	$(PY) -m tests.unit.contract.asyncapi_spec

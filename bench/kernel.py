@@ -23,22 +23,38 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from infra.stack import LocalStack, free_ports
+from shared.contract import ORDER_EVENTS, Address, OrderLine, OrderPlaced, encode_data
 from shared.db import create_pool, migrate
-from shared.eventstore import EventRoutes, EventStore
-from shared.messages import NewEvent
+from shared.eventstore import EventStore
 from shared.topics import ensure_topics
 
 RESULTS = Path(__file__).with_name("results")
 DURATION_S = float(os.environ.get("BENCH_KERNEL_DURATION_S", "5"))
 LAG_RATE = int(os.environ.get("BENCH_KERNEL_LAG_RATE", "1000"))
 LAG_DURATION_S = float(os.environ.get("BENCH_KERNEL_LAG_DURATION_S", "10"))
-PAYLOAD = {
-    "order_id": "",
-    "customer_id": "customer-42",
-    "currency": "EUR",
-    "total_cents": 4599,
-    "items": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1500}, {"sku": "SKU-2", "quantity": 1, "unit_price_cents": 1599}],
-}
+#: The relay alone in a process of its own, so that its CPU is not the writers'.
+RELAY_PROCESS = (
+    "import asyncio, sys\n"
+    "from shared.logs import configure_logging\n"
+    "from shared.relay import OutboxRelay\n"
+    "configure_logging(sys.argv[3])\n"
+    "asyncio.run(OutboxRelay(sys.argv[1], sys.argv[2], name=sys.argv[3]).run(asyncio.Event()))\n"
+)
+
+
+def placed(order_id: str) -> OrderPlaced:
+    """The fact every append of the benchmark writes: a typical order.placed."""
+    return OrderPlaced(
+        order_id=order_id,
+        customer_id="customer-42",
+        currency="EUR",
+        total_cents=4599,
+        items=(
+            OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1500),
+            OrderLine(sku="SKU-2", quantity=1, unit_price_cents=1599),
+        ),
+        shipping_address=Address(name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"),
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -60,7 +76,7 @@ async def our_append_rate(stack: LocalStack, writers: int) -> float:
     dsn = await fresh_db(stack, f"bench_ours_{writers}")
     pool = await create_pool(dsn, min_size=writers, max_size=writers)
     await migrate(pool)
-    store = EventStore(pool, source="/bench", routes=EventRoutes({"order.": "order.events"}))
+    store = EventStore(pool, source="/bench")
     count = 0
     deadline = time.monotonic() + DURATION_S
 
@@ -69,7 +85,7 @@ async def our_append_rate(stack: LocalStack, writers: int) -> float:
         version = 0
         stream = f"bench-{w}-{uuid.uuid4().hex[:6]}"
         while time.monotonic() < deadline:
-            await store.append(stream, version, [NewEvent("order.placed", {**PAYLOAD, "order_id": stream})])
+            await store.append(stream, version, [placed(stream)])
             version += 1
             count += 1
 
@@ -93,7 +109,7 @@ def library_append_rate(stack: LocalStack, writers: int) -> float:
     )
     recorder = PostgresApplicationRecorder(datastore)
     recorder.create_table()
-    state = json.dumps(PAYLOAD).encode()
+    state = encode_data(placed(str(uuid.uuid4())))
     counts = [0] * writers
     deadline = time.monotonic() + DURATION_S
 
@@ -117,23 +133,18 @@ def library_append_rate(stack: LocalStack, writers: int) -> float:
 
 
 async def relay_lag(stack: LocalStack, log_dir: Path) -> dict[str, float]:
-    """Open-loop appends at LAG_RATE/s; lag = consumed-from-Kafka time minus commit time."""
+    """Open-loop appends at LAG_RATE/s; lag = consumed-from-Kafka time minus commit time.
+
+    The benchmark's stack is its own: nothing but these appends is published on order.events."""
     dsn = await fresh_db(stack, "bench_lag")
     pool = await create_pool(dsn, min_size=16, max_size=16)
     await migrate(pool)
-    topic = f"bench-lag-{uuid.uuid4().hex[:6]}.events"
-    store = EventStore(pool, source="/bench", routes=EventRoutes({"order.": topic}))
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 6, 1)])
-    await admin.close()
+    store = EventStore(pool, source="/bench")
     relay = subprocess.Popen(
-        [sys.executable, "-m", "shared.relay", "--dsn", dsn, "--bootstrap", stack.kafka_bootstrap, "--name", "bench-relay"],
+        [sys.executable, "-c", RELAY_PROCESS, dsn, stack.kafka_bootstrap, "bench-relay"],
         stdout=(log_dir / "bench-relay.log").open("ab"), stderr=subprocess.STDOUT,
     )
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(ORDER_EVENTS, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
                                 group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=50)
     await consumer.start()
     committed_at: dict[str, float] = {}
@@ -153,8 +164,8 @@ async def relay_lag(stack: LocalStack, log_dir: Path) -> dict[str, float]:
 
         async def one(i: int) -> None:
             stream = f"lag-{i}"
-            [event] = await store.append(stream, 0, [NewEvent("order.placed", {**PAYLOAD, "order_id": stream})])
-            committed_at[str(event.event_id)] = time.monotonic()
+            [event] = await store.append(stream, 0, [placed(stream)])
+            committed_at[event.id] = time.monotonic()
 
         start = time.monotonic()
         tasks = []

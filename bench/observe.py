@@ -26,9 +26,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.contract import ORDER_EVENTS, OrderCancelled, OrderConfirmed, OrderRejected, OrderStatus
+
 log = logging.getLogger("bench.observe")
 
-FINAL_TYPES = {"order.confirmed": "CONFIRMED", "order.rejected": "REJECTED", "order.cancelled": "CANCELLED"}
+FINAL_TYPES: dict[str, str] = {
+    OrderConfirmed.TYPE: OrderStatus.CONFIRMED.value,
+    OrderRejected.TYPE: OrderStatus.REJECTED.value,
+    OrderCancelled.TYPE: OrderStatus.CANCELLED.value,
+}
 _FINAL_MARKERS = tuple(f'"{t}"'.encode() for t in FINAL_TYPES)
 
 
@@ -87,7 +93,7 @@ def _parse_time(value: str) -> float:
 @dataclass
 class OrderEventsWatcher:
     bootstrap: str
-    topic: str = "order.events"
+    topic: str = ORDER_EVENTS
     finals: dict[str, WriteFinal] = field(default_factory=dict)
     consumed: int = 0
     _consumer: AIOKafkaConsumer | None = None

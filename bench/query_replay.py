@@ -5,11 +5,13 @@ writes >= 100,000 facts of realistic order journeys onto fresh topics, lets the 
 service build its views from them (generation 1), then POSTs /admin/rebuild and measures
 the replay into generation 2 until the atomic switch. Checks the rebuilt tables equal the
 incremental ones, prints a summary and writes bench/results/query-replay-latest.json.
+The facts are encoded by the contract codec (current schema versions).
 
 BENCH_QUERY_JOURNEYS   order journeys to generate (default 13000, about 103,000 facts)
 BENCH_QUERY_PARTITIONS partitions per topic (default 6, as in production)
 BENCH_QUERY_MAX_BATCH  records per Kafka poll and transaction (default: the service default)
 BENCH_QUERY_PROFILE    if set, a cProfile of the rebuild phase is written to this path
+BENCH_QUERY_OUT        where the results go (default bench/results/query-replay-latest.json)
 """
 from __future__ import annotations
 
@@ -21,93 +23,129 @@ import random
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import psutil
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from infra.stack import LocalStack, free_port
-from services.query import store
+from services.query import generations, store
 from services.query.app import create_app
 from services.query.settings import QuerySettings
+from shared.contract import (
+    EVENT_TOPICS,
+    Address,
+    Envelope,
+    Fact,
+    Money,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderDelivered,
+    OrderFact,
+    OrderLine,
+    OrderPlaced,
+    OrderRejected,
+    OrderShipped,
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentFact,
+    PaymentRefunded,
+    PaymentVoided,
+    ShipmentCancelled,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentFact,
+    ShipmentFailed,
+    ShipmentScheduled,
+    encode,
+)
 from shared.ids import derived_id
-from shared.messages import RecordedEvent, event_to_cloudevent
+from shared.kafka import make_admin
 
 RESULTS = Path(__file__).with_name("results")
 JOURNEYS = int(os.environ.get("BENCH_QUERY_JOURNEYS", "13000"))
 PARTITIONS = int(os.environ.get("BENCH_QUERY_PARTITIONS", "6"))
 MAX_BATCH = os.environ.get("BENCH_QUERY_MAX_BATCH")
 PROFILE = os.environ.get("BENCH_QUERY_PROFILE")  # write a cProfile of the rebuild phase here
-GROUPS = {"order": "order", "payment": "payment", "shipment": "shipping"}
-SOURCES = {"order": "/services/order", "payment": "/services/payment", "shipment": "/services/shipping"}
+OUT = Path(os.environ.get("BENCH_QUERY_OUT") or RESULTS / "query-replay-latest.json")
+GROUPS: tuple[type[Fact], ...] = (OrderFact, PaymentFact, ShipmentFact)
+SOURCES = {OrderFact: "/services/order", PaymentFact: "/services/payment", ShipmentFact: "/services/shipping"}
+ADDRESS = Address(name="N", line1="1 Main St", city="C", postal_code="1", country="DE")
 
-# (share of journeys, steps): each step is (type, caused by the previous fact?)
-MIX: list[tuple[float, list[str]]] = [
-    (0.70, ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed",
-            "shipment.dispatched", "order.shipped", "shipment.delivered", "order.delivered"]),
-    (0.10, ["order.placed", "payment.declined", "order.rejected"]),
-    (0.10, ["order.placed", "payment.authorized", "shipment.failed", "payment.voided", "order.cancelled"]),
-    (0.10, ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed",
-            "shipment.cancelled", "payment.refunded", "order.cancelled"]),
+# (share of journeys, the facts of the journey in order)
+MIX: list[tuple[float, list[type[Fact]]]] = [
+    (0.70, [OrderPlaced, PaymentAuthorized, ShipmentScheduled, PaymentCaptured, OrderConfirmed,
+            ShipmentDispatched, OrderShipped, ShipmentDelivered, OrderDelivered]),
+    (0.10, [OrderPlaced, PaymentDeclined, OrderRejected]),
+    (0.10, [OrderPlaced, PaymentAuthorized, ShipmentFailed, PaymentVoided, OrderCancelled]),
+    (0.10, [OrderPlaced, PaymentAuthorized, ShipmentScheduled, PaymentCaptured, OrderConfirmed,
+            ShipmentCancelled, PaymentRefunded, OrderCancelled]),
 ]
-REASONS = {
-    "payment.declined": "card_declined", "order.rejected": "payment_declined:card_declined",
-    "shipment.failed": "destination_not_served", "payment.voided": "shipping_failed",
-    "order.cancelled": "cancelled_by_customer", "shipment.cancelled": "cancelled_by_customer",
-    "payment.refunded": "cancelled_by_customer",
+REASONS: dict[type[Fact], str] = {
+    PaymentDeclined: "card_declined", OrderRejected: "payment_declined:card_declined",
+    ShipmentFailed: "destination_not_served", PaymentVoided: "shipping_failed",
+    OrderCancelled: "cancelled_by_customer", ShipmentCancelled: "cancelled_by_customer",
+    PaymentRefunded: "cancelled_by_customer",
 }
 
 
-def journey(rng: random.Random, start: datetime) -> list[tuple[str, str, bytes]]:
+def group_of(cls: type[Fact]) -> type[Fact]:
+    return next(g for g in GROUPS if issubclass(cls, g))
+
+
+def journey(rng: random.Random, start: datetime) -> list[tuple[type[Fact], str, bytes]]:
     """One order's facts as (group, key, CloudEvents bytes), the way the services publish them."""
     steps = rng.choices([s for _, s in MIX], weights=[w for w, _ in MIX])[0]
     order_id = str(uuid.uuid4())
-    ids = {"order": order_id, "payment": derived_id(order_id, "payment"), "shipment": derived_id(order_id, "shipment")}
+    payment_id, shipment_id = derived_id(order_id, "payment"), derived_id(order_id, "shipment")
+    ids = {OrderFact: order_id, PaymentFact: payment_id, ShipmentFact: shipment_id}
     currency = rng.choice(["EUR", "EUR", "USD", "GBP"])
-    items: list[dict[str, Any]] = [{"sku": f"SKU-{rng.randint(1, 500)}", "quantity": rng.randint(1, 3), "unit_price_cents": rng.randint(100, 20000)}
-             for _ in range(rng.randint(1, 3))]
-    total = sum(int(i["quantity"]) * int(i["unit_price_cents"]) for i in items)
-    versions = {"order": 0, "payment": 0, "shipment": 0}
+    items = tuple(OrderLine(sku=f"SKU-{rng.randint(1, 500)}", quantity=rng.randint(1, 3),
+                            unit_price_cents=rng.randint(100, 20000)) for _ in range(rng.randint(1, 3)))
+    total = sum(i.line_total_cents for i in items)
+    versions = dict.fromkeys(GROUPS, 0)
     out = []
     previous = str(uuid.uuid4())
     when = start
-    for type_ in steps:
-        group = type_.split(".")[0]
+    for cls in steps:
+        group = group_of(cls)
         versions[group] += 1
         when += timedelta(milliseconds=rng.randint(5, 400))
-        data: dict[str, Any] = {"order_id": order_id}
-        if type_ == "order.placed":
-            data |= {"customer_id": f"cust-{rng.randint(1, 2000)}", "items": items, "currency": currency, "total_cents": total,
-                     "shipping_address": {"name": "N", "line1": "1 Main St", "city": "C", "postal_code": "1", "country": "DE"}}
-        elif group == "payment":
-            data |= {"payment_id": ids["payment"], "amount_cents": total, "currency": currency}
-        elif group == "shipment":
-            data |= {"shipment_id": ids["shipment"]}
-        if type_ in ("order.confirmed",):
-            data |= {"payment_id": ids["payment"], "shipment_id": ids["shipment"]}
-        if type_ in ("order.shipped", "order.delivered"):
-            data |= {"shipment_id": ids["shipment"]}
-        if type_ in REASONS:
-            data["reason"] = REASONS[type_]
-        event = RecordedEvent(
-            event_id=uuid.uuid4(), type=type_, stream_id=ids[group], version=versions[group], schema_version=1,
-            occurred_at=when, correlation_id=order_id,
-            causation_id=previous if group == "order" else str(uuid.uuid4()), data=data,
+        fields: dict[str, Any] = {"order_id": order_id}
+        if cls is OrderPlaced:
+            fields |= {"customer_id": f"cust-{rng.randint(1, 2000)}", "items": items, "currency": currency,
+                       "total_cents": total, "shipping_address": ADDRESS}
+        elif group is PaymentFact:
+            fields |= {"payment_id": payment_id, "amount": Money(amount_cents=total, currency=currency)}
+        elif group is ShipmentFact:
+            fields |= {"shipment_id": shipment_id}
+        if cls is ShipmentScheduled:
+            fields["address"] = ADDRESS
+        if cls is OrderConfirmed:
+            fields |= {"payment_id": payment_id, "shipment_id": shipment_id}
+        if cls in (OrderShipped, OrderDelivered):
+            fields["shipment_id"] = shipment_id
+        if cls in REASONS:
+            fields["reason"] = REASONS[cls]
+        envelope: Envelope[Fact] = Envelope(
+            id=str(uuid.uuid4()), source=SOURCES[group], subject=ids[group], sequence=versions[group], time=when,
+            correlation_id=order_id, causation_id=previous if group is OrderFact else str(uuid.uuid4()),
+            data=cls(**fields),
         )
-        previous = str(event.event_id)
-        out.append((group, ids[group], orjson.dumps(event_to_cloudevent(event, SOURCES[group]))))
+        previous = envelope.id
+        out.append((group, ids[group], encode(envelope)))
     return out
 
 
-async def publish(bootstrap: str, topics: dict[str, str]) -> int:
+async def publish(bootstrap: str, topics: dict[type[Fact], str]) -> int:
     rng = random.Random(42)
-    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
                                 max_batch_size=512 * 1024)
     await producer.start()
@@ -134,11 +172,13 @@ async def view_tables(conn: asyncpg.Connection, generation: int) -> tuple[list[A
     return orders, timeline
 
 
-async def wait_caught_up(conn: asyncpg.Connection, consumer: str, target: store.Offsets, timeout_s: float = 900) -> float:
+async def wait_caught_up(
+    conn: asyncpg.Connection, consumer: str, target: generations.Offsets, timeout_s: float = 900
+) -> float:
     """Poll (bounded) until the consumer's stored positions reach the target; return the time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if store.reached(await store.positions(conn, consumer), target):
+        if generations.reached(await generations.positions(conn, consumer), target):
             return time.monotonic()
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{consumer} did not catch up within {timeout_s}s")
@@ -162,8 +202,9 @@ def cpu_seconds() -> dict[str, float]:
 
 async def main_async(stack: LocalStack) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:6]
-    topics = {g: f"bench-{suffix}.{name}.events" for g, name in GROUPS.items()}
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    topics = {g: f"bench-{suffix}.{topic}" for g, topic in zip(GROUPS, EVENT_TOPICS)}
+    assert all(g.TOPIC == topic for g, topic in zip(GROUPS, EVENT_TOPICS))
+    admin = make_admin(stack.kafka_bootstrap, client_id="bench-query-replay")
     await admin.start()
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     await admin.create_topics([NewTopic(t, PARTITIONS, 1, topic_configs=forever) for t in topics.values()]
@@ -191,7 +232,7 @@ async def main_async(stack: LocalStack) -> dict[str, Any]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://query.bench", timeout=60) as client:
-                [first] = await store.generations(conn, ["current"])
+                [first] = await generations.generations(conn, ["current"])
                 from services.query.rebuild import end_offsets
 
                 ends = await end_offsets(stack.kafka_bootstrap, list(topics.values()))
@@ -281,8 +322,8 @@ def main() -> None:
             results = asyncio.run(main_async(stack))
         finally:
             stack.stop()
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "query-replay-latest.json"
+    out = OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     r = results["rebuild"]
     print(f"cpu per fact (us): {r['cpu_us_per_fact']} -> ceilings: {r['ceiling_facts_per_s_all_cores']:,}/s on all "

@@ -1,8 +1,9 @@
-"""Compose job `kafka-topics`: create the Kafka topics of SPEC §4 before any service starts.
+"""Compose job `kafka-topics`: create the contract's Kafka topics before any service starts.
 
-The topics are defined once, in code: this calls `shared.topics.ensure_topics`, the function
-`make up` and every service use, so the partitions and configs (event topics keep facts forever:
-retention.ms=-1) are those of `shared.topics.topic_specs()`. It reads KAFKA_BOOTSTRAP_SERVERS
+The topic names are declared once, in the contract (`shared.contract`: event, command and
+dead-letter topics); this calls `shared.topics.ensure_topics`, the function `make up` and every
+service use, so the partitions and configs (event topics keep facts forever: retention.ms=-1)
+are those of `shared.topics.topic_specs()`. It reads KAFKA_BOOTSTRAP_SERVERS
 and TOPIC_PARTITIONS like every service (`shared.settings.ServiceSettings`), retries until the
 broker answers, then checks that every topic exists with all its partitions led. Exit 0 when
 they all do, 1 if not within TIMEOUT_S. Safe to run any number of times.

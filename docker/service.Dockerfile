@@ -62,6 +62,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "query", "8004"]
 CMD ["python", "-m", "services.query"]
 
-# A one-shot job: creates every topic of shared/topics.py (SPEC §4) and exits 0.
+# A one-shot job: creates every topic of the message contract (shared/topics.py) and exits 0.
 FROM base AS topics
 CMD ["python", "docker/create_topics.py"]

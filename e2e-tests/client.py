@@ -1,39 +1,37 @@
-"""A small black-box client of the running system: HTTP (httpx) and Kafka (aiokafka) only.
+"""A small black-box client of the running system: HTTP (httpx) only; Kafka is in `streams.py`.
 
 It imports nothing from `services/`, `shared/` or `infra/`: it knows the system only by its
-contract (../shared/SPEC.md, docs/EVENTS.md), so the end-to-end tests and the demo see exactly
-what any other client would. Used by `conftest.py`, the `test_*.py` modules and `demo.py`.
+published contract (docs/EVENTS.md, docs/API.md, docs/schemas/), so the end-to-end tests and the
+demo see exactly what any other client would. Used by `conftest.py`, the `test_*.py` modules and
+`demo.py`.
 
 Pieces:
 * `Endpoints`: the four base URLs and the Kafka bootstrap address.
 * `SystemClient`: one method per REST endpoint (raw `httpx.Response`), plus `wait_*` helpers
   that poll with a bound (never a fixed sleep used as synchronisation).
 * `eventually(fn, timeout)`: the one polling primitive.
-* `KafkaTap`: reads every topic from "now" on (offsets captured at start, no consumer group,
-  so it never moves a service's offsets) and keeps what it saw.
-* `SseStream`: a Server-Sent Events reader for `GET /stream`.
+* The topics and message types as docs/EVENTS.md lists them (`TOPIC_TYPES`, `SCHEMA_VERSIONS`).
+
+One module of ~450 lines on purpose: it is one job, the REST API as a client sees it (an
+endpoint per method and the bounded waits built on them).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 Json = dict[str, Any]
 T = TypeVar("T")
 
-# SPEC §4: the topics and the message types each one carries.
+# docs/EVENTS.md: the topics and the message types each one carries.
 TOPIC_TYPES: dict[str, frozenset[str]] = {
     "order.events": frozenset(
         {"order.placed", "order.confirmed", "order.shipped", "order.delivered", "order.rejected", "order.cancelled"}
@@ -50,6 +48,16 @@ TOPIC_TYPES: dict[str, frozenset[str]] = {
 EVENT_TOPICS = ("order.events", "payment.events", "shipping.events")
 COMMAND_TOPICS = ("payment.commands", "shipping.commands")
 ALL_TOPICS = EVENT_TOPICS + COMMAND_TOPICS
+DLQ_TOPICS = tuple(f"{t}.dlq" for t in ALL_TOPICS)
+# The schema version each message type is written in now (docs/schemas/<type>.v<N>.json);
+# every type not named here is at version 1. Payment facts carry `amount: {amount_cents, currency}`.
+SCHEMA_VERSIONS: dict[str, int] = {
+    "payment.authorized": 2, "payment.declined": 2, "payment.captured": 2, "payment.voided": 2, "payment.refunded": 2,
+}
+
+
+def schema_version(message_type: str) -> int:
+    return SCHEMA_VERSIONS.get(message_type, 1)
 
 FINAL_ORDER_STATUSES = frozenset({"DELIVERED", "REJECTED", "CANCELLED"})
 
@@ -72,8 +80,8 @@ class Endpoints:
     KAFKA_ENV = "E2E_KAFKA_BOOTSTRAP"
 
     @classmethod
-    def spec_defaults(cls) -> Endpoints:
-        """The `make up` addresses of SPEC §2."""
+    def make_up_defaults(cls) -> Endpoints:
+        """The `make up` addresses (README)."""
         return cls(
             order="http://127.0.0.1:8001",
             payment="http://127.0.0.1:8002",
@@ -88,7 +96,7 @@ class Endpoints:
 
         None when none is set. With `require_all`, a partial set is an error (a test run must
         never fall back to some other stack for the missing ones); without it, missing ones
-        take the SPEC defaults (the demo).
+        take the `make up` defaults (the demo).
         """
         env = os.environ if env is None else env
         names = [*cls.URL_ENV.values(), cls.KAFKA_ENV]
@@ -98,7 +106,7 @@ class Endpoints:
         if require_all and len(given) != len(names):
             missing = ", ".join(n for n in names if n not in given)
             raise ValueError(f"set all of {', '.join(names)} to test an external stack (missing: {missing})")
-        d = cls.spec_defaults()
+        d = cls.make_up_defaults()
         return cls(
             order=given.get("E2E_ORDER_URL", d.order).rstrip("/"),
             payment=given.get("E2E_PAYMENT_URL", d.payment).rstrip("/"),
@@ -177,7 +185,7 @@ def order_body(
     currency: str = "EUR",
     items: Sequence[Mapping[str, Any]] | None = None,
 ) -> Json:
-    """A valid POST /orders body (SPEC §5); the knobs drive the outcome (SPEC §5 rules)."""
+    """A valid POST /orders body (docs/API.md); the knobs drive the outcome (README: outcomes)."""
     return {
         "customer_id": customer_id,
         "items": [dict(i) for i in items]
@@ -217,7 +225,7 @@ def expect(resp: httpx.Response, status: int) -> Any:
 
 
 class SystemClient:
-    """The REST API of SPEC §5, one method per endpoint; `async with` to open and close it."""
+    """The REST API (docs/API.md), one method per endpoint; `async with` to open and close it."""
 
     def __init__(self, endpoints: Endpoints, *, timeout: float = 15.0) -> None:
         self.endpoints = endpoints
@@ -431,223 +439,6 @@ class SystemClient:
         await self.wait_order(order_id, {"SHIPPED"}, timeout)
         expect(await self.deliver(shipment["shipment_id"]), 200)
         return await self.wait_order(order_id, {"DELIVERED"}, timeout)
-
-
-# ----------------------------------------------------------------------------- Kafka
-
-
-@dataclass(frozen=True)
-class TapMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: Json
-
-    @property
-    def type(self) -> str:
-        return str(self.value.get("type"))
-
-    @property
-    def correlation_id(self) -> str | None:
-        c = self.value.get("correlationid")
-        return str(c) if c is not None else None
-
-
-@dataclass
-class KafkaTap:
-    """Reads the topics from the offsets they had at `start()`: only what happens afterwards.
-
-    No consumer group (manual assignment, no commits), so it never moves anyone's offsets,
-    and it costs nothing on a stack that already holds millions of messages.
-    """
-
-    bootstrap: str
-    topics: Sequence[str] = ALL_TOPICS
-    messages: list[TapMessage] = field(default_factory=list)
-    _consumer: Any = None
-
-    async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            tps = await self._partitions()
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                consumer.seek(tp, ends[tp])
-        except BaseException:
-            await consumer.stop()
-            raise
-        self._consumer = consumer
-
-    async def _partitions(self) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            described = await admin.describe_topics(list(self.topics))
-        finally:
-            await admin.close()
-        found = {t["topic"]: t for t in described if t.get("error_code", 0) == 0}
-        missing = [t for t in self.topics if t not in found]
-        if missing:
-            raise AssertionError(f"topics missing on {self.bootstrap}: {missing}")
-        return [TopicPartition(t, p["partition"]) for t in self.topics
-                for p in sorted(found[t]["partitions"], key=lambda p: int(p["partition"]))]
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def __aenter__(self) -> KafkaTap:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
-
-    async def poll(self, timeout_ms: int = 200) -> int:
-        """Fetch what is there now (waiting up to timeout_ms); the number of new messages."""
-        assert self._consumer is not None, "KafkaTap not started"
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        n = 0
-        for tp, records in batches.items():
-            for r in records:
-                try:
-                    value = json.loads(r.value)
-                except (TypeError, ValueError):
-                    value = {"_unparseable": repr(r.value)[:200]}
-                key = r.key.decode() if isinstance(r.key, bytes) else r.key
-                self.messages.append(TapMessage(tp.topic, tp.partition, r.offset, key, value))
-                n += 1
-        return n
-
-    def of_order(self, order_id: str) -> list[TapMessage]:
-        return [m for m in self.messages if m.correlation_id == order_id]
-
-    async def wait_for(self, check: Callable[[list[TapMessage]], bool], timeout: float = 30.0,
-                       what: str = "messages") -> list[TapMessage]:
-        """Keep reading until `check(all messages seen so far)` holds."""
-        async def probe() -> list[TapMessage] | None:
-            await self.poll(200)
-            if check(self.messages):
-                return self.messages
-            raise NotYet(f"{len(self.messages)} messages so far: {[m.type for m in self.messages][-30:]}")
-
-        return await eventually(probe, timeout, what=what, interval=0.0, max_interval=0.0)
-
-    async def wait_types(self, order_id: str, types: Iterable[str], timeout: float = 30.0) -> list[TapMessage]:
-        """Read until the order's messages include every type in `types`; the order's messages."""
-        wanted = set(types)
-        await self.wait_for(lambda ms: wanted <= {m.type for m in ms if m.correlation_id == order_id},
-                            timeout, what=f"{sorted(wanted)} of {order_id} on Kafka")
-        return self.of_order(order_id)
-
-
-# ----------------------------------------------------------------------------- SSE
-
-
-@dataclass(frozen=True)
-class SseEvent:
-    id: str | None
-    data: str
-
-    def json(self) -> Json:
-        d: Json = json.loads(self.data)
-        return d
-
-
-class SseStream:
-    """The events of one open `GET /stream` (read by a background task into a queue)."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.queue: asyncio.Queue[SseEvent | None] = asyncio.Queue()
-        self.comments = 0
-        self.opened = asyncio.Event()  # the server sent its first bytes (its start position is fixed)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        event_id: str | None = None
-        data: list[str] = []
-        try:
-            async for line in self.response.aiter_lines():
-                self.opened.set()
-                if line == "":
-                    if data:
-                        await self.queue.put(SseEvent(event_id, "\n".join(data)))
-                    event_id, data = None, []
-                elif line.startswith(":"):
-                    self.comments += 1
-                else:
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "id":
-                        event_id = value
-                    elif name == "data":
-                        data.append(value)
-        finally:
-            self.opened.set()
-            await self.queue.put(None)  # end of stream
-
-    async def next(self, timeout: float) -> SseEvent | None:
-        """The next event, or None if none came within `timeout` or the stream ended."""
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    async def collect(self, until: Callable[[list[SseEvent]], bool], timeout: float) -> list[SseEvent]:
-        """Events until `until(events)` holds or `timeout` passes (then whatever came)."""
-        got: list[SseEvent] = []
-        deadline = time.monotonic() + timeout
-        while not until(got):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ev = await self.next(left)
-            if ev is None:
-                break
-            got.append(ev)
-        return got
-
-    async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except (asyncio.CancelledError, httpx.HTTPError):
-            pass
-
-
-@asynccontextmanager
-async def sse(endpoints: Endpoints, *, order_id: str | None = None,
-              last_event_id: str | None = None) -> AsyncIterator[SseStream]:
-    """Open `GET /stream` (optionally filtered, optionally resuming) for the `async with` body."""
-    params = {"order_id": order_id} if order_id else {}
-    headers = {"Accept": "text/event-stream"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = last_event_id
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
-        async with http.stream("GET", endpoints.query + "/stream", params=params, headers=headers) as resp:
-            if resp.status_code != 200:
-                await resp.aread()
-                raise UnexpectedStatus(f"GET /stream -> {resp.status_code}: {resp.text[:300]}")
-            stream = SseStream(resp)
-            try:
-                # The stream's start position is fixed once the server sent its first line
-                # (`retry:`): only then is "what happens after connecting" well defined.
-                await asyncio.wait_for(stream.opened.wait(), 15.0)
-                yield stream
-            finally:
-                await stream.close()
 
 
 # ----------------------------------------------------------------------------- checks

@@ -10,7 +10,7 @@ environment, first match wins:
    a staging box, ...). Nothing is started or stopped. Tests that must freeze a service
    process (participant timeouts) are skipped: we do not own its processes.
 2. **`make up` stack** - `E2E_USE_MAKE_UP=1`: the stack of `make up` at its addresses
-   (SPEC defaults 127.0.0.1:8001-8004 and Kafka 127.0.0.1:9092, or `ORDER_PORT`, ...,
+   (defaults 127.0.0.1:8001-8004 and Kafka 127.0.0.1:9092, or `ORDER_PORT`, ...,
    `KAFKA_PORT`, `RUN_DIR` as in infra/README.md). Nothing is started or stopped; the
    timeout tests freeze a service by the PID that `make up` recorded in `RUN_DIR/pids/`
    (SIGSTOP) and always resume it (SIGCONT).
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from client import Endpoints, KafkaTap, SystemClient, new_customer, order_body
+from client import Endpoints, SystemClient, new_customer, order_body
+from streams import KafkaTap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("order", "payment", "shipping", "query")
@@ -61,6 +61,10 @@ class SystemUnderTest:
     # Send a signal to a service's process (by the PID we or `make up` recorded); None: not ours.
     signal: Signaller | None = None
     flow_timeout_s: float = FLOW_TIMEOUT_S
+    # A DSN that may read every table of the named database of the stack's PostgreSQL, and the
+    # directory its processes log to: None when the stack is not ours to inspect.
+    pg_dsn: Callable[[str], str] | None = None
+    log_dir: Path | None = None
 
     @property
     def can_pause(self) -> bool:
@@ -103,7 +107,8 @@ def _private_stack(tmp: Path) -> Iterator[SystemUnderTest]:
         def send(name: str, sig: int) -> bool:
             return stack.service_process(name).send_signal(sig)
 
-        yield SystemUnderTest("private", endpoints, STEP_TIMEOUT_S, send)
+        yield SystemUnderTest("private", endpoints, STEP_TIMEOUT_S, send, pg_dsn=stack.pg_admin_dsn,
+                              log_dir=stack.run_dir / "logs")
     finally:
         if _env_flag("E2E_KEEP_STACK"):
             _say(f"E2E_KEEP_STACK=1: left running in {stack.run_dir} (RUN_DIR=... python -m infra down --purge)")
@@ -128,7 +133,7 @@ def _make_up_stack() -> Iterator[SystemUnderTest]:
     def send(name: str, sig: int) -> bool:
         return stack.service_process(name).send_signal(sig)
 
-    yield SystemUnderTest("make-up", endpoints, None, send)
+    yield SystemUnderTest("make-up", endpoints, None, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs")
 
 
 def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
@@ -181,7 +186,11 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             def send(name: str, sig: int) -> bool:
                 return procs[name].send_signal(sig)
 
-            yield SystemUnderTest("testcontainers", endpoints, STEP_TIMEOUT_S, send)
+            def dsn(database: str) -> str:  # `app` created the container's cluster: its superuser
+                return f"postgresql://app:app@{pg_host}:{pg_port}/{database}"
+
+            yield SystemUnderTest("testcontainers", endpoints, STEP_TIMEOUT_S, send, pg_dsn=dsn,
+                                  log_dir=tmp / "tc" / "logs")
         finally:
             for p in procs.values():
                 p.stop()
@@ -227,7 +236,7 @@ async def client(sut: SystemUnderTest) -> AsyncIterator[SystemClient]:
 
 @pytest.fixture
 async def tap(sut: SystemUnderTest) -> AsyncIterator[KafkaTap]:
-    """A Kafka reader of every SPEC §4 topic from this moment on."""
+    """A Kafka reader of every topic of docs/EVENTS.md from this moment on."""
     async with KafkaTap(sut.endpoints.kafka) as t:
         yield t
 

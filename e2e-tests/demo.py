@@ -1,6 +1,6 @@
 """`make demo`: a guided tour of the running system (the stack of `make up`).
 
-It places orders that walk through the journeys of SPEC §6 and prints, as they unfold, the
+It places orders that walk through the saga's journeys (README) and prints, as they unfold, the
 facts every service records about each order (the query service's timeline), with a short
 explanation of each one:
 
@@ -10,7 +10,7 @@ explanation of each one:
 4. a customer cancel after the money was captured, compensated by a refund.
 
 It talks HTTP only, like any client, and imports nothing from the services. Addresses: the
-SPEC defaults (127.0.0.1:8001-8004), or `ORDER_PORT`/`PAYMENT_PORT`/`SHIPPING_PORT`/`QUERY_PORT`
+`make up` defaults (127.0.0.1:8001-8004), or `ORDER_PORT`/`PAYMENT_PORT`/`SHIPPING_PORT`/`QUERY_PORT`
 as given to `make up`, or full base URLs in `E2E_ORDER_URL`, `E2E_PAYMENT_URL`,
 `E2E_SHIPPING_URL`, `E2E_QUERY_URL`. Exit status: 0 done, 2 the stack is not up, 1 a step
 did not happen as the tour expected.
@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-
 from client import Endpoints, Json, SystemClient, expect, order_body, total_of
 
 SERVICES = ("order", "payment", "shipping", "query")
@@ -54,6 +53,17 @@ EXPLAIN: dict[str, str] = {
     "order.cancelled": "final: CANCELLED ({reason})",
     "shipment.cancelled": "compensation: the shipment is called off ({reason})",
 }
+
+
+def _money(data: Json) -> str:
+    """The amount a fact names: a payment fact's `amount` (schema version 2: one Money value),
+    or an order's total; "" when it names none."""
+    amount = data.get("amount")
+    if isinstance(amount, dict):
+        cents, currency = amount.get("amount_cents"), amount.get("currency", "")
+    else:
+        cents, currency = data.get("amount_cents", data.get("total_cents")), data.get("currency", "")
+    return f" {cents / 100:,.2f} {currency}" if isinstance(cents, int) else ""
 
 
 @dataclass
@@ -123,8 +133,7 @@ class Tour:
         data = e.get("data") or {}
         service = str(e["source"]).rsplit("/", 1)[-1]
         explain = EXPLAIN.get(e["type"], "").format(reason=data.get("reason", "?"))
-        amount = data.get("amount_cents", data.get("total_cents"))
-        money = f" {amount / 100:,.2f} {data.get('currency', '')}" if isinstance(amount, int) else ""
+        money = _money(data)
         offset = self.style.dim(f"{'+' + format((t - t0).total_seconds(), '.3f') + 's':>8}")
         fact = self.style.fact(f"{e['type']:<20}")
         self.say(f"    {offset}  {service:<8} {fact} v{e['sequence']:<2}{money:>14}  {self.style.dim(explain)}")

@@ -1,4 +1,4 @@
-"""SPEC §5 rules every endpoint keeps: idempotent placement, 422 naming the field with nothing
+"""The rules every endpoint keeps (docs/API.md): idempotent placement, 422 naming the field with nothing
 appended, 404 for unknown ids, 409 for illegal transitions, and never a 5xx."""
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from client import (
     Json,
-    KafkaTap,
     SystemClient,
     expect,
     fields_named,
     new_customer,
     order_body,
 )
+from streams import KafkaTap
 
 # --------------------------------------------------------------------------- idempotency
 

@@ -1,4 +1,4 @@
-"""SPEC §6: every user journey of the order-fulfillment saga, observed from outside.
+"""Every user journey of the order-fulfillment saga (README), observed from outside.
 
 Each journey checks all three write sides (order, payment, shipping), the saga's own view and
 the query service's read model, so a journey passes only when every service agrees.
@@ -6,11 +6,10 @@ the query service's read model, so a journey passes only when every service agre
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
-
 from client import SystemClient, eventually, expect, new_customer, order_body, total_of
 
 if TYPE_CHECKING:
@@ -55,6 +54,10 @@ async def test_happy_path_to_delivered(client: SystemClient) -> None:
     assert all(e["data"]["order_id"] == order_id for e in events)
     pay_events = expect(await client.payment_events(payment["payment_id"]), 200)
     assert types_of(pay_events) == ["payment.authorized", "payment.captured"]
+    money = {"amount_cents": total_of(body), "currency": "EUR"}
+    assert [(e["schema_version"], e["data"]["amount"]) for e in pay_events] == [(2, money)] * 2, (
+        "payment facts are shown in their current schema: version 2, the amount as one Money value")
+    assert all("amount_cents" not in e["data"] for e in pay_events)
     ship_events = expect(await client.shipment_events(shipment["shipment_id"]), 200)
     assert types_of(ship_events) == ["shipment.scheduled", "shipment.dispatched", "shipment.delivered"]
 
@@ -183,7 +186,7 @@ async def _timeout_bound(client: SystemClient, sut: SystemUnderTest, order_id: s
         return sut.step_timeout_s + 20.0
     saga = expect(await client.saga(order_id), 200)
     if saga.get("deadline"):
-        left = (datetime.fromisoformat(saga["deadline"]) - datetime.now(timezone.utc)).total_seconds()
+        left = (datetime.fromisoformat(saga["deadline"]) - datetime.now(UTC)).total_seconds()
         return max(left, 0.0) + 20.0
     return 60.0
 
@@ -249,7 +252,7 @@ async def _race_outcome(client: SystemClient, order_id: str) -> tuple[str, str, 
 
 
 async def test_cancel_racing_dispatch_keeps_the_invariants(client: SystemClient) -> None:
-    """Cancel and dispatch sent at the same moment: whoever wins, SPEC §6's invariants hold -
+    """Cancel and dispatch sent at the same moment: whoever wins, the saga's invariants hold -
     a cancelled order has its money back and no active shipment, a shipped one is paid once."""
     bodies = [order_body(new_customer("race")) for _ in range(6)]
     confirmed = [await client.place_and_confirm(b) for b in bodies]

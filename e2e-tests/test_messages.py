@@ -1,5 +1,6 @@
-"""SPEC §4 on the wire: every message of an order's flow, read straight from Kafka, is a
-CloudEvents 1.0 structured-mode document keyed by its aggregate id, with the causal chain intact."""
+"""The messages on the wire (docs/EVENTS.md): every message of an order's flow, read straight from
+Kafka, is a CloudEvents 1.0 structured-mode document keyed by its aggregate id, in the schema
+version of its type, with the causal chain intact."""
 from __future__ import annotations
 
 import json
@@ -9,19 +10,19 @@ from datetime import datetime
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
 from client import (
     ALL_TOPICS,
     COMMAND_TOPICS,
+    DLQ_TOPICS,
     EVENT_TOPICS,
     TOPIC_TYPES,
-    KafkaTap,
     SystemClient,
-    TapMessage,
     expect,
     new_customer,
     order_body,
+    schema_version,
 )
+from streams import KafkaTap, TapMessage
 
 SOURCE_OF_TOPIC = {
     "order.events": "/services/order",
@@ -39,7 +40,7 @@ AGGREGATE_FIELD = {
     "shipping.commands": "shipment_id",
 }
 REQUIRED = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data",
-            "correlationid", "causationid", "sequence"}
+            "correlationid", "causationid", "sequence", "schemaversion"}
 
 
 def check_envelope(m: TapMessage, order_id: str) -> None:
@@ -59,6 +60,7 @@ def check_envelope(m: TapMessage, order_id: str) -> None:
     assert v["correlationid"] == order_id, where
     assert isinstance(v["causationid"], str) and v["causationid"], where
     assert isinstance(v["sequence"], str) and v["sequence"].isdigit(), f"{where}: sequence {v['sequence']!r}"
+    assert v["schemaversion"] == str(schema_version(m.type)), f"{where}: schemaversion {v['schemaversion']!r}"
     if m.topic in COMMAND_TOPICS:
         assert v["sequence"] == "0", f"{where}: commands carry sequence 0 (docs/EVENTS.md)"
     else:
@@ -129,7 +131,9 @@ async def test_happy_flow_messages_are_cloudevents_with_a_causal_chain(client: S
     # Data of the facts (docs/EVENTS.md) and the token staying inside payment.authorize.
     assert one["order.placed"]["data"]["total_cents"] == placed["total_cents"]
     assert one["payment.authorize"]["data"]["payment_token"] == token
-    assert one["payment.captured"]["data"]["amount_cents"] == placed["total_cents"]
+    assert one["payment.captured"]["data"]["amount"] == {"amount_cents": placed["total_cents"], "currency": "EUR"}
+    assert "amount_cents" not in one["payment.captured"]["data"], "version 2: the amount is one Money value"
+    assert one["payment.authorize"]["data"]["amount_cents"] == placed["total_cents"], "commands keep their v1 shape"
     leaks = [m.type for m in ours if token in json.dumps(m.value) and m.type != "payment.authorize"]
     assert leaks == [], f"the payment token leaked into {leaks}"
     timeline = await client.wait_timeline(order_id, ["order.delivered"])
@@ -141,7 +145,7 @@ async def test_happy_flow_messages_are_cloudevents_with_a_causal_chain(client: S
 
 
 async def test_compensation_messages_cover_every_type(client: SystemClient, tap: KafkaTap) -> None:
-    """A decline, a shipping failure and a cancel after capture: with the happy flow, every type of SPEC §4."""
+    """A decline, a shipping failure and a cancel after capture: with the happy flow, every type on the topics."""
     declined = (await client.place_ok(order_body(new_customer("wire-decline"), payment_token="tok_decline")))["order_id"]
     failed = (await client.place_ok(order_body(new_customer("wire-aq"), country="AQ")))["order_id"]
     placed, _ = await client.place_and_confirm(order_body(new_customer("wire-cancel")))
@@ -176,7 +180,7 @@ async def test_topics_exist_and_event_topics_keep_facts_forever(client: SystemCl
     await admin.start()
     try:
         topics = set(await admin.list_topics())
-        wanted = set(ALL_TOPICS) | {t + ".dlq" for t in ALL_TOPICS}
+        wanted = set(ALL_TOPICS) | set(DLQ_TOPICS)
         assert wanted <= topics, f"missing topics: {wanted - topics}"
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in EVENT_TOPICS])
     finally:

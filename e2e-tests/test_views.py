@@ -6,15 +6,14 @@ from typing import Any
 
 from client import (
     Json,
-    SseEvent,
     SystemClient,
     eventually,
     expect,
     new_customer,
     order_body,
-    sse,
     total_of,
 )
+from streams import SseEvent, sse
 
 HAPPY_TYPES = [
     "order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed",

@@ -24,7 +24,7 @@ class ServiceDef:
     name: str
     module: str
     default_port: int
-    database: str | None  # PostgreSQL database it owns (SPEC §2)
+    database: str | None  # PostgreSQL database it owns (README: addresses)
 
     @property
     def port_env(self) -> str:

@@ -1,6 +1,6 @@
 """Environment configuration of the local stack (`make up`, `python -m infra`, tests).
 
-Every knob has a default matching SPEC §2; override any of them with the environment
+Every knob has a default matching the README's table of addresses; override any of them with the environment
 variable named in the comment (names are case-insensitive).
 """
 from __future__ import annotations

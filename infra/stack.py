@@ -1,7 +1,7 @@
 """LocalStack: the real Kafka broker and PostgreSQL server as local processes, by PID.
 
 Used by the test session (one stack on free ports in a temp dir) and by `python -m infra up`
-(the SPEC ports, run dir `.run/`). Everything it starts is recorded in `<run_dir>/pids/` and
+(the README's ports, run dir `.run/`). Everything it starts is recorded in `<run_dir>/pids/` and
 stopped by exactly that PID; logs go to `<run_dir>/logs/`.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from infra._aio import run_sync
 from infra.kafka_broker import KafkaBroker
 from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database
 from infra.procs import ManagedProcess, PidRecord, ServiceProcess, list_records
-from infra.services import SERVICE_ENV, SERVICES, ServiceDef, service_process
+from infra.services import SERVICE_ENV, SERVICES, ServiceDef
 from infra.settings import InfraSettings
 
 __all__ = ["LocalStack", "ManagedProcess", "ServiceProcess", "free_port", "free_ports"]

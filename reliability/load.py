@@ -32,7 +32,7 @@ KINDS = ("happy", "decline", "unserved")
 
 @dataclass(frozen=True)
 class Mix:
-    """Shares of the three outcomes the input drives (SPEC §5); normalised when drawn."""
+    """Shares of the three outcomes the input drives; normalised when drawn."""
 
     happy: float = 0.90
     decline: float = 0.05
@@ -184,7 +184,7 @@ class OrderLoad:
                     try:
                         await asyncio.wait_for(stop.wait(), timeout=delay)
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 i += 1
                 if len(in_flight) >= self.max_in_flight:

@@ -1,31 +1,21 @@
-"""Small pieces shared by the pure domains: the event shape they fold, and field checks.
+"""Small pieces the pure domains share: field checks, and the recorded answer to a repeated command.
 
-Every check raises InvalidCommand naming the bad field, so an API can answer 422 with it.
+A message decoded from Kafka has already been validated against the contract, but a command
+built in-process (from an HTTP request, by a test, by the saga's simulations) has not: a
+domain checks the rules it relies on itself. Every check raises InvalidCommand naming the bad
+field, so an API can answer 422 with it.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, Sequence, TypeVar
+from collections.abc import Collection, Sequence
 
-from services.domain_errors import InvalidCommand
+from shared.contract import MAX_CENTS, Fact
+from shared.errors import InvalidCommand
+from shared.eventstore import Recorded
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
-
-
-class EventLike(Protocol):
-    """What `evolve` needs of an event: a NewEvent, a RecordedEvent or a Kafka Envelope."""
-
-    @property
-    def type(self) -> str: ...
-
-    @property
-    def data(self) -> Mapping[str, Any]: ...
-
-
-#: PostgreSQL BIGINT upper bound: money beyond it cannot be stored or summed safely.
-MAX_CENTS = 2**63 - 1
 
 
 def require_text(value: object, field: str) -> str:
@@ -60,58 +50,10 @@ def require_country(value: object, field: str) -> str:
     return value
 
 
-def require_mapping(value: object, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidCommand(field, f"{field} must be an object")
-    return value
-
-
-def field_of(data: Mapping[str, Any], name: str, prefix: str = "") -> Any:
-    """Read a required key of message data; a missing key is an invalid command."""
-    if name not in data:
-        raise InvalidCommand(prefix + name, f"{prefix}{name} is required")
-    return data[name]
-
-
-E = TypeVar("E", bound=EventLike)
-
-
-def latest_of(history: Sequence[E], types: Iterable[str]) -> E | None:
-    """The most recent fact of one of `types`: the recorded answer to a repeated command."""
-    wanted = frozenset(types)
+def latest_of(history: Sequence[Recorded], kinds: Collection[type[Fact]]) -> Recorded | None:
+    """The most recent fact of one of the classes `kinds`: the recorded answer to a repeated command."""
+    wanted = tuple(kinds)
     for event in reversed(history):
-        if event.type in wanted:
+        if isinstance(event.data, wanted):
             return event
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A postal address, as the order records it and the shipment carries it."""
-
-    name: str
-    line1: str
-    city: str
-    postal_code: str
-    country: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "line1": self.line1,
-            "city": self.city,
-            "postal_code": self.postal_code,
-            "country": self.country,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], field: str) -> "Address":
-        data = require_mapping(data, field)
-        prefix = field + "."
-        return cls(
-            name=field_of(data, "name", prefix),
-            line1=field_of(data, "line1", prefix),
-            city=field_of(data, "city", prefix),
-            postal_code=field_of(data, "postal_code", prefix),
-            country=field_of(data, "country", prefix),
-        )

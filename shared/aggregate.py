@@ -10,7 +10,7 @@ and its outcome is one of three:
 
 * **new facts**: appended; the kernel's outbox publishes them (the command's answer);
 * **duplicate**: the domain decided nothing because the command's effect is already recorded
-  (e.g. a retried `payment.authorize` after a timeout). A command *message* is answered again
+  (e.g. a retried AuthorizePayment after a timeout). A command *message* is answered again
   by re-queueing the recorded fact (same event id, same causal ids), so a consumer that
   already saw it drops it by id and one that missed it gets the answer;
 * **refused** (IllegalTransition / NotFound): nothing is appended or published. Over HTTP the
@@ -20,14 +20,15 @@ and its outcome is one of three:
   message: it is raised, so the consumer runner dead-letters it.
 
 An aggregate addressed by a derived id (payment, shipment) keeps `<name>_by_order(stream_id,
-order_id)`, written in the transaction that creates it, so `GET /<things>?order_id=` is an
-index lookup that answers for any id, not only the derived one.
+order_id, created_at)`, written in the transaction that creates it, so `GET /<things>?order_id=`
+is an index lookup that answers for any id, not only the derived one. The table is the
+service's own: its schema.sql creates it.
 """
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -36,7 +37,7 @@ from prometheus_client import Counter
 from shared.consumer import Delivery, Handler
 from shared.contract import Fact
 from shared.errors import DomainError, IllegalTransition, InvalidCommand, NotFound
-from shared.eventstore import ConcurrencyConflict, EventStore, Recorded, UnitOfWork
+from shared.eventstore import ConcurrencyConflict, EventStore, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by, current_context
 
 log = logging.getLogger("shared.aggregate")
@@ -67,6 +68,31 @@ class StreamState(Protocol):
 
 C = TypeVar("C")
 S = TypeVar("S", bound=StreamState)
+T = TypeVar("T")
+
+
+async def deciding_again(attempts: int, stream_id: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction that decides on what it read; after a lost append race, run it again
+    (it reads again), `attempts` times in all (the service's CONFLICT_ATTEMPTS)."""
+    for n in range(1, attempts + 1):
+        try:
+            return await attempt()
+        except ConcurrencyConflict:
+            if n == attempts:
+                raise
+            log.info("append lost a race, deciding again", extra={"stream_id": stream_id, "attempt": n})
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Planned(Generic[S]):
+    """Commands decided on a state read in the caller's transaction, not yet written."""
+
+    facts: list[Fact]
+    #: The state after `facts`.
+    state: S
+    #: What to pass to `UnitOfWork.append_many`, beside the caller's other streams.
+    append: StreamAppend
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +119,15 @@ class Aggregate(Generic[C, S]):
     """One aggregate kind's pure domain plus the name its tables and metrics use.
 
     `name` ("order", "payment", "shipment") names the NotFound code, the `aggregate` label of
-    the metrics and, with `indexed_by_order`, the lookup table. `conflict_attempts` is the
-    service's retry policy for appends that lost a race (CONFLICT_ATTEMPTS, ServiceSettings).
+    the metrics and, with `indexed_by_order`, the lookup table `<name>_by_order`.
+    `conflict_attempts` is the service's retry policy for appends that lost a race
+    (CONFLICT_ATTEMPTS, ServiceSettings).
     """
 
     name: str
     stream_of: Callable[[C], str]
     fold: Callable[[Iterable[Fact]], S]
+    evolve: Callable[[S, Fact], S]
     decide: Callable[[C, S], Sequence[Fact]]
     find_answer: Callable[[C, Sequence[Recorded]], Recorded | None] = lambda command, history: None
     indexed_by_order: bool = False
@@ -109,25 +137,10 @@ class Aggregate(Generic[C, S]):
         if not _IDENT.fullmatch(self.name):
             raise ValueError(f"aggregate name {self.name!r} must be a plain SQL identifier")
 
-    # ------------------------------------------------------------------ schema
-
     @property
     def index_table(self) -> str:
+        """The order → aggregate lookup of an `indexed_by_order` aggregate (the service's schema.sql creates it)."""
         return f"{self.name}_by_order"
-
-    def schema(self) -> str:
-        """DDL of the order → aggregate lookup ('' when the aggregate is not indexed)."""
-        if not self.indexed_by_order:
-            return ""
-        table = self.index_table
-        return f"""
-CREATE TABLE IF NOT EXISTS {table} (
-    stream_id   TEXT        PRIMARY KEY,
-    order_id    TEXT        NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
-"""
 
     # ------------------------------------------------------------------ commands
 
@@ -159,18 +172,26 @@ CREATE INDEX IF NOT EXISTS {table}_order_id ON {table} (order_id, created_at);
 
     async def execute_alone(self, store: EventStore, command: C, *, causation_id: str) -> Outcome[S]:
         """`execute` in a transaction of its own, deciding again after a lost race (HTTP commands)."""
-        for attempt in range(1, self.conflict_attempts + 1):
-            try:
-                async with store.transaction() as uow:
-                    return await self.execute(uow, command, causation_id=causation_id)
-            except ConcurrencyConflict:
-                if attempt == self.conflict_attempts:
-                    raise
-                log.info(
-                    "append lost a race, deciding again",
-                    extra={"stream_id": self.stream_of(command), "attempt": attempt},
-                )
-        raise AssertionError("unreachable")
+
+        async def attempt() -> Outcome[S]:
+            async with store.transaction() as uow:
+                return await self.execute(uow, command, causation_id=causation_id)
+
+        return await deciding_again(self.conflict_attempts, self.stream_of(command), attempt)
+
+    def plan(self, stream_id: str, state: S, commands: Sequence[C], *, already: Sequence[Fact] = ()) -> Planned[S]:
+        """Decide `commands` one after the other on `state` (after the facts `already` decided
+        in this transaction), without writing: the caller appends `Planned.append` together
+        with its other streams, so a decision spanning aggregates is one round trip."""
+        facts = list(already)
+        after = state
+        for fact in facts:
+            after = self.evolve(after, fact)
+        for command in commands:
+            for fact in self.decide(command, after):
+                facts.append(fact)
+                after = self.evolve(after, fact)
+        return Planned(facts, after, StreamAppend(stream_id, state.version, facts))
 
     async def _decide_and_append(
         self, uow: UnitOfWork, command: C, stream_id: str, history: list[Recorded], state: S

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 
 def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer:
@@ -18,8 +19,9 @@ def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer
     )
 
 
-def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> AIOKafkaConsumer:
-    """Offsets are committed by the runner after the database commit, never automatically."""
+def make_consumer(bootstrap_servers: str, *, group_id: str | None, client_id: str) -> AIOKafkaConsumer:
+    """Offsets are committed by the runner after the database commit, never automatically.
+    `group_id` None: a consumer in no group, e.g. one that only asks for end offsets."""
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
@@ -33,3 +35,8 @@ def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> A
         heartbeat_interval_ms=3000,
         retry_backoff_ms=100,
     )
+
+
+def make_admin(bootstrap_servers: str, *, client_id: str) -> AIOKafkaAdminClient:
+    """For describing and creating topics."""
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)

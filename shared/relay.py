@@ -263,34 +263,3 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
         await asyncio.wait_for(producer.stop(), timeout=5)
     except Exception as exc:
         log.debug("producer stop failed", extra={"error": repr(exc)})
-
-
-
-
-async def _run_until_signalled(dsn: str, bootstrap_servers: str, name: str) -> None:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await OutboxRelay(dsn, bootstrap_servers, name=name).run(stop)
-
-
-def main() -> None:
-    """`python -m shared.relay --dsn … --bootstrap …`: a standalone relay process."""
-    import argparse
-
-    from shared.logs import configure_logging
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--name", default="relay")
-    args = parser.parse_args()
-    configure_logging(args.name)
-    asyncio.run(_run_until_signalled(args.dsn, args.bootstrap, args.name))
-
-
-if __name__ == "__main__":
-    main()

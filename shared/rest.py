@@ -15,6 +15,7 @@ import msgspec
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.contract import PaymentAuthorized
 from shared.eventstore import Recorded
 
 
@@ -29,14 +30,14 @@ def request_causation_id(header: str | None) -> str:
 
 
 class EventView(BaseModel):
-    """One fact with its envelope (SPEC §3), as `GET /<things>/{id}/events` lists them."""
+    """One fact with its envelope, as `GET /<things>/{id}/events` lists them."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
                     "event_id": "0b5e3d1c-7a0e-4a52-9f1e-3f7c1e2d4b6a",
-                    "type": "payment.authorized",
+                    "type": PaymentAuthorized.TYPE,
                     "stream_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
                     "version": 1,
                     "schema_version": 2,

@@ -24,9 +24,11 @@ def topic_specs(partitions: int = 6) -> list[TopicSpec]:
 
 async def ensure_topics(bootstrap_servers: str, partitions: int = 6) -> list[str]:
     """Create missing topics; return the names created. Safe to call any number of times."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    from shared.kafka import make_admin
+
+    admin = make_admin(bootstrap_servers, client_id="topics")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -1,6 +1,6 @@
 """The saga deadline scheduler: a background loop that fires StepTimedOut for due sagas.
 
-Deadlines are data: each saga records them as `saga.deadline_set` facts and the service
+Deadlines are data: each saga records them as `SagaDeadlineSet` facts and the service
 mirrors the current one in `saga_deadlines` (same transaction), so they survive restarts and
 a scheduler that was down simply fires late. Every replica runs this loop; `FOR UPDATE SKIP
 LOCKED` keeps them off each other's sagas, and correctness does not depend on it anyway: a
@@ -16,8 +16,8 @@ from prometheus_client import Counter
 
 from services.order import handlers
 from services.order.settings import OrderSettings
+from shared.contract import utc_now
 from shared.eventstore import EventStore
-from shared.messages import utc_now
 from shared.runtime import BackgroundLoop, Runtime
 
 log = logging.getLogger("services.order.deadlines")
@@ -61,7 +61,7 @@ def deadline_loop(settings: OrderSettings) -> BackgroundLoop:
                 continue  # a backlog: keep going without waiting
             try:
                 await asyncio.wait_for(stop.wait(), timeout=settings.saga_tick_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     return saga_deadlines

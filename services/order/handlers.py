@@ -1,51 +1,57 @@
 """The order service layer: thin transactions around the pure Order aggregate and saga.
 
-Every write is ONE transaction of the order database (see `_persist`):
+Every write is ONE transaction of the order database (`_persist`):
 
 1. the saga's new facts are appended to `saga-<order_id>` at the version they were decided on;
-2. the order commands the saga issued are decided by the Order aggregate and appended to the
-   order's stream (routed to `order.events` by the outbox);
-3. the saga's commands go to the outbox (`payment.commands` / `shipping.commands`);
+2. the order commands the saga issued are decided by the Order aggregate, in memory, and its
+   facts appended to the order's stream (the outbox publishes them: they have a topic);
+3. the saga's commands are queued for the outbox, each on its class's topic;
 4. the saga's deadline is copied to `saga_deadlines` for the scheduler.
 
-Steps 1-3 are one statement (`UnitOfWork.append_many`, which also writes the queued commands).
-
-Nothing is ever produced to Kafka directly: the kernel's relay publishes the outbox.
+Steps 1-3 are one statement (`UnitOfWork.append_many` also writes the queued commands), so a
+decision costs one round trip however many facts and commands it has: the Order aggregate is
+driven through the kernel's runner (`ORDERS`, a `shared.aggregate.Aggregate`) with `plan`,
+which decides without writing so its facts join the saga's in that one statement. Nothing is
+ever produced to Kafka directly: the kernel's relay publishes the outbox.
 
 Per-saga serialisation: every saga transaction first locks the saga's `saga_deadlines` row
 (`FOR UPDATE`), so the reply consumer, the cancel endpoint and the deadline scheduler of any
 number of replicas take turns on one saga instead of racing to a version conflict. The
 optimistic version check of the event store remains the safety net: a lost race raises
-ConcurrencyConflict (the consumer runner retries the message; HTTP retries a few times, then 409).
+ConcurrencyConflict (the consumer runner applies the message again; a request decides again
+up to CONFLICT_ATTEMPTS times, then answers 409).
+
+`saga_deadlines` is an index of the saga log, not the truth: a saga whose facts are in the log
+but which has no row (a log restored without its index) is adopted, i.e. given its row, the
+first time a reply or a cancel reaches it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
 
 import asyncpg
-import orjson
 from prometheus_client import Counter
 
-from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
-from services.order.domain import order, saga
-from services.order.domain.order import OrderState, PlaceOrder
-from services.order.domain.saga import SagaDecision, SagaState
+from services.order import domain, saga
+from services.order.domain import OrderCommand, OrderState, PlaceOrder
+from services.order.idempotency import IdempotencyKey, Placed, claim_idempotency_key
+from services.order.saga import SagaDecision, SagaState
+from shared.aggregate import Aggregate, deciding_again, facts_of
 from shared.consumer import Delivery
-from shared.eventstore import ConcurrencyConflict, EventStore, StreamAppend, UnitOfWork
+from shared.contract import PAYMENT_EVENTS, SHIPPING_EVENTS, Fact, SagaDeadlineSet, utc_now
+from shared.errors import IllegalTransition, NotFound
+from shared.eventstore import EventStore, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by
-from shared.messages import NewEvent, RecordedEvent, utc_now
 
 log = logging.getLogger("services.order")
 
-#: Consumer group and inbox key of the saga's reply consumer (KERNEL.md naming).
+#: Consumer group and inbox key of the saga's reply consumer (docs/KERNEL.md naming).
 SAGA_CONSUMER = "order.saga"
 #: Where the participants' answers arrive.
-REPLY_TOPICS = ("payment.events", "shipping.events")
-ORDER_EVENTS = "order.events"
+REPLY_TOPICS = (PAYMENT_EVENTS, SHIPPING_EVENTS)
 
 ORDERS_PLACED = Counter("orders_placed_total", "Orders placed (idempotent replays are not counted)")
 IDEMPOTENT_REPLAYS = Counter(
@@ -58,29 +64,15 @@ SAGA_TRIGGERS = Counter(
 )
 
 
-# --------------------------------------------------------------------------- results
+def _order_id(command: OrderCommand) -> str:
+    return command.order_id
 
 
-@dataclass(frozen=True, slots=True)
-class Placed:
-    """The answer to POST /orders (stored with an Idempotency-Key and replayed verbatim)."""
-
-    order_id: str
-    status: str
-    version: int
-    total_cents: int
-    replayed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "status": self.status, "version": self.version, "total_cents": self.total_cents}
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    """A client's Idempotency-Key and the fingerprint of the body it came with."""
-
-    key: str
-    body_sha256: str
+#: The Order aggregate on the kernel's runner. Its commands come from the saga (and placement)
+#: inside the saga's transaction; requests that decide alone retry via `deciding_again`.
+ORDERS: Aggregate[OrderCommand, OrderState] = Aggregate(
+    name="order", stream_of=_order_id, fold=domain.fold, evolve=domain.evolve, decide=domain.decide
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +81,6 @@ class CancelAccepted:
 
     order: OrderState
     saga: SagaState
-
-
-def body_fingerprint(body: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a validated body: key order and spacing do not matter."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 # --------------------------------------------------------------------------- place
@@ -107,25 +94,26 @@ async def place_order(
     step_timeout_s: float,
     idempotency: IdempotencyKey | None = None,
 ) -> Placed:
-    """Append order.placed and start the saga (→ payment.authorize) in one transaction.
+    """Append the order's placement and start the saga (which sends the authorization), in one
+    transaction. The payment token goes from `command` to the saga's start, in memory only.
 
     With an Idempotency-Key, the key row is inserted first: a concurrent request with the same
     key waits on its primary key and then reads the committed answer back, so one key places
     at most one order. Same key with another body → InvalidCommand (422).
     """
-    placed_events = order.decide(command, OrderState())  # validation before any I/O
-    placed_state = order.fold(placed_events)
-    answer = Placed(command.order_id, str(placed_state.status), 1, placed_state.total_cents)
+    placed = ORDERS.plan(command.order_id, OrderState(), [command]).facts  # validation before any I/O
+    placed_state = domain.fold(placed)
+    answer = Placed(command.order_id, str(placed_state.status), placed_state.version, placed_state.total_cents)
     async with store.transaction() as uow:
         if idempotency is not None:
-            earlier = await _claim_idempotency_key(uow, idempotency, answer)
+            earlier = await claim_idempotency_key(uow, idempotency, answer)
             if earlier is not None:
                 IDEMPOTENT_REPLAYS.inc()
                 return earlier
         with caused_by(command.order_id, causation_id):
-            start = saga.SagaStarted.for_order(placed_state, command.payment_token, step_timeout_s)
+            start = saga.StartSaga.for_order(placed_state, command.payment_token, step_timeout_s)
             decision = saga.decide(start, SagaState(), utc_now())
-            await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed_events)
+            await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed)
             await uow.conn.execute(
                 "INSERT INTO saga_deadlines (order_id, deadline, saga_version) VALUES ($1, $2, $3)",
                 command.order_id,
@@ -139,81 +127,49 @@ async def place_order(
     return answer
 
 
-async def _claim_idempotency_key(uow: UnitOfWork, key: IdempotencyKey, answer: Placed) -> Placed | None:
-    """None if this request owns the key now; else the earlier answer (or 422 if the body differs)."""
-    claimed = await uow.conn.fetchval(
-        """INSERT INTO order_idempotency_keys (idempotency_key, body_sha256, order_id, response)
-           VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id""",
-        key.key,
-        key.body_sha256,
-        answer.order_id,
-        answer.to_dict(),
-    )
-    if claimed is not None:
-        return None
-    row = await uow.conn.fetchrow(
-        "SELECT body_sha256, response FROM order_idempotency_keys WHERE idempotency_key = $1", key.key
-    )
-    assert row is not None  # the conflicting row is committed (READ COMMITTED sees it now)
-    if row["body_sha256"] != key.body_sha256:
-        raise InvalidCommand(
-            "Idempotency-Key",
-            "this Idempotency-Key was already used with a different request body",
-            code="idempotency_key_reused",
-        )
-    stored: dict[str, Any] = row["response"]
-    return Placed(
-        order_id=stored["order_id"],
-        status=stored["status"],
-        version=stored["version"],
-        total_cents=stored["total_cents"],
-        replayed=True,
-    )
-
-
 # --------------------------------------------------------------------------- cancel
 
 
-async def cancel_order(store: EventStore, order_id: str, *, causation_id: str, attempts: int = 5) -> CancelAccepted:
+async def cancel_order(store: EventStore, order_id: str, *, causation_id: str, attempts: int) -> CancelAccepted:
     """Feed CancelRequested to the saga; NotFound (404) / IllegalTransition (409) otherwise.
 
     Accepted only while the order is PENDING or CONFIRMED and the goods have not left; the
     order becomes CANCELLED once the compensations are confirmed. A cancel of an order that
-    is already being compensated is accepted again and decides nothing.
+    is already being compensated is accepted again and decides nothing. A lost race is
+    decided again, `attempts` times in all (CONFLICT_ATTEMPTS).
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            async with store.transaction() as uow:
-                if not await _lock_saga(uow, order_id):
-                    raise NotFound("order_not_found", f"order {order_id} does not exist")
-                order_state, saga_state, _ = await _load(uow, order_id)
-                if not order_state.exists:
-                    raise NotFound("order_not_found", f"order {order_id} does not exist")
-                if not order.can_cancel(order_state):
-                    raise IllegalTransition("order_not_cancellable", f"cannot cancel an order that is {order_state.status}")
-                with caused_by(order_id, causation_id):
-                    decision = saga.decide(saga.CancelRequested(), saga_state, utc_now())
-                    await _persist(uow, order_state, saga_state, decision)
-            SAGA_TRIGGERS.labels(trigger="cancel", outcome=_outcome(decision)).inc()
+
+    async def attempt() -> tuple[OrderState, SagaDecision]:
+        async with store.transaction() as uow:
+            locked, adopted = await _lock_sagas(uow, [order_id])
+            if not locked:
+                raise NotFound("order_not_found", f"order {order_id} does not exist")
+            order_state, saga_state, _ = await _load(uow, order_id)
+            if not order_state.exists:
+                raise NotFound("order_not_found", f"order {order_id} does not exist")
+            if not domain.can_cancel(order_state):
+                raise IllegalTransition("order_not_cancellable", f"cannot cancel an order that is {order_state.status}")
             with caused_by(order_id, causation_id):
-                log.info("cancel accepted", extra={"order_id": order_id, "saga_step": decision.state.step})
-            return CancelAccepted(order_state, decision.state)
-        except ConcurrencyConflict:
-            if attempt == attempts:
-                raise
-            log.info("cancel lost a race, deciding again", extra={"order_id": order_id, "attempt": attempt})
-    raise AssertionError("unreachable")
+                decision = saga.decide(saga.CancelRequested(), saga_state, utc_now())
+                await _persist(uow, order_state, saga_state, decision, reindex=bool(adopted))
+            return order_state, decision
+
+    order_state, decision = await deciding_again(attempts, order_id, attempt)
+    SAGA_TRIGGERS.labels(trigger="cancel", outcome=_outcome(decision)).inc()
+    with caused_by(order_id, causation_id):
+        log.info("cancel accepted", extra={"order_id": order_id, "saga_step": decision.state.step})
+    return CancelAccepted(order_state, decision.state)
 
 
 # --------------------------------------------------------------------------- replies
 
 
-def _reply_order_id(delivery: Delivery) -> str | None:
-    env = delivery.envelope
-    if env.type not in saga.REPLY_TYPES:
+def _reply_of(delivery: Delivery) -> tuple[str, saga.ReplyReceived] | None:
+    """The saga trigger a delivered participant fact is, and its order id; None for anything else."""
+    data = delivery.envelope.data
+    if not isinstance(data, saga.REPLY_FACTS):
         return None
-    order_id = env.data.get("order_id")
-    return order_id if isinstance(order_id, str) and order_id else None
+    return data.order_id, saga.ReplyReceived(reply_id=delivery.envelope.id, fact=data)
 
 
 async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
@@ -224,31 +180,27 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
     round trip; each reply then decides on its saga as the earlier replies of the batch left
     it, and the deadline index is updated once per saga. Facts about orders this service does
     not know (other deployments or tests sharing the topics) are ignored. ConcurrencyConflict
-    propagates: the runner re-applies the message alone.
+    propagates: the runner applies the message again, alone.
     """
-    replies = [(d, order_id) for d in deliveries if (order_id := _reply_order_id(d)) is not None]
+    replies = [(delivery, found) for delivery in deliveries if (found := _reply_of(delivery)) is not None]
     if len(replies) < len(deliveries):
         log.debug("messages ignored: not replies about an order", extra={"ignored": len(deliveries) - len(replies)})
     if not replies:
         return
-    known: list[str] = [
-        row["order_id"]
-        for row in await uow.conn.fetch(
-            "SELECT order_id FROM saga_deadlines WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
-            sorted({order_id for _, order_id in replies}),
-        )
-    ]
+    known, adopted = await _lock_sagas(uow, [order_id for _, (order_id, _) in replies])
     streams = await uow.read_many([s for order_id in known for s in (order_id, saga.saga_stream_id(order_id))])
-    sagas = {oid: (order.fold(streams[oid]), saga.fold(streams[saga.saga_stream_id(oid)])) for oid in known}
-    moved: dict[str, SagaState] = {}
-    for delivery, order_id in replies:
-        env = delivery.envelope
+    sagas = {
+        oid: (domain.fold(facts_of(streams[oid])), saga.fold(facts_of(streams[saga.saga_stream_id(oid)])))
+        for oid in known
+    }
+    moved: dict[str, SagaState] = {oid: sagas[oid][1] for oid in adopted}
+    for delivery, (order_id, reply) in replies:
         if order_id not in sagas:
-            log.debug("reply for an unknown order ignored", extra={"type": env.type, "order_id": order_id})
+            log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
             continue
         order_state, saga_state = sagas[order_id]
-        with caused_by(order_id, env.id):
-            decision = saga.decide(saga.ReplyReceived.of(env), saga_state, utc_now())
+        with caused_by(order_id, delivery.envelope.id):
+            decision = saga.decide(reply, saga_state, utc_now())
             order_state = await _write_decision(uow, order_state, saga_state, decision)
         if not decision.is_empty:
             sagas[order_id] = (order_state, decision.state)
@@ -308,34 +260,66 @@ async def time_out_next(store: EventStore, now: datetime, skip: Sequence[str] = 
     return TimeoutPass(order_id, ok=True)
 
 
-def _deadline_cause(order_id: str, history: Sequence[RecordedEvent]) -> str:
+def _deadline_cause(order_id: str, history: Sequence[Recorded]) -> str:
     """A timeout is caused by the saga fact that set the deadline it fires."""
     for event in reversed(history):
-        if event.type == saga.SAGA_DEADLINE_SET:
-            return str(event.event_id)
+        if isinstance(event.data, SagaDeadlineSet):
+            return event.id
     return order_id
 
 
 # --------------------------------------------------------------------------- shared steps
 
 
-async def _lock_saga(uow: UnitOfWork, order_id: str) -> bool:
-    """Take the saga's turn (row lock until commit); False if this service has no such saga."""
-    row = await uow.conn.fetchval("SELECT 1 FROM saga_deadlines WHERE order_id = $1 FOR UPDATE", order_id)
-    return row is not None
+async def _lock_sagas(uow: UnitOfWork, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Take the turn (row locks until commit) of each saga of `order_ids` this service has, in
+    one sorted order: (every locked order id, those of them adopted now)."""
+    wanted = sorted(set(order_ids))
+    rows = await uow.conn.fetch(
+        "SELECT order_id FROM saga_deadlines WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
+        wanted,
+    )
+    locked = [row["order_id"] for row in rows]
+    missing = sorted(set(wanted) - set(locked))
+    adopted = await _adopt(uow, missing) if missing else []
+    return locked + adopted, adopted
 
 
-async def _load(uow: UnitOfWork, order_id: str) -> tuple[OrderState, SagaState, list[RecordedEvent]]:
+async def _adopt(uow: UnitOfWork, order_ids: Sequence[str]) -> list[str]:
+    """Give an index row (locked) to each saga of `order_ids` that is in the log without one.
+
+    A concurrent adopter's row is locked too (`DO UPDATE` waits for it), never skipped. Its
+    deadline is set by the caller, from the saga's state, before commit."""
+    rows = await uow.conn.fetch(
+        """INSERT INTO saga_deadlines (order_id)
+           SELECT s.order_id FROM unnest($1::text[], $2::text[]) AS s(order_id, stream_id)
+           WHERE EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1)
+           ORDER BY s.order_id
+           ON CONFLICT (order_id) DO UPDATE SET updated_at = saga_deadlines.updated_at
+           RETURNING order_id""",
+        list(order_ids),
+        [saga.saga_stream_id(order_id) for order_id in order_ids],
+    )
+    adopted = sorted(row["order_id"] for row in rows)
+    if adopted:
+        log.info("sagas adopted into the deadline index", extra={"order_ids": adopted})
+    return adopted
+
+
+async def _load(uow: UnitOfWork, order_id: str) -> tuple[OrderState, SagaState, list[Recorded]]:
     """The order's state, the saga's state and the saga's facts, read in the transaction."""
     streams = await uow.read_many([order_id, saga.saga_stream_id(order_id)])
     history = streams[saga.saga_stream_id(order_id)]
-    return order.fold(streams[order_id]), saga.fold(history), history
+    return domain.fold(facts_of(streams[order_id])), saga.fold(facts_of(history)), history
 
 
-async def _persist(uow: UnitOfWork, order_state: OrderState, before: SagaState, decision: SagaDecision) -> OrderState:
-    """Write one saga decision and its deadline (module docstring, steps 1-4)."""
+async def _persist(
+    uow: UnitOfWork, order_state: OrderState, before: SagaState, decision: SagaDecision, *, reindex: bool = False
+) -> OrderState:
+    """Write one saga decision and its deadline (module docstring, steps 1-4); `reindex`: the
+    saga's index row is new and needs its deadline even if nothing was decided."""
     state = await _write_decision(uow, order_state, before, decision)
-    if not decision.is_empty:
+    if reindex or not decision.is_empty:
         await _index_deadlines(uow, [decision.state])
     return state
 
@@ -346,7 +330,7 @@ async def _write_decision(
     before: SagaState,
     decision: SagaDecision,
     *,
-    placed: Sequence[NewEvent] = (),
+    placed: Sequence[Fact] = (),
 ) -> OrderState:
     """Steps 1-3 of the module docstring, in one statement; the order's state afterwards.
 
@@ -356,24 +340,14 @@ async def _write_decision(
     """
     if decision.is_empty:
         return order_state
-    order_id = decision.state.order_id
     for outgoing in decision.commands:
-        await uow.send(outgoing, saga.COMMAND_TOPICS[outgoing.type])
-    state = order_state
-    order_events: list[NewEvent] = list(placed)
-    for event in placed:
-        state = order.evolve(state, event)
-    for command in decision.order_commands:
-        for event in order.decide(command, state):  # the saga never issues a refused command
-            state = order.evolve(state, event)
-            order_events.append(event)
+        await uow.send(outgoing.command, command_id=outgoing.command_id)
+    # The saga never issues a command the order refuses.
+    order = ORDERS.plan(decision.state.order_id, order_state, decision.order_commands, already=placed)
     await uow.append_many(
-        [
-            StreamAppend(saga.saga_stream_id(order_id), before.version, decision.saga_events),
-            StreamAppend(order_id, order_state.version, order_events),
-        ]
+        [StreamAppend(saga.saga_stream_id(decision.state.order_id), before.version, decision.saga_facts), order.append]
     )
-    return state
+    return order.state
 
 
 async def _index_deadlines(uow: UnitOfWork, states: Sequence[SagaState]) -> None:
@@ -392,36 +366,3 @@ async def _index_deadlines(uow: UnitOfWork, states: Sequence[SagaState]) -> None
 
 def _outcome(decision: SagaDecision) -> str:
     return "ignored" if decision.is_empty else "decided"
-
-
-# --------------------------------------------------------------------------- queries
-
-
-async def _order_history(store: EventStore, order_id: str) -> list[RecordedEvent]:
-    """The order's facts; NotFound unless the stream is an order (starts with order.placed)."""
-    history = await store.read(order_id)
-    if not history or history[0].type != order.ORDER_PLACED:
-        raise NotFound("order_not_found", f"order {order_id} does not exist")
-    return history
-
-
-async def get_order(store: EventStore, order_id: str, as_of_version: int | None = None) -> OrderState:
-    """The order's write-side state, or as it was right after its event `as_of_version`."""
-    history = await _order_history(store, order_id)
-    if as_of_version is not None and as_of_version > len(history):
-        raise NotFound(
-            "version_not_found", f"order {order_id} is at version {len(history)}; it has no version {as_of_version}"
-        )
-    return order.fold(history, until_version=as_of_version)
-
-
-async def order_events(store: EventStore, order_id: str) -> list[RecordedEvent]:
-    return await _order_history(store, order_id)
-
-
-async def get_saga(store: EventStore, order_id: str) -> tuple[SagaState, list[RecordedEvent]]:
-    """The saga's state and its facts (show their data through `saga.redacted`)."""
-    history = await store.read(saga.saga_stream_id(order_id))
-    if not history:
-        raise NotFound("saga_not_found", f"no saga for order {order_id}")
-    return saga.fold(history), history

@@ -12,12 +12,13 @@ CREATE TABLE IF NOT EXISTS order_idempotency_keys (
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- One row per saga, inserted with the order (its existence says "this order is ours").
+-- One row per saga, inserted with the order.
 -- Every saga transaction locks its row first (SELECT … FOR UPDATE), so the consumer, the
 -- cancel endpoint and the deadline scheduler of any number of replicas take turns per saga
 -- (the saga stream's optimistic version check stays the safety net).
--- `deadline` mirrors the saga's `state.deadline` (its saga.deadline_set facts are the truth;
--- this is an index for the scheduler), NULL when nothing is awaited.
+-- `deadline` mirrors the saga's `state.deadline` (its SagaDeadlineSet facts are the truth;
+-- this is an index for the scheduler), NULL when nothing is awaited. A saga in the log without
+-- a row (a log restored without this index) gets its row when a reply or a cancel reaches it.
 CREATE TABLE IF NOT EXISTS saga_deadlines (
     order_id      TEXT        PRIMARY KEY,
     deadline      TIMESTAMPTZ NULL,

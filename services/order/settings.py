@@ -4,22 +4,21 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.order.domain.saga import DEFAULT_STEP_TIMEOUT_S
+from services.order.saga import DEFAULT_STEP_TIMEOUT_S
 from shared.settings import ServiceSettings
 
 
 class OrderSettings(ServiceSettings):
-    """Order settings; everything in `ServiceSettings` plus:
+    """Order settings; everything in `ServiceSettings` (CONFLICT_ATTEMPTS: how often a cancel
+    that lost a write race is decided again before answering 409) plus:
 
     DATABASE_URL           the order database: orders, sagas, idempotency keys, deadlines
                            (default postgresql://app:app@127.0.0.1:5432/order)
     HTTP_PORT              REST port (default 8001; ORDER_PORT is accepted too, as `make up` sets it)
     SAGA_STEP_TIMEOUT_S    how long the saga waits for a participant's answer before it
-                           compensates (default 30, SPEC §6). Fixed per saga when it starts.
+                           compensates (default 30). Fixed per saga when it starts.
     SAGA_TICK_S            how often the deadline scheduler looks for due sagas (default 0.5)
     SAGA_DEADLINE_BATCH    due sagas fired per scheduler pass, one transaction each (default 100)
-    CONFLICT_RETRIES       attempts of an HTTP write that lost an optimistic-concurrency race
-                           before answering 409 (default 5)
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
@@ -29,4 +28,3 @@ class OrderSettings(ServiceSettings):
     saga_step_timeout_s: float = Field(default=DEFAULT_STEP_TIMEOUT_S, gt=0)
     saga_tick_s: float = Field(default=0.5, gt=0)
     saga_deadline_batch: int = Field(default=100, ge=1)
-    conflict_retries: int = Field(default=5, ge=1)

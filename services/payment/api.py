@@ -1,17 +1,18 @@
-"""REST API of the payment service: read-only views of the write side (SPEC §5)."""
-from __future__ import annotations
+"""REST API of the payment service: read-only views of the write side.
 
-from typing import Literal
+The REST view is not the event contract: it shows the amount as flat `amount_cents` and
+`currency`, as it always has, whatever shape the facts carry it in.
+"""
+from __future__ import annotations
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from services.rest import EventView, error_responses
-from services.payment import handlers
 from services.payment.domain import PaymentState
+from services.payment.handlers import Payments
+from shared.contract import PaymentStatus
+from shared.rest import EventView, error_responses
 from shared.runtime import runtime_of
-
-router = APIRouter(tags=["payments"])
 
 _PAYMENT_EXAMPLE: dict[str, JsonValue] = {
     "payment_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
@@ -37,7 +38,7 @@ class PaymentView(BaseModel):
 
     payment_id: str
     order_id: str
-    status: Literal["AUTHORIZED", "DECLINED", "CAPTURED", "VOIDED", "REFUNDED"]
+    status: PaymentStatus
     amount_cents: int = Field(description="integer minor units")
     currency: str = Field(description="ISO-4217")
     version: int = Field(description="number of facts in the payment's stream")
@@ -46,42 +47,56 @@ class PaymentView(BaseModel):
     )
 
     @classmethod
-    def of(cls, state: PaymentState) -> "PaymentView":
-        return cls.model_validate(state.to_dict())
+    def of(cls, state: PaymentState) -> PaymentView:
+        assert state.status is not None, "a payment that exists has a status"
+        return cls(
+            payment_id=state.payment_id,
+            order_id=state.order_id,
+            status=state.status,
+            amount_cents=state.amount_cents,
+            currency=state.currency,
+            version=state.version,
+            reason=state.reason,
+        )
 
 
 PaymentId = Path(description="the payment id (= uuid5 of the order id, see docs/EVENTS.md)")
 
 
-@router.get(
-    "/payments/{payment_id}",
-    response_model=PaymentView,
-    response_model_exclude_none=True,
-    responses=error_responses(404),
-    summary="A payment's current state",
-)
-async def get_payment(request: Request, payment_id: str = PaymentId) -> PaymentView:
-    return PaymentView.of(await handlers.get_payment(runtime_of(request).store, payment_id))
+def router(payments: Payments) -> APIRouter:
+    """The payment endpoints, reading through the service's Payment aggregate."""
+    api = APIRouter(tags=["payments"])
 
+    @api.get(
+        "/payments/{payment_id}",
+        response_model=PaymentView,
+        response_model_exclude_none=True,
+        responses=error_responses(404),
+        summary="A payment's current state",
+    )
+    async def get_payment(request: Request, payment_id: str = PaymentId) -> PaymentView:
+        _, state = await payments.load(runtime_of(request).store, payment_id)
+        return PaymentView.of(state)
 
-@router.get(
-    "/payments",
-    response_model=list[PaymentView],
-    response_model_exclude_none=True,
-    summary="The payments of an order (oldest first; empty if none)",
-)
-async def list_payments(
-    request: Request, order_id: str = Query(min_length=1, description="the order whose payments to list")
-) -> list[PaymentView]:
-    states = await handlers.payments_of_order(runtime_of(request).store, order_id)
-    return [PaymentView.of(s) for s in states]
+    @api.get(
+        "/payments",
+        response_model=list[PaymentView],
+        response_model_exclude_none=True,
+        summary="The payments of an order (oldest first; empty if none)",
+    )
+    async def list_payments(
+        request: Request, order_id: str = Query(min_length=1, description="the order whose payments to list")
+    ) -> list[PaymentView]:
+        return [PaymentView.of(s) for s in await payments.of_order(runtime_of(request).store, order_id)]
 
+    @api.get(
+        "/payments/{payment_id}/events",
+        response_model=list[EventView],
+        responses=error_responses(404),
+        summary="A payment's facts in stream order, with their envelopes",
+    )
+    async def get_payment_events(request: Request, payment_id: str = PaymentId) -> list[EventView]:
+        history, _ = await payments.load(runtime_of(request).store, payment_id)
+        return [EventView.of(e) for e in history]
 
-@router.get(
-    "/payments/{payment_id}/events",
-    response_model=list[EventView],
-    responses=error_responses(404),
-    summary="A payment's facts in stream order, with their envelopes",
-)
-async def get_payment_events(request: Request, payment_id: str = PaymentId) -> list[EventView]:
-    return [EventView.of(e) for e in await handlers.payment_events(runtime_of(request).store, payment_id)]
+    return api

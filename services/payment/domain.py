@@ -1,7 +1,9 @@
 """The Payment aggregate: money held (authorized), taken (captured) or given back.
 
-Pure: `decide(command, state) -> list[NewEvent]`, `evolve`, `fold`. Stream id = payment_id =
-`derived_id(order_id, "payment")`, so every retried command addresses the same payment.
+Pure: `decide(command, state, limit_cents=...) -> list[PaymentFact]`, `evolve`, `fold`. The
+commands and facts are the contract's (shared/contract/payment.py). Stream id = payment_id =
+`derived_id(order_id, "payment")`, so every retried command addresses the same payment. The
+authorization limit is a policy of the service (PAYMENT_LIMIT_CENTS), bound by its service layer.
 
 Answering rules (docs/EVENTS.md): a command whose effect is already recorded returns [] and
 the service re-answers with the recorded fact (`find_answer`); a refused command raises a
@@ -23,144 +25,49 @@ watching the payment's stream and voids any late authorization itself.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
-from typing import Any, Iterable, Mapping, Sequence, TypeAlias, TypeVar
 
-from services.domain_errors import IllegalTransition, InvalidCommand, NotFound
-from services.domain_kit import E, EventLike, field_of, latest_of, require_currency, require_int, require_text
-from shared.messages import NewEvent
+from services.domain_kit import latest_of, require_currency, require_int, require_text
+from shared.contract import (
+    AuthorizePayment,
+    CapturePayment,
+    Fact,
+    Money,
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentCommand,
+    PaymentDeclined,
+    PaymentFact,
+    PaymentRefunded,
+    PaymentStatus,
+    PaymentVoided,
+    RefundPayment,
+    VoidPayment,
+)
+from shared.errors import IllegalTransition, InvalidCommand, NotFound
+from shared.eventstore import Recorded
 
-#: SPEC §5 default of PAYMENT_LIMIT_CENTS.
+#: Default of PAYMENT_LIMIT_CENTS: authorizations above it are declined.
 DEFAULT_LIMIT_CENTS = 1_000_000
-#: SPEC §5: this token is always declined with `card_declined`.
+#: This token is always declined with `card_declined` (the system's test card).
 DECLINING_TOKEN = "tok_decline"
 
 DECLINE_CARD_DECLINED = "card_declined"
 DECLINE_AMOUNT_OVER_LIMIT = "amount_over_limit"
 
-
-class PaymentStatus(StrEnum):
-    AUTHORIZED = "AUTHORIZED"
-    DECLINED = "DECLINED"
-    CAPTURED = "CAPTURED"
-    VOIDED = "VOIDED"
-    REFUNDED = "REFUNDED"
-
-
-# --------------------------------------------------------------------------- commands
-
-PAYMENT_AUTHORIZE = "payment.authorize"
-PAYMENT_CAPTURE = "payment.capture"
-PAYMENT_VOID = "payment.void"
-PAYMENT_REFUND = "payment.refund"
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizePayment:
-    payment_id: str
-    order_id: str
-    amount_cents: int
-    currency: str
-    payment_token: str
-    limit_cents: int = DEFAULT_LIMIT_CENTS
-
-
-@dataclass(frozen=True, slots=True)
-class CapturePayment:
-    payment_id: str
-    order_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class VoidPayment:
-    payment_id: str
-    order_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RefundPayment:
-    payment_id: str
-    order_id: str
-    reason: str
-
-
-PaymentCommand: TypeAlias = AuthorizePayment | CapturePayment | VoidPayment | RefundPayment
-
-
-def command_from_message(
-    command_type: str, data: Mapping[str, Any], *, limit_cents: int = DEFAULT_LIMIT_CENTS
-) -> PaymentCommand:
-    """Build a domain command from a `payment.commands` message (InvalidCommand if malformed)."""
-    payment_id = field_of(data, "payment_id")
-    order_id = field_of(data, "order_id")
-    if command_type == PAYMENT_AUTHORIZE:
-        return AuthorizePayment(
-            payment_id=payment_id,
-            order_id=order_id,
-            amount_cents=field_of(data, "amount_cents"),
-            currency=field_of(data, "currency"),
-            payment_token=field_of(data, "payment_token"),
-            limit_cents=limit_cents,
-        )
-    if command_type == PAYMENT_CAPTURE:
-        return CapturePayment(payment_id=payment_id, order_id=order_id)
-    if command_type == PAYMENT_VOID:
-        return VoidPayment(payment_id=payment_id, order_id=order_id, reason=data.get("reason") or "voided")
-    if command_type == PAYMENT_REFUND:
-        return RefundPayment(payment_id=payment_id, order_id=order_id, reason=data.get("reason") or "refunded")
-    raise InvalidCommand("type", f"unknown payment command {command_type!r}", code="unknown_command")
-
-
-# --------------------------------------------------------------------------- events (facts)
-
-PAYMENT_AUTHORIZED = "payment.authorized"
-PAYMENT_DECLINED = "payment.declined"
-PAYMENT_CAPTURED = "payment.captured"
-PAYMENT_VOIDED = "payment.voided"
-PAYMENT_REFUNDED = "payment.refunded"
-
-PAYMENT_EVENT_TYPES = frozenset(
-    {PAYMENT_AUTHORIZED, PAYMENT_DECLINED, PAYMENT_CAPTURED, PAYMENT_VOIDED, PAYMENT_REFUNDED}
-)
-
-
-def _money(payment_id: str, order_id: str, amount_cents: int, currency: str) -> dict[str, Any]:
-    return {"payment_id": payment_id, "order_id": order_id, "amount_cents": amount_cents, "currency": currency}
-
-
-def payment_authorized(payment_id: str, order_id: str, amount_cents: int, currency: str) -> NewEvent:
-    return NewEvent(PAYMENT_AUTHORIZED, _money(payment_id, order_id, amount_cents, currency))
-
-
-def payment_declined(payment_id: str, order_id: str, amount_cents: int, currency: str, reason: str) -> NewEvent:
-    return NewEvent(PAYMENT_DECLINED, {**_money(payment_id, order_id, amount_cents, currency), "reason": reason})
-
-
-def payment_captured(payment_id: str, order_id: str, amount_cents: int, currency: str) -> NewEvent:
-    return NewEvent(PAYMENT_CAPTURED, _money(payment_id, order_id, amount_cents, currency))
-
-
-def payment_voided(payment_id: str, order_id: str, amount_cents: int, currency: str, reason: str) -> NewEvent:
-    return NewEvent(PAYMENT_VOIDED, {**_money(payment_id, order_id, amount_cents, currency), "reason": reason})
-
-
-def payment_refunded(payment_id: str, order_id: str, amount_cents: int, currency: str, reason: str) -> NewEvent:
-    return NewEvent(PAYMENT_REFUNDED, {**_money(payment_id, order_id, amount_cents, currency), "reason": reason})
-
-
 #: Which recorded facts answer each command (used to re-answer a duplicate).
-ANSWER_TYPES: dict[type, frozenset[str]] = {
-    AuthorizePayment: frozenset({PAYMENT_AUTHORIZED, PAYMENT_DECLINED}),
-    CapturePayment: frozenset({PAYMENT_CAPTURED}),
-    VoidPayment: frozenset({PAYMENT_VOIDED}),
-    RefundPayment: frozenset({PAYMENT_REFUNDED}),
+ANSWERS: dict[type[PaymentCommand], tuple[type[PaymentFact], ...]] = {
+    AuthorizePayment: (PaymentAuthorized, PaymentDeclined),
+    CapturePayment: (PaymentCaptured,),
+    VoidPayment: (PaymentVoided,),
+    RefundPayment: (PaymentRefunded,),
 }
 
-def find_answer(command: PaymentCommand, history: Sequence[E]) -> E | None:
+
+def find_answer(command: PaymentCommand, history: Sequence[Recorded]) -> Recorded | None:
     """The recorded fact that already answers `command` (for a duplicate), if any."""
-    return latest_of(history, ANSWER_TYPES[type(command)])
+    return latest_of(history, ANSWERS.get(type(command), ()))
 
 
 # --------------------------------------------------------------------------- state
@@ -182,18 +89,9 @@ class PaymentState:
     def exists(self) -> bool:
         return self.version > 0
 
-    def to_dict(self) -> dict[str, Any]:
-        view: dict[str, Any] = {
-            "payment_id": self.payment_id,
-            "order_id": self.order_id,
-            "status": None if self.status is None else str(self.status),
-            "amount_cents": self.amount_cents,
-            "currency": self.currency,
-            "version": self.version,
-        }
-        if self.reason is not None:
-            view["reason"] = self.reason
-        return view
+    @property
+    def amount(self) -> Money:
+        return Money(amount_cents=self.amount_cents, currency=self.currency)
 
 
 # --------------------------------------------------------------------------- decide
@@ -207,8 +105,11 @@ def _illegal(action: str, state: PaymentState) -> IllegalTransition:
     return IllegalTransition("illegal_payment_transition", f"cannot {action} a payment that is {state.status}")
 
 
-def decide(command: PaymentCommand, state: PaymentState) -> list[NewEvent]:
-    """Turn a command into the facts it causes, or refuse it with a DomainError."""
+def decide(command: PaymentCommand, state: PaymentState, *, limit_cents: int) -> list[PaymentFact]:
+    """Turn a command into the facts it causes, or refuse it with a DomainError.
+
+    `limit_cents`: authorizations of a larger amount are declined `amount_over_limit`.
+    """
     require_text(command.payment_id, "payment_id")
     require_text(command.order_id, "order_id")
 
@@ -218,20 +119,23 @@ def decide(command: PaymentCommand, state: PaymentState) -> list[NewEvent]:
         require_text(command.payment_token, "payment_token")
         if state.exists:
             return []  # duplicate: the caller re-answers with the recorded fact
-        args = (command.payment_id, command.order_id, command.amount_cents, command.currency)
+        payment_id, order_id = command.payment_id, command.order_id
+        amount = Money(amount_cents=command.amount_cents, currency=command.currency)
         if command.payment_token == DECLINING_TOKEN:
-            return [payment_declined(*args, DECLINE_CARD_DECLINED)]
-        if command.amount_cents > command.limit_cents:
-            return [payment_declined(*args, DECLINE_AMOUNT_OVER_LIMIT)]
-        return [payment_authorized(*args)]
+            return [PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_CARD_DECLINED)]
+        if command.amount_cents > limit_cents:
+            return [
+                PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_AMOUNT_OVER_LIMIT)
+            ]
+        return [PaymentAuthorized(payment_id=payment_id, order_id=order_id, amount=amount)]
 
     if not state.exists:
         raise _not_found(command.payment_id)
-    money = (state.payment_id, state.order_id, state.amount_cents, state.currency)
+    payment_id, order_id, amount = state.payment_id, state.order_id, state.amount
 
     if isinstance(command, CapturePayment):
         if state.status is PaymentStatus.AUTHORIZED:
-            return [payment_captured(*money)]
+            return [PaymentCaptured(payment_id=payment_id, order_id=order_id, amount=amount)]
         if state.status in (PaymentStatus.CAPTURED, PaymentStatus.REFUNDED):
             return []
         raise _illegal("capture", state)
@@ -239,7 +143,7 @@ def decide(command: PaymentCommand, state: PaymentState) -> list[NewEvent]:
     if isinstance(command, VoidPayment):
         require_text(command.reason, "reason")
         if state.status is PaymentStatus.AUTHORIZED:
-            return [payment_voided(*money, command.reason)]
+            return [PaymentVoided(payment_id=payment_id, order_id=order_id, amount=amount, reason=command.reason)]
         if state.status is PaymentStatus.VOIDED:
             return []
         raise _illegal("void", state)
@@ -247,7 +151,7 @@ def decide(command: PaymentCommand, state: PaymentState) -> list[NewEvent]:
     if isinstance(command, RefundPayment):
         require_text(command.reason, "reason")
         if state.status is PaymentStatus.CAPTURED:
-            return [payment_refunded(*money, command.reason)]
+            return [PaymentRefunded(payment_id=payment_id, order_id=order_id, amount=amount, reason=command.reason)]
         if state.status is PaymentStatus.REFUNDED:
             return []
         raise _illegal("refund", state)
@@ -257,37 +161,33 @@ def decide(command: PaymentCommand, state: PaymentState) -> list[NewEvent]:
 
 # --------------------------------------------------------------------------- evolve / fold
 
-_STATUS_BY_EVENT = {
-    PAYMENT_AUTHORIZED: PaymentStatus.AUTHORIZED,
-    PAYMENT_DECLINED: PaymentStatus.DECLINED,
-    PAYMENT_CAPTURED: PaymentStatus.CAPTURED,
-    PAYMENT_VOIDED: PaymentStatus.VOIDED,
-    PAYMENT_REFUNDED: PaymentStatus.REFUNDED,
-}
 
-
-def evolve(state: PaymentState, event: EventLike) -> PaymentState:
-    """Apply one fact. Unknown types only advance the version (the stream position)."""
-    data = event.data
+def evolve(state: PaymentState, fact: Fact) -> PaymentState:
+    """Apply one fact. Facts of other kinds only advance the version (the stream position)."""
     version = state.version + 1
-    status = _STATUS_BY_EVENT.get(event.type)
-    if status is None:
-        return replace(state, version=version)
-    if event.type in (PAYMENT_AUTHORIZED, PAYMENT_DECLINED):
-        return PaymentState(
-            payment_id=data["payment_id"],
-            order_id=data["order_id"],
-            version=version,
-            status=status,
-            amount_cents=data["amount_cents"],
-            currency=data["currency"],
-            reason=data.get("reason"),
-        )
-    return replace(state, version=version, status=status, reason=data.get("reason", state.reason))
+    match fact:
+        case PaymentAuthorized() | PaymentDeclined():
+            return PaymentState(
+                payment_id=fact.payment_id,
+                order_id=fact.order_id,
+                version=version,
+                status=PaymentStatus.AUTHORIZED if isinstance(fact, PaymentAuthorized) else PaymentStatus.DECLINED,
+                amount_cents=fact.amount.amount_cents,
+                currency=fact.amount.currency,
+                reason=fact.reason if isinstance(fact, PaymentDeclined) else None,
+            )
+        case PaymentCaptured():
+            return replace(state, version=version, status=PaymentStatus.CAPTURED)
+        case PaymentVoided(reason=reason):
+            return replace(state, version=version, status=PaymentStatus.VOIDED, reason=reason)
+        case PaymentRefunded(reason=reason):
+            return replace(state, version=version, status=PaymentStatus.REFUNDED, reason=reason)
+        case _:
+            return replace(state, version=version)
 
 
-def fold(events: Iterable[EventLike]) -> PaymentState:
+def fold(facts: Iterable[Fact]) -> PaymentState:
     state = PaymentState()
-    for event in events:
-        state = evolve(state, event)
+    for fact in facts:
+        state = evolve(state, fact)
     return state

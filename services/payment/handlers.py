@@ -1,52 +1,45 @@
-"""The payment service layer: thin adapters between messages/requests and the pure domain.
+"""The payment service layer: the Payment aggregate with the service's policy bound, and its consumer.
 
-Commands arrive only on `payment.commands` (the saga is the client); the REST API only reads.
-All command handling is `services.participant.Participant.execute`: read → fold → decide →
-append in one transaction; duplicates are re-answered, refusals logged and counted.
+Commands arrive only on the payment command topic (the saga is the client); the REST API only
+reads. Every command goes through the kernel's `Aggregate`: read → fold → decide → append in
+one transaction; a duplicate is answered again with the recorded fact, a refusal is logged and
+counted, and a message that is not a payment command is dead-lettered.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from functools import partial
 
-from services.participant import Participant
 from services.payment import domain
-from services.payment.domain import PaymentCommand, PaymentState
+from services.payment.domain import PaymentState
+from services.payment.settings import PaymentSettings
+from shared.aggregate import Aggregate
 from shared.consumer import Handler
-from shared.eventstore import EventStore
-from shared.messages import RecordedEvent
+from shared.contract import PAYMENT_COMMANDS, PAYMENT_COMMANDS_DECLARED, PaymentCommand
 
-#: Consumer group and inbox key of the command consumer (KERNEL.md naming).
-COMMAND_CONSUMER = "payment.commands"
+#: Consumer group and inbox key of the command consumer: named after its topic (docs/KERNEL.md).
+COMMAND_CONSUMER = PAYMENT_COMMANDS
 
-PAYMENTS: Participant[PaymentCommand, PaymentState] = Participant(
-    name="payment",
-    stream_of=lambda command: command.payment_id,
-    fold=domain.fold,
-    decide=domain.decide,
-    find_answer=domain.find_answer,
-)
+Payments = Aggregate[PaymentCommand, PaymentState]
 
 
-def command_handler(store: EventStore, limit_cents: int) -> Handler:
-    """Handle `payment.*` command messages with the configured authorization limit."""
-
-    def parse(command_type: str, data: Mapping[str, Any]) -> PaymentCommand:
-        return domain.command_from_message(command_type, data, limit_cents=limit_cents)
-
-    return PAYMENTS.consumer(store, parse)
+def _payment_id(command: PaymentCommand) -> str:
+    return command.payment_id
 
 
-async def get_payment(store: EventStore, payment_id: str) -> PaymentState:
-    """The payment's current state (NotFound → 404)."""
-    _, state = await PAYMENTS.load(store, payment_id)
-    return state
+def payments(settings: PaymentSettings) -> Payments:
+    """The Payment aggregate as this service runs it: its limit and retry policy from `settings`."""
+    return Aggregate(
+        name="payment",
+        stream_of=_payment_id,
+        fold=domain.fold,
+        evolve=domain.evolve,
+        decide=partial(domain.decide, limit_cents=settings.payment_limit_cents),
+        find_answer=domain.find_answer,
+        indexed_by_order=True,
+        conflict_attempts=settings.conflict_attempts,
+    )
 
 
-async def payment_events(store: EventStore, payment_id: str) -> list[RecordedEvent]:
-    """The payment's facts in stream order (NotFound → 404)."""
-    history, _ = await PAYMENTS.load(store, payment_id)
-    return history
-
-
-async def payments_of_order(store: EventStore, order_id: str) -> list[PaymentState]:
-    return await PAYMENTS.of_order(store, order_id)
+def command_handler(aggregate: Payments) -> Handler:
+    """The batch handler of the payment command topic."""
+    return aggregate.consumer(accepts=PAYMENT_COMMANDS_DECLARED)

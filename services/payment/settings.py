@@ -14,7 +14,7 @@ class PaymentSettings(ServiceSettings):
     DATABASE_URL          the payment database (default postgresql://app:app@127.0.0.1:5432/payment)
     HTTP_PORT             REST port (default 8002; PAYMENT_PORT is accepted too, as `make up` sets it)
     PAYMENT_LIMIT_CENTS   authorizations above this amount are declined `amount_over_limit`
-                          (default 1000000, SPEC §5)
+                          (default 1000000)
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)

@@ -1,1 +1,1 @@
-"""The query service: CQRS read models built only from the Kafka event topics (SPEC §5, 8004)."""
+"""The query service: CQRS read models built only from the Kafka event topics (port 8004)."""

@@ -1,36 +1,35 @@
-"""The read API of SPEC §5 "query (8004)": order summaries, lists, timelines and stats.
+"""The read API: order summaries, lists, timelines and stats (docs/API.md has the conventions).
 
-Every request reads the `current` view generation (one lookup, then the query), so a
-rebuild's switch is seen by the next request of every replica at once.
+Every request reads the `current` view generation (`current_views`: one lookup, then the
+query), so a rebuild's switch is seen by the next request of every replica at once. The
+bodies are this service's own REST shapes, not the message contract: they are rendered here
+from the read models.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
+import msgspec
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from services.query import store
+from services.query import generations, store
 from services.query.context import context_of, pool_of
 from services.query.metrics import MIN_VERSION_WAIT
-from services.query.projections import (
-    ORDER_STATUSES,
-    PAYMENT_STATUSES,
-    SHIPMENT_STATUSES,
-    BadCursor,
-    causal_order,
-    decode_cursor,
-    encode_cursor,
-)
+from services.query.projection import OrderReadModel, Received, causal_order
+from shared.contract import OrderStatus, PaymentStatus, ShipmentStatus
+from shared.rest import ErrorBody, error_response, error_responses
 
 router = APIRouter(tags=["views"])
-
-OrderStatus = Enum("OrderStatus", {s: s for s in ORDER_STATUSES}, type=str)  # type: ignore[misc]
 
 
 class Item(BaseModel):
@@ -42,10 +41,10 @@ class Item(BaseModel):
 class OrderSummary(BaseModel):
     order_id: str
     customer_id: str | None
-    status: str | None
+    status: OrderStatus | None
     reason: str | None
-    payment_status: str | None
-    shipment_status: str | None
+    payment_status: PaymentStatus | None
+    shipment_status: ShipmentStatus | None
     payment_id: str | None
     shipment_id: str | None
     total_cents: int | None
@@ -54,6 +53,26 @@ class OrderSummary(BaseModel):
     version: int
     updated_at: datetime | None
 
+    @classmethod
+    def of(cls, m: OrderReadModel) -> OrderSummary:
+        return cls(
+            order_id=m.order_id,
+            customer_id=m.customer_id,
+            status=m.status,
+            reason=m.reason,
+            payment_status=m.payment_status,
+            shipment_status=m.shipment_status,
+            payment_id=m.payment_id,
+            shipment_id=m.shipment_id,
+            total_cents=m.total_cents,
+            currency=m.currency,
+            items=None if m.items is None else [
+                Item(sku=i.sku, quantity=i.quantity, unit_price_cents=i.unit_price_cents) for i in m.items
+            ],
+            version=m.version,
+            updated_at=m.updated_at,
+        )
+
 
 class OrderPage(BaseModel):
     items: list[OrderSummary]
@@ -61,6 +80,8 @@ class OrderPage(BaseModel):
 
 
 class TimelineEntry(BaseModel):
+    """One fact; `data` is shown in the contract's current version of its message."""
+
     id: str
     type: str
     source: str
@@ -71,6 +92,20 @@ class TimelineEntry(BaseModel):
     correlationid: str
     data: dict[str, Any]
 
+    @classmethod
+    def of(cls, f: Received) -> TimelineEntry:
+        return cls(
+            id=f.id,
+            type=f.type,
+            source=f.source,
+            subject=f.subject,
+            time=f.time,
+            sequence=f.sequence,
+            causationid=f.causation_id,
+            correlationid=f.correlation_id,
+            data=msgspec.to_builtins(f.data),
+        )
+
 
 class Timeline(BaseModel):
     order_id: str
@@ -78,7 +113,7 @@ class Timeline(BaseModel):
     events: list[TimelineEntry]
 
 
-class Money(BaseModel):
+class Revenue(BaseModel):
     captured_cents: int
     refunded_cents: int
     revenue_cents: int
@@ -90,12 +125,12 @@ class Stats(BaseModel):
     orders_by_status: dict[str, int]
     payments_by_status: dict[str, int]
     shipments_by_status: dict[str, int]
-    revenue_by_currency: dict[str, Money]
+    revenue_by_currency: dict[str, Revenue]
 
 
-class Behind(BaseModel):
-    code: str
-    message: str
+class Behind(ErrorBody):
+    """`view_behind`: the one error shape plus the versions."""
+
     order_id: str
     wanted_version: int
     current_version: int
@@ -108,20 +143,56 @@ TIMELINE_RULE = (
 )
 
 
+@asynccontextmanager
+async def current_views(request: Request) -> AsyncIterator[store.Views]:
+    """The views every read goes to: the current generation's, on a pooled connection."""
+    async with pool_of(request).acquire() as conn:
+        yield store.Views(conn, await generations.current_generation(conn))
+
+
 def _invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("query", field), "msg": message, "type": "value_error"}])
 
 
-def _unknown(order_id: str) -> JSONResponse:
-    return JSONResponse({"code": "not_found", "message": f"order {order_id!r} is not known"}, status_code=404)
+def _order_not_found(message: str) -> JSONResponse:
+    return error_response(404, "order_not_found", message)
+
+
+# ---------------------------------------------------------------- cursors
+
+
+class BadCursor(ValueError):
+    """A `cursor` query parameter that this service did not issue."""
+
+
+def encode_cursor(placed_at: datetime, order_id: str) -> str:
+    """An opaque keyset cursor: base64url of `[placed_at, order_id]` of the last row served."""
+    return base64.urlsafe_b64encode(orjson.dumps([placed_at.isoformat(), order_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        placed_at, order_id = orjson.loads(raw)
+        when = datetime.fromisoformat(placed_at)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise BadCursor("cursor is not one this service issued") from exc
+    if when.tzinfo is None or not isinstance(order_id, str) or "\x00" in order_id:
+        raise BadCursor("cursor is not one this service issued")
+    return when, order_id
+
+
+# ---------------------------------------------------------------- routes
 
 
 @router.get(
     "/orders/{order_id}",
     response_model=OrderSummary,
     summary="An order's summary; with min_version, wait (bounded) until the view has applied it",
-    responses={404: {"description": "no fact of this order's stream applied yet"},
-               504: {"model": Behind, "description": "min_version not reached within the wait"}},
+    responses={
+        **error_responses(404),
+        504: {"model": Behind, "description": "min_version not reached within the wait"},
+    },
 )
 async def get_order(
     request: Request,
@@ -129,14 +200,14 @@ async def get_order(
     min_version: Annotated[int | None, Query(ge=1, description="wait until the view has applied this order version")] = None,
     wait_s: Annotated[float | None, Query(ge=0, description="how long to wait for min_version (default MIN_VERSION_TIMEOUT_S)")] = None,
 ) -> Any:
+    """404 `order_not_found` until a fact of the order's own stream has been applied."""
     ctx = context_of(request)
-    pool = pool_of(request)
     if min_version is None:
-        async with pool.acquire() as conn:
-            view = await store.get_order(conn, await store.current_generation(conn), order_id)
-        if view is None or not view.known:
-            return _unknown(order_id)
-        return view.summary()
+        async with current_views(request) as views:
+            model = await views.order(order_id)
+        if model is None or not model.known:
+            return _order_not_found(f"order {order_id!r} is not known")
+        return OrderSummary.of(model)
     limit = ctx.settings.min_version_timeout_s if wait_s is None else wait_s
     if limit > ctx.settings.min_version_max_timeout_s:
         raise _invalid("wait_s", f"at most {ctx.settings.min_version_max_timeout_s} seconds")
@@ -145,12 +216,12 @@ async def get_order(
     signal = ctx.notifications.views
     while True:
         waiter = signal.waiter()  # before reading, so a commit in between is not missed
-        async with pool.acquire() as conn:
-            view = await store.get_order(conn, await store.current_generation(conn), order_id)
-        current = view.version if view is not None else 0
-        if view is not None and current >= min_version:
+        async with current_views(request) as views:
+            model = await views.order(order_id)
+        current = model.version if model is not None else 0
+        if model is not None and current >= min_version:
             MIN_VERSION_WAIT.labels(outcome="reached").observe(time.monotonic() - started)
-            return view.summary()
+            return OrderSummary.of(model)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -158,15 +229,16 @@ async def get_order(
         await signal.wait(waiter, min(remaining, 1.0 if ctx.notifications.listening else 0.25))
     waited = round(time.monotonic() - started, 3)
     MIN_VERSION_WAIT.labels(outcome="timeout").observe(waited)
-    body = Behind(
-        code="view_behind",
-        message=f"the view of order {order_id} has applied version {current}, not yet {min_version}; retry later",
+    return error_response(
+        504,
+        "view_behind",
+        f"the view of order {order_id} has applied version {current}, not yet {min_version}; retry later",
+        headers={"Retry-After": "1"},
         order_id=order_id,
         wanted_version=min_version,
         current_version=current,
         waited_s=waited,
     )
-    return JSONResponse(body.model_dump(), status_code=504, headers={"Retry-After": "1"})
 
 
 @router.get(
@@ -187,34 +259,32 @@ async def list_orders(
             after = decode_cursor(cursor)
         except BadCursor as exc:
             raise _invalid("cursor", str(exc)) from exc
-    async with pool_of(request).acquire() as conn:
-        rows = await store.list_orders(
-            conn,
-            await store.current_generation(conn),
-            customer_id=customer_id,
-            status=status.value if status is not None else None,
-            limit=limit + 1,
-            after=after,
+    async with current_views(request) as views:
+        rows = await views.orders(
+            customer_id=customer_id, status=status.value if status else None, limit=limit + 1, after=after
         )
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit and page[-1].placed_at is not None:
         next_cursor = encode_cursor(page[-1].placed_at, page[-1].order_id)
-    return {"items": [v.summary() for v in page], "next_cursor": next_cursor}
+    return OrderPage(items=[OrderSummary.of(m) for m in page], next_cursor=next_cursor)
 
 
 @router.get(
     "/orders/{order_id}/timeline",
     response_model=Timeline,
     summary="Every fact of every service about the order, in causal order",
-    responses={404: {"description": "no fact about this order applied yet"}},
+    responses=error_responses(404),
 )
 async def get_timeline(request: Request, order_id: str) -> Any:
-    async with pool_of(request).acquire() as conn:
-        facts = await store.timeline(conn, await store.current_generation(conn), order_id)
+    """404 `order_not_found` until a fact about the order has been applied."""
+    async with current_views(request) as views:
+        facts = await views.timeline(order_id)
     if not facts:
-        return JSONResponse({"code": "not_found", "message": f"no facts about order {order_id}"}, status_code=404)
-    return {"order_id": order_id, "order_rule": TIMELINE_RULE, "events": [f.timeline_entry() for f in causal_order(facts)]}
+        return _order_not_found(f"no facts about order {order_id}")
+    return Timeline(
+        order_id=order_id, order_rule=TIMELINE_RULE, events=[TimelineEntry.of(f) for f in causal_order(facts)]
+    )
 
 
 @router.get(
@@ -223,17 +293,16 @@ async def get_timeline(request: Request, order_id: str) -> Any:
     summary="Counts by status; revenue by currency = captured minus refunded money",
 )
 async def get_stats(request: Request) -> Any:
-    async with pool_of(request).acquire() as conn:
-        generation = await store.current_generation(conn)
-        s = await store.stats(conn, generation)
+    async with current_views(request) as views:
+        totals = await views.totals()
     return {
-        "generation": generation,
-        "orders_total": sum(s.orders_by_status.values()),
-        "orders_by_status": {k: s.orders_by_status.get(k, 0) for k in ORDER_STATUSES},
-        "payments_by_status": {k: s.payments_by_status.get(k, 0) for k in PAYMENT_STATUSES},
-        "shipments_by_status": {k: s.shipments_by_status.get(k, 0) for k in SHIPMENT_STATUSES},
+        "generation": views.generation,
+        "orders_total": sum(totals.orders_by_status.values()),
+        "orders_by_status": {s: totals.orders_by_status.get(s, 0) for s in OrderStatus},
+        "payments_by_status": {s: totals.payments_by_status.get(s, 0) for s in PaymentStatus},
+        "shipments_by_status": {s: totals.shipments_by_status.get(s, 0) for s in ShipmentStatus},
         "revenue_by_currency": {
             currency: {"captured_cents": c, "refunded_cents": r, "revenue_cents": c - r}
-            for currency, (c, r) in sorted(s.revenue.items())
+            for currency, (c, r) in sorted(totals.revenue.items())
         },
     }

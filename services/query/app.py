@@ -7,18 +7,20 @@ from fastapi import FastAPI
 
 from services.query import api, rebuild, sse
 from services.query.context import QueryContext
+from services.query.generations import bootstrap_sql
 from services.query.notify import Notifications
 from services.query.settings import QuerySettings
-from services.query.store import bootstrap_sql
 from services.query.supervisor import GenerationSupervisor
+from shared.contract import EVENT_TOPICS
 from shared.runtime import ServiceDefinition, build_app
 
 VIEWS_SQL = Path(__file__).with_name("views.sql")
 
-DESCRIPTION = """
-CQRS read models built **only** from the Kafka event topics (`order.events`,
-`payment.events`, `shipping.events`), in the query service's own PostgreSQL database.
-Eventually consistent; `GET /orders/{id}?min_version=N` waits (bounded) for read-your-writes.
+DESCRIPTION = f"""
+CQRS read models built **only** from the Kafka event topics ({", ".join(f"`{t}`" for t in EVENT_TOPICS)}),
+in the query service's own PostgreSQL database. Every fact is read through the message contract,
+which upcasts older schema versions, so the views only ever see current shapes.
+Eventually consistent; `GET /orders/{{id}}?min_version=N` waits (bounded) for read-your-writes.
 
 Facts may arrive in any order across topics: every view field is set by the fact with the
 newest version of the stream that owns it, so any arrival order converges to the same views.

@@ -13,7 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from services.query.store import GENERATIONS_CHANNEL, VIEWS_CHANNEL
+from services.query.generations import GENERATIONS_CHANNEL
+from services.query.store import VIEWS_CHANNEL
 from shared.db import connect
 from shared.runtime import Runtime
 
@@ -41,7 +42,7 @@ class Signal:
         try:
             await asyncio.wait_for(waiter.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 
@@ -62,7 +63,7 @@ class Notifications:
             lost = asyncio.Event()
             try:
                 conn = await connect(runtime.settings.database_url)
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(VIEWS_CHANNEL, self._on_notify)
                 await conn.add_listener(GENERATIONS_CHANNEL, self._on_notify)
                 self.listening = True
@@ -91,6 +92,6 @@ class Notifications:
             if not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 backoff = min(backoff * 2, 5.0)

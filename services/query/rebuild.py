@@ -1,6 +1,6 @@
 """POST /admin/rebuild: replay the event topics from offset 0 into a fresh view generation.
 
-Design (see also views.sql and supervisor.py):
+Design (see also views.sql, generations.py and supervisor.py):
 1. Capture the topics' end offsets now (the target), create schema `views_g<N+1>` and register
    generation N+1 as `building` with a fresh consumer name (= fresh Kafka group, inbox and
    positions). Answer 202 with the rebuild id.
@@ -9,31 +9,35 @@ Design (see also views.sql and supervisor.py):
 3. Once the new generation's stored positions reach the target (and, within a grace period,
    are not behind the current one's), one transaction flips `current` to it. Its consumer
    simply continues as the live one; the old one is stopped and, later, dropped.
-The projection is order-independent and idempotent, so the rebuilt views equal the
-incrementally built ones.
+The projection is order-independent and idempotent, and the contract codec upcasts every
+older fact on the topics, so the rebuilt views equal the incrementally built ones.
 """
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from services.query import store
+from services.query import generations
 from services.query.context import context_of, pool_of
+from shared.kafka import make_admin, make_consumer
+from shared.rest import error_response, error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
+CLIENT_ID = "query.rebuild"
 
-async def end_offsets(bootstrap_servers: str, topics: Sequence[str]) -> store.Offsets:
+
+async def end_offsets(bootstrap_servers: str, topics: Sequence[str]) -> generations.Offsets:
     """The next offset of every partition of the topics (read_committed: the stable end)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = make_admin(bootstrap_servers, client_id=CLIENT_ID)
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -47,9 +51,7 @@ async def end_offsets(bootstrap_servers: str, topics: Sequence[str]) -> store.Of
     ]
     if not tps:
         return {}
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = make_consumer(bootstrap_servers, group_id=None, client_id=CLIENT_ID)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)
@@ -83,17 +85,10 @@ class GenerationStatus(BaseModel):
     positions: dict[str, dict[str, int]]
 
 
-def _by_topic(offsets: store.Offsets) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for (topic, partition), value in sorted(offsets.items()):
-        out.setdefault(topic, {})[str(partition)] = value
-    return out
-
-
-def _status(generation: store.Generation, position: store.Offsets) -> dict[str, Any]:
+def _status(generation: generations.Generation, position: generations.Offsets) -> dict[str, Any]:
     target = generation.target or {}
     total = sum(target.values())
-    applied = sum(min(position.get(tp, 0), end) for tp, end in target.items())
+    applied = generations.applied(position, target)
     return {
         "rebuild_id": generation.rebuild_id,
         "generation": generation.generation,
@@ -102,7 +97,7 @@ def _status(generation: store.Generation, position: store.Offsets) -> dict[str, 
         "created_at": generation.created_at,
         "caught_up_at": generation.caught_up_at,
         "switched_at": generation.switched_at,
-        "target_offsets": _by_topic(target),
+        "target_offsets": generations.offsets_by_topic(target),
         "target_total": total,
         "applied_total": applied,
         "progress": round(applied / total, 4) if total else 1.0,
@@ -114,26 +109,29 @@ def _status(generation: store.Generation, position: store.Offsets) -> dict[str, 
     status_code=202,
     response_model=RebuildStatus,
     summary="Rebuild the views by replaying the event topics; the old views serve until the switch",
-    responses={409: {"description": "a rebuild is already in progress (its id is in the body)"},
-               503: {"description": "Kafka unreachable: nothing was started"}},
+    responses=error_responses(409, 503),
 )
 async def start_rebuild(request: Request) -> Any:
+    """409 `rebuild_in_progress` (with that rebuild's `rebuild_id` and `generation`) while
+    another rebuild builds; 503 `kafka_unavailable` when the end offsets cannot be read
+    (nothing was started)."""
     ctx = context_of(request)
     try:
         target = await asyncio.wait_for(end_offsets(ctx.settings.kafka_bootstrap_servers, ctx.settings.topics), 30)
     except Exception as exc:  # nothing was started: say why and let the caller retry
-        return JSONResponse(
-            {"code": "kafka_unavailable", "message": f"cannot read the topics' end offsets: {exc!r}"},
-            status_code=503,
+        return error_response(
+            503, "kafka_unavailable", f"cannot read the topics' end offsets: {exc!r}", headers={"Retry-After": "1"}
         )
     async with pool_of(request).acquire() as conn:
         try:
-            generation = await store.start_rebuild(conn, ctx.settings.query_consumer_prefix, target)
-        except store.RebuildInProgress as exc:
-            return JSONResponse(
-                {"code": "rebuild_in_progress", "message": str(exc),
-                 "rebuild_id": str(exc.generation.rebuild_id), "generation": exc.generation.generation},
-                status_code=409,
+            generation = await generations.start_rebuild(conn, ctx.settings.query_consumer_prefix, target)
+        except generations.RebuildInProgress as exc:
+            return error_response(
+                409,
+                "rebuild_in_progress",
+                str(exc),
+                rebuild_id=str(exc.generation.rebuild_id),
+                generation=exc.generation.generation,
             )
     ctx.notifications.generations.fire()  # this replica starts the consumer without waiting for NOTIFY
     return JSONResponse(
@@ -147,14 +145,14 @@ async def start_rebuild(request: Request) -> Any:
     "/rebuild/{rebuild_id}",
     response_model=RebuildStatus,
     summary="A rebuild's progress: offsets applied of the target captured at its start; done once switched",
-    responses={404: {"description": "unknown rebuild id"}},
+    responses=error_responses(404),
 )
 async def rebuild_status(request: Request, rebuild_id: uuid.UUID) -> Any:
     async with pool_of(request).acquire() as conn:
-        generation = await store.generation_by_rebuild(conn, rebuild_id)
+        generation = await generations.generation_by_rebuild(conn, rebuild_id)
         if generation is None:
-            return JSONResponse({"code": "not_found", "message": f"no rebuild {rebuild_id}"}, status_code=404)
-        position = await store.positions(conn, generation.consumer)
+            return error_response(404, "rebuild_not_found", f"no rebuild {rebuild_id}")
+        position = await generations.positions(conn, generation.consumer)
     return _status(generation, position)
 
 
@@ -166,7 +164,7 @@ async def rebuild_status(request: Request, rebuild_id: uuid.UUID) -> Any:
 async def list_generations(request: Request) -> Any:
     out = []
     async with pool_of(request).acquire() as conn:
-        for g in await store.generations(conn):
+        for g in await generations.generations(conn):
             out.append({
                 "generation": g.generation,
                 "state": g.state,
@@ -175,6 +173,6 @@ async def list_generations(request: Request) -> Any:
                 "created_at": g.created_at,
                 "switched_at": g.switched_at,
                 "retired_at": g.retired_at,
-                "positions": _by_topic(await store.positions(conn, g.consumer)),
+                "positions": generations.offsets_by_topic(await generations.positions(conn, g.consumer)),
             })
     return out

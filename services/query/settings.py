@@ -4,8 +4,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.contract import EVENT_TOPICS
 from shared.settings import ServiceSettings
-from shared.topics import EVENT_TOPICS
 
 
 class QuerySettings(ServiceSettings):
@@ -14,7 +14,7 @@ class QuerySettings(ServiceSettings):
     DATABASE_URL               the views database (default postgresql://app:app@127.0.0.1:5432/query)
     HTTP_PORT                  REST port (default 8004; QUERY_PORT is accepted too, as `make up` sets it)
     QUERY_TOPICS               comma-separated event topics the views are built from
-                               (default order.events,payment.events,shipping.events); benchmarks
+                               (default: the contract's three event topics); benchmarks
                                point it at fresh topics
     QUERY_CONSUMER_PREFIX      prefix of each generation's consumer name / Kafka group id
                                (default query.views; the group is `<prefix>.g<N>-<token>`)

@@ -11,9 +11,9 @@ graceful shutdown of the server waits for open streams.
 from __future__ import annotations
 
 import time
-from typing import Annotated, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -29,7 +29,7 @@ MAX_ID = 2**63 - 1  # fact_feed.seq is a BIGINT
 
 
 def format_event(item: store.FeedItem) -> str:
-    return f"id: {item.seq}\ndata: {orjson.dumps(item.document).decode()}\n\n"
+    return f"id: {item.seq}\ndata: {item.document}\n\n"
 
 
 @router.get(

@@ -2,9 +2,9 @@
 
 Each generation has its own consumer name (= Kafka group id, inbox and stored-position key),
 so a rebuild reads the topics from offset 0 while the current generation's consumer keeps
-going. When the building generation has caught up, `store.try_switch` flips it to current in
-one transaction; on the next tick every replica stops the retired generation's consumer and
-the rebuilt generation's consumer simply carries on as the live one.
+going. When the building generation has caught up, `generations.try_switch` flips it to
+current in one transaction; on the next tick every replica stops the retired generation's
+consumer and the rebuilt generation's consumer simply carries on as the live one.
 
 The kernel's `ServiceDefinition.consumers` are fixed at start-up, which is why this is a
 background loop that owns its runners instead.
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence
 
-from services.query import store
+from services.query import generations, store
 from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, REBUILD_PROGRESS, SWITCHES
 from services.query.notify import Notifications
-from services.query.projections import project
+from services.query.projection import project
 from services.query.settings import QuerySettings
 from shared.consumer import ConsumerRunner, Delivery, Handler
 from shared.eventstore import UnitOfWork
@@ -30,11 +30,12 @@ log = logging.getLogger("services.query.supervisor")
 
 
 def batch_handler(generation: int) -> Handler:
-    """The ConsumerRunner handler of one generation: a whole partition batch, few statements."""
+    """The ConsumerRunner handler of one generation: a whole poll, few statements. The
+    deliveries' data is already the current version of its contract type."""
 
     async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        state = await store.begin_batch(uow.conn, generation)
-        if state not in store.LIVE_STATES:
+        state = await generations.begin_batch(uow.conn, generation)
+        if state not in generations.LIVE_STATES:
             return  # retired or dropped under us: its consumer is being stopped
         batch = project(d.envelope for d in deliveries)
         await store.apply_batch(uow.conn, generation, batch, feed=state == "current")
@@ -82,7 +83,7 @@ class GenerationSupervisor:
 
     async def tick(self, runtime: Runtime) -> None:
         async with runtime.pool.acquire() as conn:
-            live = await store.generations(conn, store.LIVE_STATES)
+            live = await generations.generations(conn, generations.LIVE_STATES)
         wanted = {g.generation: g for g in live}
         for number in list(self.runners):
             if number not in wanted:
@@ -95,28 +96,27 @@ class GenerationSupervisor:
         for generation in live:
             if generation.state == "building" and await self._maybe_switch(runtime, generation):
                 async with runtime.pool.acquire() as conn:
-                    dropped = await store.drop_retired(conn, self.settings.retained_generations)
+                    dropped = await generations.drop_retired(conn, self.settings.retained_generations)
                 log.info("view generation switched", extra={"generation": generation.generation, "dropped": dropped})
                 SWITCHES.inc()
                 await self.tick(runtime)  # stop the retired generation's consumer now
                 return
 
-    async def _maybe_switch(self, runtime: Runtime, generation: store.Generation) -> bool:
+    async def _maybe_switch(self, runtime: Runtime, generation: generations.Generation) -> bool:
         if generation.target is None:
             return False
         async with runtime.pool.acquire() as conn:
-            position = await store.positions(conn, generation.consumer)
+            position = await generations.positions(conn, generation.consumer)
             total = sum(generation.target.values())
-            done = sum(min(position.get(tp, 0), end) for tp, end in generation.target.items())
-            REBUILD_PROGRESS.set(done / total if total else 1.0)
-            if not store.reached(position, generation.target):
+            REBUILD_PROGRESS.set(generations.applied(position, generation.target) / total if total else 1.0)
+            if not generations.reached(position, generation.target):
                 return False  # cheap check first: the switch itself pauses every batch briefly
-            return await store.try_switch(
+            return await generations.try_switch(
                 conn, generation.generation, self.settings.topics,
                 timedelta(seconds=self.settings.rebuild_switch_grace_s),
             )
 
-    def _start(self, runtime: Runtime, generation: store.Generation) -> None:
+    def _start(self, runtime: Runtime, generation: generations.Generation) -> None:
         """Start VIEW_CONSUMERS members of the generation's group: Kafka splits the partitions
         between them, so one member's Python work overlaps another's database round trips."""
         settings = runtime.settings

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS fact_feed (
 );
 CREATE INDEX IF NOT EXISTS fact_feed_by_order ON fact_feed (order_id, seq);
 
--- The tables of one generation. Column order of `orders` = services.query.projections.OrderView.
+-- The tables of one generation. Column order of `orders` = services.query.projection.OrderReadModel.
+-- `timeline.data` holds the fact's data in the contract version `schema_version` says; reads upcast.
 CREATE OR REPLACE FUNCTION query_create_generation_schema(target TEXT) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -85,7 +86,8 @@ BEGIN
 END $fn$;
 
 -- Called first in every batch transaction: waits while a generation switch is in progress
--- (shared lock; the switch takes it exclusively), then says what this generation is now.
+-- (shared lock 4539207 = generations.GENERATION_LOCK; the switch takes it exclusively), then
+-- says what this generation is now.
 -- plpgsql takes a fresh snapshot for the SELECT, after the lock is held.
 -- A generation still building commits asynchronously: a crash can lose its last few batches,
 -- but views and stored positions are lost together (one transaction), so the consumer
@@ -119,5 +121,5 @@ BEGIN
     PERFORM pg_notify('query_views', gen::text);
 END $fn$;
 
--- The first generation is created by services.query.store.bootstrap_sql (it needs the
+-- The first generation is created by services.query.generations.bootstrap_sql (it needs the
 -- consumer-name prefix from the settings).

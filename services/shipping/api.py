@@ -1,21 +1,19 @@
-"""REST API of the shipping service (SPEC §5): views, plus dispatch and deliver commands.
+"""REST API of the shipping service: views, plus the dispatch and deliver commands.
 
 Dispatch and deliver answer **200 with the shipment's new state**: the fact is committed
 before the response (the write side is synchronous; only other services' views lag).
 """
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from services.rest import EventView, error_responses, request_causation_id
 from services.shipping import handlers
 from services.shipping.domain import ShipmentState
+from services.shipping.handlers import Shipments
+from shared.contract import ShipmentDelivered, ShipmentDispatched, ShipmentStatus
+from shared.rest import EventView, error_responses, request_causation_id
 from shared.runtime import runtime_of
-
-router = APIRouter(tags=["shipments"])
 
 _SHIPMENT_EXAMPLE: dict[str, JsonValue] = {
     "shipment_id": "2d7e0a4b-13c9-5f7e-9b1a-6c8d2e4f0a13",
@@ -27,6 +25,8 @@ _SHIPMENT_EXAMPLE: dict[str, JsonValue] = {
 
 
 class AddressView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     line1: str
     city: str
@@ -49,14 +49,22 @@ class ShipmentView(BaseModel):
 
     shipment_id: str
     order_id: str
-    status: Literal["SCHEDULED", "FAILED", "DISPATCHED", "DELIVERED", "CANCELLED"]
+    status: ShipmentStatus
     address: AddressView | None = Field(default=None, description="where to ship (absent for a failed shipment)")
     version: int = Field(description="number of facts in the shipment's stream")
     reason: str | None = Field(default=None, description="why it failed or was cancelled (absent otherwise)")
 
     @classmethod
-    def of(cls, state: ShipmentState) -> "ShipmentView":
-        return cls.model_validate(state.to_dict())
+    def of(cls, state: ShipmentState) -> ShipmentView:
+        assert state.status is not None, "a shipment that exists has a status"
+        return cls(
+            shipment_id=state.shipment_id,
+            order_id=state.order_id,
+            status=state.status,
+            address=None if state.address is None else AddressView.model_validate(state.address),
+            version=state.version,
+            reason=state.reason,
+        )
 
 
 ShipmentId = Path(description="the shipment id (= uuid5 of the order id, see docs/EVENTS.md)")
@@ -67,73 +75,76 @@ RequestId = Header(
 )
 
 
-@router.get(
-    "/shipments/{shipment_id}",
-    response_model=ShipmentView,
-    response_model_exclude_none=True,
-    responses=error_responses(404),
-    summary="A shipment's current state",
-)
-async def get_shipment(request: Request, shipment_id: str = ShipmentId) -> ShipmentView:
-    return ShipmentView.of(await handlers.get_shipment(runtime_of(request).store, shipment_id))
+def router(shipments: Shipments) -> APIRouter:
+    """The shipment endpoints, reading and commanding through the service's Shipment aggregate."""
+    api = APIRouter(tags=["shipments"])
 
-
-@router.get(
-    "/shipments",
-    response_model=list[ShipmentView],
-    response_model_exclude_none=True,
-    summary="The shipments of an order (oldest first; empty if none)",
-)
-async def list_shipments(
-    request: Request, order_id: str = Query(min_length=1, description="the order whose shipments to list")
-) -> list[ShipmentView]:
-    states = await handlers.shipments_of_order(runtime_of(request).store, order_id)
-    return [ShipmentView.of(s) for s in states]
-
-
-@router.get(
-    "/shipments/{shipment_id}/events",
-    response_model=list[EventView],
-    responses=error_responses(404),
-    summary="A shipment's facts in stream order, with their envelopes",
-)
-async def get_shipment_events(request: Request, shipment_id: str = ShipmentId) -> list[EventView]:
-    return [EventView.of(e) for e in await handlers.shipment_events(runtime_of(request).store, shipment_id)]
-
-
-@router.post(
-    "/shipments/{shipment_id}/dispatch",
-    response_model=ShipmentView,
-    response_model_exclude_none=True,
-    status_code=200,
-    responses=error_responses(404, 409),
-    summary="Hand the goods to the carrier: SCHEDULED → DISPATCHED (emits shipment.dispatched)",
-    description="200 with the new state. Repeating it on a DISPATCHED shipment is a no-op (200, "
-    "unchanged); from any other status → 409.",
-)
-async def dispatch_shipment(
-    request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
-) -> ShipmentView:
-    state = await handlers.dispatch(
-        runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
+    @api.get(
+        "/shipments/{shipment_id}",
+        response_model=ShipmentView,
+        response_model_exclude_none=True,
+        responses=error_responses(404),
+        summary="A shipment's current state",
     )
-    return ShipmentView.of(state)
+    async def get_shipment(request: Request, shipment_id: str = ShipmentId) -> ShipmentView:
+        _, state = await shipments.load(runtime_of(request).store, shipment_id)
+        return ShipmentView.of(state)
 
-
-@router.post(
-    "/shipments/{shipment_id}/deliver",
-    response_model=ShipmentView,
-    response_model_exclude_none=True,
-    status_code=200,
-    responses=error_responses(404, 409),
-    summary="The carrier delivered: DISPATCHED → DELIVERED (emits shipment.delivered)",
-    description="200 with the new state. Repeating it on a DELIVERED shipment is a no-op (200, "
-    "unchanged); from any other status → 409.",
-)
-async def deliver_shipment(
-    request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
-) -> ShipmentView:
-    state = await handlers.deliver(
-        runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
+    @api.get(
+        "/shipments",
+        response_model=list[ShipmentView],
+        response_model_exclude_none=True,
+        summary="The shipments of an order (oldest first; empty if none)",
     )
-    return ShipmentView.of(state)
+    async def list_shipments(
+        request: Request, order_id: str = Query(min_length=1, description="the order whose shipments to list")
+    ) -> list[ShipmentView]:
+        return [ShipmentView.of(s) for s in await shipments.of_order(runtime_of(request).store, order_id)]
+
+    @api.get(
+        "/shipments/{shipment_id}/events",
+        response_model=list[EventView],
+        responses=error_responses(404),
+        summary="A shipment's facts in stream order, with their envelopes",
+    )
+    async def get_shipment_events(request: Request, shipment_id: str = ShipmentId) -> list[EventView]:
+        history, _ = await shipments.load(runtime_of(request).store, shipment_id)
+        return [EventView.of(e) for e in history]
+
+    @api.post(
+        "/shipments/{shipment_id}/dispatch",
+        response_model=ShipmentView,
+        response_model_exclude_none=True,
+        status_code=200,
+        responses=error_responses(404, 409),
+        summary=f"Hand the goods to the carrier: SCHEDULED → DISPATCHED (emits {ShipmentDispatched.TYPE})",
+        description="200 with the new state. Repeating it on a DISPATCHED shipment is a no-op (200, "
+        "unchanged); from any other status → 409.",
+    )
+    async def dispatch_shipment(
+        request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
+    ) -> ShipmentView:
+        state = await handlers.dispatch(
+            shipments, runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
+        )
+        return ShipmentView.of(state)
+
+    @api.post(
+        "/shipments/{shipment_id}/deliver",
+        response_model=ShipmentView,
+        response_model_exclude_none=True,
+        status_code=200,
+        responses=error_responses(404, 409),
+        summary=f"The carrier delivered: DISPATCHED → DELIVERED (emits {ShipmentDelivered.TYPE})",
+        description="200 with the new state. Repeating it on a DELIVERED shipment is a no-op (200, "
+        "unchanged); from any other status → 409.",
+    )
+    async def deliver_shipment(
+        request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
+    ) -> ShipmentView:
+        state = await handlers.deliver(
+            shipments, runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
+        )
+        return ShipmentView.of(state)
+
+    return api

@@ -1,43 +1,54 @@
 """Composition of the shipping service on the kernel (shared/runtime.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 
-from services.domain_errors import DomainError
 from services.shipping import api, handlers
 from services.shipping.settings import ShippingSettings
-from shared.eventstore import EventRoutes, EventStore
+from shared.contract import (
+    SHIPPING_COMMANDS,
+    SHIPPING_EVENTS,
+    CancelShipment,
+    ScheduleShipment,
+    ShipmentCancelled,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentFailed,
+    ShipmentScheduled,
+)
+from shared.eventstore import EventStore
 from shared.runtime import ConsumerSpec, ServiceDefinition, build_app
 
-SHIPPING_COMMANDS = "shipping.commands"
-SHIPPING_EVENTS = "shipping.events"
+SCHEMA = Path(__file__).with_name("schema.sql")
 
-DESCRIPTION = """
+DESCRIPTION = f"""
 Owns the **Shipment** aggregate (event-sourced, its own PostgreSQL database).
 
-Commands arrive on Kafka `shipping.commands` (`shipment.schedule`, `shipment.cancel`) and every
-one is answered with a fact on `shipping.events`: `shipment.scheduled`, `shipment.failed`
-(`destination_not_served` for a country in `SHIPPING_UNSERVED_COUNTRIES`), `shipment.cancelled`.
-The warehouse and the carrier drive the rest over HTTP: `POST /shipments/{id}/dispatch`
-(`shipment.dispatched`) and `POST /shipments/{id}/deliver` (`shipment.delivered`), 409 on an
+Commands arrive on Kafka `{SHIPPING_COMMANDS}` (`{ScheduleShipment.TYPE}`, `{CancelShipment.TYPE}`) and every
+one is answered with a fact on `{SHIPPING_EVENTS}`: `{ShipmentScheduled.TYPE}`, `{ShipmentFailed.TYPE}`
+(`destination_not_served` for a country in `SHIPPING_UNSERVED_COUNTRIES`), `{ShipmentCancelled.TYPE}`.
+The warehouse and the carrier drive the rest over HTTP: `POST /shipments/{{id}}/dispatch`
+(`{ShipmentDispatched.TYPE}`) and `POST /shipments/{{id}}/deliver` (`{ShipmentDelivered.TYPE}`), 409 on an
 illegal transition. A repeated command is answered again with the fact already recorded; a
 refused one appends nothing and is logged and counted (`commands_refused_total`).
 """
 
 
 def definition(settings: ShippingSettings) -> ServiceDefinition:
+    shipments = handlers.shipments(settings)
+
     def consumers(store: EventStore) -> list[ConsumerSpec]:
-        handler = handlers.command_handler(store, settings.unserved_countries)
+        handler = handlers.command_handler(shipments)
         return [ConsumerSpec(name=handlers.COMMAND_CONSUMER, topics=[SHIPPING_COMMANDS], handler=handler)]
 
     return ServiceDefinition(
         name="shipping",
         settings=settings,
-        routers=[api.router],
-        routes=EventRoutes({"shipment.": SHIPPING_EVENTS}),
-        schema=[handlers.SHIPMENTS.schema()],
+        routers=[api.router(shipments)],
+        schema=[SCHEMA],
         consumers=consumers,
-        refusal_type=DomainError,
         description=DESCRIPTION,
         openapi_tags=[{"name": "shipments", "description": "the Shipment aggregate: state, facts, dispatch, deliver"}],
     )

@@ -1,68 +1,59 @@
-"""The shipping service layer: thin adapters between messages/requests and the pure domain.
+"""The shipping service layer: the Shipment aggregate with the service's policy bound, its
+consumer, and the warehouse's and the carrier's HTTP commands.
 
-`shipment.schedule` / `shipment.cancel` arrive on `shipping.commands` (from the saga);
-dispatch and deliver are HTTP commands (the warehouse and the carrier). Both go through
-`services.participant.Participant.execute`: read → fold → decide → append in one transaction,
-re-deciding up to a few times when a concurrent writer wins the race (then 409).
+Scheduling and cancelling arrive on the shipping command topic (from the saga); dispatch and
+deliver are HTTP commands. Both go through the kernel's `Aggregate`: read → fold → decide →
+append in one transaction, deciding again a few times when a concurrent writer wins the race
+(then 409).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from functools import partial
 
-from services.participant import Participant
 from services.shipping import domain
 from services.shipping.domain import DeliverShipment, DispatchShipment, ShipmentCommand, ShipmentState
+from services.shipping.settings import ShippingSettings
+from shared.aggregate import Aggregate
 from shared.consumer import Handler
+from shared.contract import SHIPPING_COMMANDS, CancelShipment, ScheduleShipment
 from shared.eventstore import EventStore
-from shared.messages import RecordedEvent
 
-#: Consumer group and inbox key of the command consumer (KERNEL.md naming).
-COMMAND_CONSUMER = "shipping.commands"
+#: Consumer group and inbox key of the command consumer: named after its topic (docs/KERNEL.md).
+COMMAND_CONSUMER = SHIPPING_COMMANDS
 
-SHIPMENTS: Participant[ShipmentCommand, ShipmentState] = Participant(
-    name="shipment",
-    stream_of=lambda command: command.shipment_id,
-    fold=domain.fold,
-    decide=domain.decide,
-    find_answer=domain.find_answer,
-)
+Shipments = Aggregate[ShipmentCommand, ShipmentState]
 
 
-def command_handler(store: EventStore, unserved_countries: frozenset[str]) -> Handler:
-    """Handle `shipment.*` command messages with the configured unserved destinations."""
-
-    def parse(command_type: str, data: Mapping[str, Any]) -> ShipmentCommand:
-        return domain.command_from_message(command_type, data, unserved_countries=unserved_countries)
-
-    return SHIPMENTS.consumer(store, parse)
+def _shipment_id(command: ShipmentCommand) -> str:
+    return command.shipment_id
 
 
-async def dispatch(store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
+def shipments(settings: ShippingSettings) -> Shipments:
+    """The Shipment aggregate as this service runs it: its destinations and retry policy from `settings`."""
+    return Aggregate(
+        name="shipment",
+        stream_of=_shipment_id,
+        fold=domain.fold,
+        evolve=domain.evolve,
+        decide=partial(domain.decide, unserved_countries=settings.unserved_countries),
+        find_answer=domain.find_answer,
+        indexed_by_order=True,
+        conflict_attempts=settings.conflict_attempts,
+    )
+
+
+def command_handler(aggregate: Shipments) -> Handler:
+    """The batch handler of the shipping command topic (the saga's commands only)."""
+    return aggregate.consumer(accepts=(ScheduleShipment, CancelShipment))
+
+
+async def dispatch(aggregate: Shipments, store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
     """SCHEDULED → DISPATCHED (a repeated dispatch is a no-op); the state afterwards."""
-    return await _http_command(store, DispatchShipment(shipment_id), causation_id)
-
-
-async def deliver(store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
-    """DISPATCHED → DELIVERED (a repeated deliver is a no-op); the state afterwards."""
-    return await _http_command(store, DeliverShipment(shipment_id), causation_id)
-
-
-async def _http_command(store: EventStore, command: ShipmentCommand, causation_id: str) -> ShipmentState:
-    outcome = await SHIPMENTS.execute_alone(store, command, causation_id=causation_id)
+    outcome = await aggregate.execute_alone(store, DispatchShipment(shipment_id), causation_id=causation_id)
     return outcome.state
 
 
-async def get_shipment(store: EventStore, shipment_id: str) -> ShipmentState:
-    """The shipment's current state (NotFound → 404)."""
-    _, state = await SHIPMENTS.load(store, shipment_id)
-    return state
-
-
-async def shipment_events(store: EventStore, shipment_id: str) -> list[RecordedEvent]:
-    """The shipment's facts in stream order (NotFound → 404)."""
-    history, _ = await SHIPMENTS.load(store, shipment_id)
-    return history
-
-
-async def shipments_of_order(store: EventStore, order_id: str) -> list[ShipmentState]:
-    return await SHIPMENTS.of_order(store, order_id)
+async def deliver(aggregate: Shipments, store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
+    """DISPATCHED → DELIVERED (a repeated deliver is a no-op); the state afterwards."""
+    outcome = await aggregate.execute_alone(store, DeliverShipment(shipment_id), causation_id=causation_id)
+    return outcome.state

@@ -14,7 +14,7 @@ class ShippingSettings(ServiceSettings):
     DATABASE_URL                 the shipping database (default postgresql://app:app@127.0.0.1:5432/shipping)
     HTTP_PORT                    REST port (default 8003; SHIPPING_PORT is accepted too, as `make up` sets it)
     SHIPPING_UNSERVED_COUNTRIES  comma-separated ISO-3166 alpha-2 codes; shipments there fail
-                                 `destination_not_served` (default AQ, SPEC §5; empty = serve all)
+                                 `destination_not_served` (default AQ; empty = serve all)
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)

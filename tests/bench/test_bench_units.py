@@ -1,5 +1,5 @@
-"""The benchmark's own arithmetic: the outcome mix, percentiles, the saturation headline, and the
-load generator's connection reuse."""
+"""The benchmark's own arithmetic: the outcome mix, percentiles, the saturation headline, the
+load generator's connection reuse, and the codec benchmark comparing like with like."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import load, system
+from bench import codecs, figures, load
 
 
 def test_the_mix_is_90_5_5_interleaved() -> None:
@@ -19,11 +19,11 @@ def test_the_mix_is_90_5_5_interleaved() -> None:
 
 def test_percentiles_and_summary() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert system.pct(values, 50) in (50.0, 50.5, 51.0)
-    assert system.pct(values, 99) >= 99.0 and system.pct(values, 100) == 100.0
-    summary = system.summary(values)
+    assert figures.pct(values, 50) in (50.0, 50.5, 51.0)
+    assert figures.pct(values, 99) >= 99.0 and figures.pct(values, 100) == 100.0
+    summary = figures.summary(values)
     assert summary is not None and summary["max"] == 100.0 and summary["p50"] <= summary["p95"] <= summary["p99"]
-    assert system.summary([]) is None
+    assert figures.summary([]) is None
 
 
 def _step(rate: float, completed: float, keeps_up: bool, p99: float) -> dict[str, Any]:
@@ -36,13 +36,13 @@ def _step(rate: float, completed: float, keeps_up: bool, p99: float) -> dict[str
 
 def test_saturation_is_the_highest_rate_that_kept_up() -> None:
     steps = [_step(10, 10, True, 80), _step(50, 49.8, True, 400), _step(100, 61, False, 3000)]
-    head = system.headline({"steps": steps}, system.make_config(quick=True))
+    head = figures.headline({"steps": steps}, figures.make_config(quick=True))
     assert head["saturation_rate_per_s"] == 50 and head["saturation_sagas_per_s"] == 49.8
     assert head["max_completed_sagas_per_s"] == 61 and head["escalation_stopped_at"] == 100
     assert head["p99_placed_to_confirmed_ms"] == {"10": 80, "50": 400, "100": 3000}
     assert head["targets"]["sustained_met"] is False
     assert head["targets"]["p99_placed_to_confirmed_at_50_per_s_ms"] == {"write": 400, "query": 400}
-    none_kept_up = system.headline({"steps": [_step(10, 3, False, 5000)]}, system.make_config(quick=True))
+    none_kept_up = figures.headline({"steps": [_step(10, 3, False, 5000)]}, figures.make_config(quick=True))
     assert none_kept_up["saturation_rate_per_s"] is None and none_kept_up["saturation_sagas_per_s"] == 0.0
 
 
@@ -73,3 +73,13 @@ async def test_the_pool_reuses_a_fresh_idle_connection_but_not_a_stale_one(monke
     monkeypatch.setattr(load.Connection, "open", open_connection)
     replacement: Any = await pool.acquire()
     assert stale.closed and replacement is not stale and opened == [("127.0.0.1", 1)]
+
+
+def test_the_codecs_compared_keep_one_contract_and_are_all_measured() -> None:
+    for codec in codecs.codecs():
+        codecs.check_same_contract(codec)  # same JSON, read back equal, invalid input refused
+    result = codecs.measure(repeats=1, min_loop_s=0.001)
+    rows = result["results"]
+    assert [r["codec"] for r in rows] == [c.name for c in codecs.codecs()]
+    assert all(r["encode_us"] > 0 and r["decode_validate_us"] > 0 and r["bytes"] == rows[0]["bytes"] for r in rows)
+    assert min(r["decode_validate_vs_fastest"] for r in rows) == 1.0

@@ -4,17 +4,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 
 from infra.stack import LocalStack
 from services.order.app import create_app
 from services.order.settings import OrderSettings
-from shared.messages import RecordedEvent, encode, event_to_cloudevent
+from shared.contract import Envelope, Fact, encode, utc_now
 from tests.integration.kafka_support import produce
 from tests.integration.service_support import running, scratch_database
 
@@ -93,28 +94,42 @@ async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def publish_fact(
-    stack: LocalStack,
-    topic: str,
-    event_type: str,
-    stream_id: str,
-    version: int,
-    data: dict[str, Any],
-    *,
-    correlation_id: str,
-    source: str,
-) -> str:
+async def publish_fact(stack: LocalStack, fact: Fact, *, stream_id: str, version: int = 1, source: str) -> str:
     """Put a participant's fact on its topic as the participant's relay would; its event id."""
-    event = RecordedEvent(
-        event_id=uuid.uuid4(),
-        type=event_type,
-        stream_id=stream_id,
-        version=version,
-        schema_version=1,
-        occurred_at=datetime.now(timezone.utc),
-        correlation_id=correlation_id,
+    assert fact.TOPIC is not None
+    envelope = Envelope(
+        id=str(uuid.uuid4()),
+        source=source,
+        subject=stream_id,
+        sequence=version,
+        time=utc_now(),
+        correlation_id=fact.order_id,
         causation_id=f"cause-{uuid.uuid4()}",
-        data=data,
+        data=fact,
     )
-    await produce(stack.kafka_bootstrap, topic, [(stream_id, encode(event_to_cloudevent(event, source)))])
-    return str(event.event_id)
+    await produce(stack.kafka_bootstrap, fact.TOPIC, [(stream_id, encode(envelope))])
+    return envelope.id
+
+
+async def publish_v1_fact(
+    stack: LocalStack, topic: str, event_type: str, stream_id: str, version: int, data: dict[str, Any], *, source: str
+) -> str:
+    """Put a fact on `topic` as the previous code wrote it (schema version 1), by hand, as an
+    outside client would; its event id."""
+    event_id = str(uuid.uuid4())
+    document = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": event_type,
+        "subject": stream_id,
+        "time": utc_now().isoformat(),
+        "datacontenttype": "application/json",
+        "correlationid": data["order_id"],
+        "causationid": f"cause-{event_id}",
+        "sequence": str(version),
+        "schemaversion": "1",
+        "data": data,
+    }
+    await produce(stack.kafka_bootstrap, topic, [(stream_id, orjson.dumps(document))])
+    return event_id

@@ -20,11 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from infra.postgres import DATABASES, embedded_bin_dir
+from infra.pg_install import embedded_bin_dir
+from infra.postgres import DATABASES
 from infra.procs import PidRecord, ServiceProcess
 from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
-from shared.topics import EVENT_TOPICS, topic_specs
+from shared.contract import ALL_TOPICS, EVENT_TOPICS, ORDER_EVENTS
+from shared.topics import topic_specs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -135,12 +137,13 @@ async def test_local_stack_lifecycle(own_stack: LocalStack) -> None:
     admin_k = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin_k.start()
     try:
-        assert {s.name for s in topic_specs()} <= set(await admin_k.list_topics())
+        assert {s.name for s in topic_specs()} == set(ALL_TOPICS), "the topics created are the contract's"
+        assert set(ALL_TOPICS) <= set(await admin_k.list_topics())
     finally:
         await admin_k.close()
     key, value = uuid.uuid4().hex.encode(), b'{"hello": "kafka"}'
-    partition, offset = await _produce(stack.kafka_bootstrap, "order.events", key, value)
-    assert await _read_at(stack.kafka_bootstrap, "order.events", partition, offset) == (key, value)
+    partition, offset = await _produce(stack.kafka_bootstrap, ORDER_EVENTS, key, value)
+    assert await _read_at(stack.kafka_bootstrap, ORDER_EVENTS, partition, offset) == (key, value)
     configs = await _topic_configs(stack.kafka_bootstrap, EVENT_TOPICS)
     for topic in EVENT_TOPICS:
         assert configs[topic]["retention.ms"] == "-1", topic
@@ -153,9 +156,9 @@ async def test_local_stack_lifecycle(own_stack: LocalStack) -> None:
     await asyncio.to_thread(stack.start_kafka)
     print(f"kafka restart after SIGKILL: {time.monotonic() - t:.2f}s")
     assert stack.live_pids()["kafka"] != kafka_rec.pid
-    assert await _read_at(stack.kafka_bootstrap, "order.events", partition, offset) == (key, value)
-    p2, o2 = await _produce(stack.kafka_bootstrap, "order.events", key, b"after-restart")
-    assert await _read_at(stack.kafka_bootstrap, "order.events", p2, o2) == (key, b"after-restart")
+    assert await _read_at(stack.kafka_bootstrap, ORDER_EVENTS, partition, offset) == (key, value)
+    p2, o2 = await _produce(stack.kafka_bootstrap, ORDER_EVENTS, key, b"after-restart")
+    assert await _read_at(stack.kafka_bootstrap, ORDER_EVENTS, p2, o2) == (key, b"after-restart")
 
     # PostgreSQL crash-stop (immediate) and restart keeps the data too.
     conn = await asyncpg.connect(stack.pg_dsn("order"))

@@ -1,27 +1,46 @@
-"""Consumer runner against the real broker: one effect per message, poison to the DLQ."""
+"""Consumer runner against the real broker: one effect per message, poison to the DLQ.
+
+Messages are contract messages encoded by the contract's codec; the handler sees their typed,
+validated data. A message that does not keep the contract (bad data, an unknown type, a schema
+version newer than this code knows) is dead-lettered by the runner without reaching the handler,
+and the messages after it on its partition are handled as if it had not been there.
+"""
 from __future__ import annotations
 
 import asyncio
 import base64
 import uuid
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 import pytest
 
 from infra.stack import LocalStack
-from shared.consumer import ConsumerRunner, Delivery, one_at_a_time
+from shared.consumer import ConsumerRunner, Delivery
+from shared.contract import (
+    Envelope,
+    Message,
+    Money,
+    OrderPlaced,
+    PaymentCaptured,
+    PaymentFact,
+    PaymentVoided,
+    dlq_topic,
+    encode,
+    utc_now,
+)
 from shared.db import create_pool, migrate
 from shared.eventstore import EventStore, UnitOfWork
 from shared.kafka import make_consumer
-from shared.messages import RecordedEvent, encode, event_to_cloudevent, utc_now
 from shared.relay import OutboxRelay
 from tests.conftest import NewTopicFactory
-from tests.integration.kafka_support import at_least, produce, read_topic, wait_for
+from tests.integration.kafka_support import Seen, at_least, produce, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
 EFFECTS_DDL = "CREATE TABLE IF NOT EXISTS effects (message_id TEXT NOT NULL, n INT NOT NULL)"
+REFUSED = "refused by the test handler"
 
 
 @pytest.fixture
@@ -40,25 +59,39 @@ async def store(fresh_database: str) -> AsyncIterator[EventStore]:
 
 
 def fact(n: int, stream: str = "s", fail: bool = False) -> tuple[str, bytes]:
-    event = RecordedEvent(
-        event_id=uuid.uuid4(),
-        type="test.happened",
-        stream_id=stream,
-        version=n,
-        schema_version=1,
-        occurred_at=utc_now(),
-        correlation_id=stream,
-        causation_id=stream,
-        data={"order_id": stream, "n": n, "fail": fail},
+    """(key, value) of fact n of `stream`: a payment.captured of n cents, or a payment.voided the
+    test handler refuses."""
+    amount = Money(amount_cents=n, currency="EUR")
+    data: PaymentFact = (
+        PaymentVoided(order_id=stream, payment_id=stream, amount=amount, reason=REFUSED)
+        if fail
+        else PaymentCaptured(order_id=stream, payment_id=stream, amount=amount)
     )
-    return stream, encode(event_to_cloudevent(event, "/test"))
+    return stream, encode(wire(data, stream, n))
 
 
-@one_at_a_time
-async def record_effect(uow: UnitOfWork, delivery: Delivery) -> None:
-    if delivery.envelope.data.get("fail"):
-        raise ValueError(f"cannot handle n={delivery.envelope.data['n']}")
-    await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", delivery.envelope.id, delivery.envelope.data["n"])
+def wire(data: Message, subject: str, sequence: int) -> Envelope[Message]:
+    return Envelope(
+        id=str(uuid.uuid4()), source="/test", subject=subject, sequence=sequence, time=utc_now(),
+        correlation_id=subject, causation_id=subject, data=data,
+    )
+
+
+def raw_cloudevent(data: dict[str, Any], *, type: str = PaymentCaptured.TYPE, schemaversion: str = "2") -> bytes:
+    """A CloudEvents value written by hand, as a producer that does not keep the contract would."""
+    return orjson.dumps({
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/elsewhere", "type": type, "subject": "s",
+        "time": utc_now().isoformat(), "sequence": "1", "schemaversion": schemaversion, "data": data,
+    })
+
+
+async def record_effect(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+    for delivery in deliveries:
+        data = delivery.envelope.data
+        assert isinstance(data, PaymentFact), f"the runner handed over a {type(data).__name__}"
+        if isinstance(data, PaymentVoided) and data.reason == REFUSED:
+            raise ValueError(f"cannot handle n={data.amount.amount_cents}")
+        await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", delivery.envelope.id, data.amount.amount_cents)
 
 
 async def effects(store: EventStore) -> list[tuple[str, int]]:
@@ -85,6 +118,32 @@ def runner(store: EventStore, stack: LocalStack, topic: str, name: str = "c", gr
         name=name, topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap,
         handler=record_effect, consumer_factory=factory,
     )
+
+
+async def dead_letters(store: EventStore, stack: LocalStack, dsn: str, topic: str, count: int) -> list[Seen]:
+    """Publish the runner's outbox (where dead letters are queued) and read `<topic>.dlq`."""
+    stop = asyncio.Event()
+    relay = OutboxRelay(dsn, stack.kafka_bootstrap)
+    relay_task = asyncio.create_task(relay.run(stop))
+    try:
+        dead = await read_topic(stack.kafka_bootstrap, dlq_topic(topic), until=at_least(count))
+    finally:
+        stop.set()
+        await relay_task
+    assert len(dead) == count, [d.value["error"] for d in dead]
+    return sorted(dead, key=lambda s: s.value["origin"]["offset"])
+
+
+async def inbox_outcomes(store: EventStore) -> list[str]:
+    async with store.pool.acquire() as conn:
+        return sorted(r["outcome"] for r in await conn.fetch("SELECT outcome FROM inbox"))
+
+
+async def stored_position(store: EventStore, topic: str, name: str = "c") -> dict[int, int]:
+    async with store.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT partition, next_offset FROM consumer_positions WHERE consumer = $1 AND topic = $2", name, topic)
+    return {r["partition"]: r["next_offset"] for r in rows}
 
 
 async def test_duplicate_and_replayed_deliveries_have_one_effect(store: EventStore, stack: LocalStack, topic: str) -> None:
@@ -118,22 +177,65 @@ async def test_poison_and_failing_messages_go_to_the_dlq_and_the_next_is_process
     await wait_for(lambda: running.runner.handled == 2 and running.runner.dead_lettered == 2)
     await running.close()
     assert [n for _, n in await effects(store)] == [1, 3]
-    stop = asyncio.Event()
-    relay = OutboxRelay(fresh_database, stack.kafka_bootstrap)
-    relay_task = asyncio.create_task(relay.run(stop))
-    dead = await read_topic(stack.kafka_bootstrap, topic + ".dlq", until=at_least(2))
-    stop.set()
-    await relay_task
-    assert len(dead) == 2
-    poison, failed = sorted(dead, key=lambda s: s.value["origin"]["offset"])
-    assert "not JSON" in poison.value["error"]
+    poison, failed = await dead_letters(store, stack, fresh_database, topic, 2)
+    assert "not a CloudEvents JSON object" in poison.value["error"]
     assert base64.b64decode(poison.value["value_base64"]) == b"\x00 definitely not json"
     assert "cannot handle n=2" in failed.value["error"]
     assert failed.value["origin"]["topic"] == topic
-    assert orjson.loads(base64.b64decode(failed.value["value_base64"]))["data"]["n"] == 2
-    async with store.pool.acquire() as conn:
-        outcomes = sorted(r["outcome"] for r in await conn.fetch("SELECT outcome FROM inbox"))
-    assert outcomes == ["dead_lettered", "dead_lettered", "handled", "handled"]
+    assert orjson.loads(base64.b64decode(failed.value["value_base64"]))["data"]["amount"]["amount_cents"] == 2
+    assert await inbox_outcomes(store) == ["dead_lettered", "dead_lettered", "handled", "handled"]
+
+
+async def test_data_that_breaks_its_schema_is_dead_lettered_with_the_validation_error_and_nothing_stalls(
+    store: EventStore, stack: LocalStack, topic: str, fresh_database: str
+) -> None:
+    amount_as_text = raw_cloudevent(
+        {"order_id": "s", "payment_id": "s", "amount": {"amount_cents": "1250", "currency": "EUR"}})
+    no_quantity = raw_cloudevent(
+        {"order_id": "s", "customer_id": "c", "currency": "EUR", "total_cents": 0,
+         "items": [{"sku": "SKU-1", "quantity": 0, "unit_price_cents": 100}],
+         "shipping_address": {"name": "A", "line1": "1 St", "city": "Paris", "postal_code": "75001", "country": "FR"}},
+        type=OrderPlaced.TYPE, schemaversion="1")
+    # One key, so one partition: the bad messages sit between valid ones, in this order.
+    await produce(stack.kafka_bootstrap, topic, [
+        fact(1), ("s", amount_as_text), fact(2), ("s", no_quantity), fact(3), fact(4),
+    ])
+    running = Running(runner(store, stack, topic))
+    await wait_for(lambda: running.runner.handled == 4 and running.runner.dead_lettered == 2)
+    assert [n for _, n in await effects(store)] == [1, 2, 3, 4], "every valid message after a bad one was handled"
+    [(partition, position)] = (await stored_position(store, topic)).items()
+    assert position == 6, "the stored position moved past all six"
+    await produce(stack.kafka_bootstrap, topic, [fact(5)])  # the partition is not stalled behind them
+    await wait_for(lambda: running.runner.handled == 5)
+    await running.close()
+    assert (await stored_position(store, topic))[partition] == 7
+    text, quantity = await dead_letters(store, stack, fresh_database, topic, 2)
+    assert "payment.captured v2 data does not match its schema" in text.value["error"]
+    assert "Expected `int`, got `str` - at `$.amount.amount_cents`" in text.value["error"]
+    assert base64.b64decode(text.value["value_base64"]) == amount_as_text
+    assert "order.placed v1 data does not match its schema" in quantity.value["error"]
+    assert "Expected `int` >= 1 - at `$.items[0].quantity`" in quantity.value["error"]
+    assert (text.value["origin"]["offset"], quantity.value["origin"]["offset"]) == (1, 3)
+    assert text.value["consumer"] == "c" and text.key == "s"
+    assert await inbox_outcomes(store) == ["dead_lettered"] * 2 + ["handled"] * 5
+
+
+async def test_an_unknown_type_and_a_newer_schema_version_are_dead_lettered_too(
+    store: EventStore, stack: LocalStack, topic: str, fresh_database: str
+) -> None:
+    valid_data = {"order_id": "s", "payment_id": "s", "amount": {"amount_cents": 9, "currency": "EUR"}}
+    unknown = raw_cloudevent({"order_id": "s"}, type="payment.teleported")
+    newer = raw_cloudevent({**valid_data, "amount_minor": 9}, schemaversion="3")
+    await produce(stack.kafka_bootstrap, topic, [fact(1), ("s", unknown), ("s", newer), fact(2)])
+    running = Running(runner(store, stack, topic))
+    await wait_for(lambda: running.runner.handled == 2 and running.runner.dead_lettered == 2)
+    await running.close()
+    assert [n for _, n in await effects(store)] == [1, 2]
+    assert sum((await stored_position(store, topic)).values()) == 4
+    unknown_letter, newer_letter = await dead_letters(store, stack, fresh_database, topic, 2)
+    assert "unknown message type 'payment.teleported'" in unknown_letter.value["error"]
+    assert "payment.captured has no schema version 3 (current: 2)" in newer_letter.value["error"]
+    assert base64.b64decode(newer_letter.value["value_base64"]) == newer
 
 
 async def test_two_replicas_in_one_group_share_the_work_once_through_rebalances(
@@ -171,7 +273,6 @@ async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isola
     await running.close()
     assert max(len(partitions) for partitions in batches) > 1, "a poll's partitions share one handler call"
     assert len(await effects(store)) == len(messages) - 1
-    async with store.pool.acquire() as conn:
-        positions = await conn.fetch("SELECT partition, next_offset FROM consumer_positions WHERE consumer = 'c'")
+    positions = await stored_position(store, topic)
     assert len(positions) == 3
-    assert sum(r["next_offset"] for r in positions) == len(messages), "every partition's position was stored"
+    assert sum(positions.values()) == len(messages), "every partition's position was stored"

@@ -1,4 +1,8 @@
-"""Outbox relay against the real broker: nothing committed is lost, per-stream order holds."""
+"""Outbox relay against the real broker: nothing committed is lost, per-stream order holds.
+
+The facts are contract facts (payment.captured) published on each test's own topic, so that no
+other test's messages mix in: `fact_on(topic)` is payment.captured with that topic as its TOPIC.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +12,16 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator
+from typing import ClassVar
 
 import pytest
 
 from infra.stack import LocalStack
+from shared.contract import Money, PaymentCaptured
 from shared.db import create_pool, migrate
-from shared.eventstore import ConcurrencyConflict, EventRoutes, EventStore
-from shared.messages import NewEvent
+from shared.eventstore import ConcurrencyConflict, EventStore
 from shared.relay import OutboxRelay, RelaySettings
 from tests.conftest import NewTopicFactory
 from tests.integration.kafka_support import Seen, distinct_ids_at_least, read_topic, wait_for
@@ -30,13 +35,26 @@ async def topic(new_topic: NewTopicFactory) -> str:
 
 
 @pytest.fixture
-async def store(fresh_database: str, topic: str) -> AsyncIterator[EventStore]:
+async def store(fresh_database: str) -> AsyncIterator[EventStore]:
     pool = await create_pool(fresh_database, max_size=24)
     await migrate(pool)
     try:
-        yield EventStore(pool, source="/test", routes=EventRoutes({"test.": topic}))
+        yield EventStore(pool, source="/test")
     finally:
         await pool.close()
+
+
+Happened = Callable[[str], PaymentCaptured]
+
+
+@pytest.fixture
+def happened(topic: str) -> Happened:
+    """A payment.captured of stream `order_id`, published on the test's topic."""
+
+    class OnTheTestTopic(PaymentCaptured, frozen=True, kw_only=True):
+        TOPIC: ClassVar[str | None] = topic
+
+    return lambda order_id: OnTheTestTopic(order_id=order_id, payment_id="p", amount=Money(amount_cents=1, currency="EUR"))
 
 
 class _Rollback(Exception):
@@ -62,7 +80,7 @@ def assert_per_stream_order(seen: list[Seen]) -> None:
 
 
 async def test_sixteen_racing_writers_with_rollbacks_publish_exactly_what_committed(
-    store: EventStore, stack: LocalStack, fresh_database: str, topic: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, topic: str
 ) -> None:
     stop = asyncio.Event()
     relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t")
@@ -77,7 +95,7 @@ async def test_sixteen_racing_writers_with_rollbacks_publish_exactly_what_commit
                 async with store.transaction() as uow:
                     head = len(await uow.read(stream))
                     await asyncio.sleep(rng.random() * 0.004)
-                    await uow.append(stream, head, [NewEvent("test.happened", {"order_id": stream, "w": w})] * rng.randint(1, 3))
+                    await uow.append(stream, head, [happened(stream)] * rng.randint(1, 3))
                     await asyncio.sleep(rng.random() * 0.004)
                     if rng.random() < 0.2:
                         raise _Rollback()
@@ -98,7 +116,7 @@ async def test_sixteen_racing_writers_with_rollbacks_publish_exactly_what_commit
 
 
 async def test_exactly_one_relay_publishes_per_database_and_a_standby_takes_over(
-    store: EventStore, stack: LocalStack, fresh_database: str, topic: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, topic: str
 ) -> None:
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     a = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="a")
@@ -108,11 +126,11 @@ async def test_exactly_one_relay_publishes_per_database_and_a_standby_takes_over
     await asyncio.sleep(0.5)  # give a wrongly-elected second leader time to show itself
     assert [a.is_leader, b.is_leader].count(True) == 1
     leader, standby, stop_leader = (a, b, stop_a) if a.is_leader else (b, a, stop_b)
-    await store.append("s", 0, [NewEvent("test.happened", {"order_id": "s"})])
+    await store.append("s", 0, [happened("s")])
     await wait_for(lambda: leader.published == 1)
     stop_leader.set()
     await wait_for(lambda: standby.is_leader)
-    await store.append("s", 1, [NewEvent("test.happened", {"order_id": "s"})])
+    await store.append("s", 1, [happened("s")])
     await wait_for(lambda: standby.published == 1)
     stop_a.set()
     stop_b.set()
@@ -121,9 +139,19 @@ async def test_exactly_one_relay_publishes_per_database_and_a_standby_takes_over
     assert [int(s.value["sequence"]) for s in seen] == [1, 2]
 
 
+#: A relay alone in its process, to be SIGSTOPped and SIGKILLed.
+RELAY_PROCESS = (
+    "import asyncio, sys\n"
+    "from shared.logs import configure_logging\n"
+    "from shared.relay import OutboxRelay\n"
+    "configure_logging('killable')\n"
+    "asyncio.run(OutboxRelay(sys.argv[1], sys.argv[2], name='killable').run(asyncio.Event()))\n"
+)
+
+
 def start_relay_process(dsn: str, bootstrap: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.relay", "--dsn", dsn, "--bootstrap", bootstrap, "--name", "killable"],
+        [sys.executable, "-c", RELAY_PROCESS, dsn, bootstrap],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -131,7 +159,7 @@ def start_relay_process(dsn: str, bootstrap: str, log: Path) -> subprocess.Popen
 
 
 async def test_relay_sigkilled_between_commit_and_publish_loses_nothing(
-    store: EventStore, stack: LocalStack, fresh_database: str, topic: str, tmp_path: Path
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, topic: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "relay.log"
     relay = start_relay_process(fresh_database, stack.kafka_bootstrap, log)
@@ -140,7 +168,7 @@ async def test_relay_sigkilled_between_commit_and_publish_loses_nothing(
         # Frozen relay: these commits happen, and it cannot publish them before it dies.
         relay.send_signal(signal.SIGSTOP)
         for i in range(50):
-            await store.append(f"frozen-{i % 5}", i // 5, [NewEvent("test.happened", {"order_id": "x"})])
+            await store.append(f"frozen-{i % 5}", i // 5, [happened("x")])
         relay.kill()
         relay.wait()
         nothing = await read_topic(stack.kafka_bootstrap, topic, until=lambda s: False, timeout_s=1.5)
@@ -152,7 +180,7 @@ async def test_relay_sigkilled_between_commit_and_publish_loses_nothing(
 
         async def keep_appending() -> None:
             for i in range(600):
-                await store.append(f"busy-{i % 12}", i // 12, [NewEvent("test.happened", {"order_id": "y"})])
+                await store.append(f"busy-{i % 12}", i // 12, [happened("y")])
                 if i % 50 == 0:
                     await asyncio.sleep(0.05)
 
@@ -174,18 +202,18 @@ async def test_relay_sigkilled_between_commit_and_publish_loses_nothing(
 
 
 async def test_kafka_down_for_a_while_loses_nothing(
-    store: EventStore, stack: LocalStack, fresh_database: str, topic: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, topic: str
 ) -> None:
     stop = asyncio.Event()
     relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t")
     task = asyncio.create_task(relay.run(stop))
     try:
         for i in range(20):
-            await store.append(f"s-{i % 4}", i // 4, [NewEvent("test.happened", {"order_id": "z"})])
+            await store.append(f"s-{i % 4}", i // 4, [happened("z")])
         await wait_for(lambda: relay.published == 20)
         await asyncio.to_thread(stack.kill_kafka)
         for i in range(20, 60):
-            await store.append(f"s-{i % 4}", i // 4, [NewEvent("test.happened", {"order_id": "z"})])
+            await store.append(f"s-{i % 4}", i // 4, [happened("z")])
         await asyncio.sleep(1.0)
         await asyncio.to_thread(stack.start_kafka)
         committed = await committed_ids(store)
@@ -198,7 +226,7 @@ async def test_kafka_down_for_a_while_loses_nothing(
 
 
 async def test_an_idle_relay_is_woken_by_the_commit_not_by_its_poll(
-    store: EventStore, stack: LocalStack, fresh_database: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str
 ) -> None:
     stop = asyncio.Event()
     relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t", settings=RelaySettings(poll_interval_s=60))
@@ -212,15 +240,15 @@ async def test_an_idle_relay_is_woken_by_the_commit_not_by_its_poll(
 
         await wait_for(listening)
         for n in range(1, 4):
-            await store.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
-            await wait_for(lambda: relay.published == n, timeout_s=20)  # far below the 60 s poll
+            await store.append("s", n - 1, [happened("s")])
+            await wait_for(lambda n=n: relay.published == n, timeout_s=20)  # far below the 60 s poll
     finally:
         stop.set()
         await task
 
 
 async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a_database_bell(
-    store: EventStore, stack: LocalStack, fresh_database: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str
 ) -> None:
     # It never stops lingering and never polls within the test: only the local bell can wake it.
     settings = RelaySettings(poll_interval_s=3600, linger_s=3600, linger_poll_s=3600)
@@ -231,8 +259,8 @@ async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a
         await wait_for(lambda: relay.is_leader)
         for n in range(1, 4):
             async with store.transaction() as uow:
-                await uow.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
-            await wait_for(lambda: relay.published == n, timeout_s=20)
+                await uow.append("s", n - 1, [happened("s")])
+            await wait_for(lambda n=n: relay.published == n, timeout_s=20)
         async with store.pool.acquire() as conn:
             assert await conn.fetchval("SELECT listening FROM outbox_relay_state") is False
             # Published rows are deleted by the next fetch: only the last one is still there.
@@ -245,7 +273,7 @@ async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a
 
 
 async def test_the_doorbell_stays_up_between_commits_and_comes_down_while_the_relay_is_busy(
-    store: EventStore, stack: LocalStack, fresh_database: str, topic: str
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, topic: str
 ) -> None:
     settings = RelaySettings(poll_interval_s=60, linger_s=0.05, busy_s=0.3)
     stop = asyncio.Event()
@@ -262,8 +290,8 @@ async def test_the_doorbell_stays_up_between_commits_and_comes_down_while_the_re
     try:
         await wait_for(doorbell)
         for n in range(1, 4):  # each commit rings; the bell is not taken down and put up again
-            await store.append("s", n - 1, [NewEvent("test.happened", {"order_id": "s"})])
-            await wait_for(lambda: relay.published == n, timeout_s=20)  # far below the 60 s poll
+            await store.append("s", n - 1, [happened("s")])
+            await wait_for(lambda n=n: relay.published == n, timeout_s=20)  # far below the 60 s poll
             assert await doorbell()
         async with store.pool.acquire() as conn:  # a long burst: 100,000 rows at once
             await conn.execute(

@@ -8,16 +8,30 @@ read from Kafka is filtered by this test's order ids.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from infra.stack import LocalStack
-from services.order.domain import saga
+from services.order import saga
+from shared.contract import (
+    ORDER_EVENTS,
+    PAYMENT_COMMANDS,
+    SHIPPING_COMMANDS,
+    Money,
+    PaymentAuthorized,
+    PaymentDeclined,
+    SagaDeadlineSet,
+    SagaStepRequested,
+    SagaTimedOut,
+)
 from shared.ids import derived_id
+from shared.logs import JsonFormatter
 from tests.integration.kafka_support import read_topic
 from tests.integration.order_support import (
     ADDRESS,
@@ -32,10 +46,8 @@ from tests.integration.service_support import scratch_database
 
 pytestmark = pytest.mark.integration
 
-PAYMENT_COMMANDS = "payment.commands"
-SHIPPING_COMMANDS = "shipping.commands"
-PAYMENT_EVENTS = "payment.events"
-ORDER_EVENTS = "order.events"
+PAYMENT_SOURCE = "/services/payment"
+TOTAL = Money(amount_cents=4950, currency="EUR")
 
 
 @dataclass
@@ -70,7 +82,10 @@ async def messages_about(stack: LocalStack, topic: str, order_id: str, count: in
 # --------------------------------------------------------------------------- placing
 
 
-async def test_place_answers_202_appends_order_placed_and_sends_authorize(service: Service, stack: LocalStack) -> None:
+async def test_place_answers_202_appends_order_placed_and_sends_authorize(
+    service: Service, stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     request_id = f"req-{uuid.uuid4()}"
     response = await service.client.post("/orders", json=order_body(payment_token="tok_secret"), headers={"X-Request-ID": request_id})
 
@@ -111,15 +126,26 @@ async def test_place_answers_202_appends_order_placed_and_sends_authorize(servic
     assert fact["type"] == "order.placed" and fact["subject"] == order_id and fact["sequence"] == "1"
     assert fact["id"] == placed["event_id"] and "payment_token" not in fact["data"]
 
-    # The saga shows the step it took, with the token redacted everywhere.
+    # The saga shows the step it took; the token is in none of its facts.
     saga_view = (await service.client.get(f"/sagas/{order_id}")).json()
     assert saga_view["step"] == "authorizing_payment" and saga_view["awaiting"] == ["payment.authorize"]
     assert saga_view["history"][:2] == ["started", "payment.authorize"]
     assert saga_view["deadline"] is not None
     assert "tok_secret" not in str(saga_view)
-    requested = [e for e in saga_view["events"] if e["type"] == saga.SAGA_STEP_REQUESTED]
-    assert requested[0]["data"]["command"]["data"]["payment_token"] == "***"
-    assert requested[0]["data"]["command"]["command_id"] == authorize["id"]
+    requested = [e for e in saga_view["events"] if e["type"] == SagaStepRequested.TYPE]
+    assert requested[0]["data"] == {
+        "order_id": order_id,
+        "command_type": "payment.authorize",
+        "target_id": payment_id,
+        "command_id": authorize["id"],
+        "requested_at": requested[0]["data"]["requested_at"],
+    }
+    # Nor is it anywhere in the order database: only the command that needed it carried it.
+    stored = await fetch(service.dsn, "SELECT count(*) AS n FROM events WHERE data::text LIKE '%tok_secret%'")
+    assert stored[0]["n"] == 0
+    # And no log line, extras included, shows it.
+    lines = [JsonFormatter("order").format(record) for record in caplog.records]
+    assert lines and not [line for line in lines if "tok_secret" in line]
 
 
 BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [
@@ -252,13 +278,9 @@ async def test_a_declined_payment_rejects_the_order_and_time_travel_replays_the_
     payment_id = derived_id(order_id, "payment")
     reply_id = await publish_fact(
         stack,
-        PAYMENT_EVENTS,
-        "payment.declined",
-        payment_id,
-        1,
-        {"payment_id": payment_id, "order_id": order_id, "amount_cents": 4950, "currency": "EUR", "reason": "card_declined"},
-        correlation_id=order_id,
-        source="/services/payment",
+        PaymentDeclined(order_id=order_id, payment_id=payment_id, amount=TOTAL, reason="card_declined"),
+        stream_id=payment_id,
+        source=PAYMENT_SOURCE,
     )
 
     now = await reaches(service.client, f"/orders/{order_id}", status="REJECTED")
@@ -284,10 +306,14 @@ async def test_a_declined_payment_rejects_the_order_and_time_travel_replays_the_
 
     # A redelivered reply (same id) and a stray one about an unknown order change nothing.
     version = saga_view["version"]
+    stranger = str(uuid.uuid4())
     await publish_fact(
-        stack, PAYMENT_EVENTS, "payment.authorized", derived_id(str(uuid.uuid4()), "payment"), 1,
-        {"order_id": str(uuid.uuid4()), "amount_cents": 1, "currency": "EUR"},
-        correlation_id="someone-else", source="/services/payment",
+        stack,
+        PaymentAuthorized(
+            order_id=stranger, payment_id=derived_id(stranger, "payment"), amount=Money(amount_cents=1, currency="EUR")
+        ),
+        stream_id=derived_id(stranger, "payment"),
+        source=PAYMENT_SOURCE,
     )
     cancel = await service.client.post(f"/orders/{order_id}/cancel")
     assert cancel.status_code == 409 and cancel.json()["code"] == "order_not_cancellable"
@@ -298,9 +324,8 @@ async def test_an_authorized_payment_makes_the_saga_schedule_the_shipment(servic
     order_id = await place(service.client)
     payment_id = derived_id(order_id, "payment")
     reply_id = await publish_fact(
-        stack, PAYMENT_EVENTS, "payment.authorized", payment_id, 1,
-        {"payment_id": payment_id, "order_id": order_id, "amount_cents": 4950, "currency": "EUR"},
-        correlation_id=order_id, source="/services/payment",
+        stack, PaymentAuthorized(order_id=order_id, payment_id=payment_id, amount=TOTAL), stream_id=payment_id,
+        source=PAYMENT_SOURCE,
     )
 
     [schedule] = await messages_about(stack, SHIPPING_COMMANDS, order_id, 1)
@@ -346,8 +371,8 @@ async def test_an_unanswered_authorize_times_out_even_across_a_restart(stack: Lo
             assert order["reason"] == "payment_timeout"
             view = (await second.get(f"/sagas/{order_id}")).json()
             assert view["timeouts"] >= 1 and view["completed"] is True and view["deadline"] is None
-            timed_out = [e for e in view["events"] if e["type"] == saga.SAGA_TIMED_OUT]
-            deadline_set = [e for e in view["events"] if e["type"] == saga.SAGA_DEADLINE_SET]
+            timed_out = [e for e in view["events"] if e["type"] == SagaTimedOut.TYPE]
+            deadline_set = [e for e in view["events"] if e["type"] == SagaDeadlineSet.TYPE]
             assert timed_out[0]["causation_id"] == deadline_set[0]["event_id"]
         messages = await messages_about(stack, PAYMENT_COMMANDS, order_id, 2)
         assert [m["type"] for m in messages] == ["payment.authorize", "payment.void"]

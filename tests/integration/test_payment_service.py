@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -18,12 +19,21 @@ import pytest
 from fastapi import FastAPI
 
 from infra.stack import LocalStack
-from services.payment.app import create_app
+from services.payment.app import SCHEMA, create_app
 from services.payment.settings import PaymentSettings
 from shared.ids import derived_id
 from shared.runtime import Runtime
 from tests.integration.kafka_support import read_topic, wait_for
-from tests.integration.participant_support import command_message, facts_about, refused_count, send, state_once
+from tests.integration.participant_support import (
+    command_message,
+    connected,
+    facts_about,
+    refused_count,
+    restore_v1_log,
+    send,
+    state_once,
+    v1_expected,
+)
 from tests.integration.service_support import running, scratch_database
 
 pytestmark = pytest.mark.integration
@@ -86,7 +96,7 @@ class Flow:
 
 
 def assert_fact(fact: dict[str, Any], flow: Flow, kind: str, caused_by: str, sequence: int) -> None:
-    """The published CloudEvent carries the envelope of SPEC §4 and the command's causal ids."""
+    """The published CloudEvent carries the envelope (docs/EVENTS.md) and the command's causal ids."""
     assert fact["type"] == kind
     assert fact["specversion"] == "1.0"
     assert fact["source"] == "/services/payment"
@@ -116,7 +126,10 @@ async def test_authorize_publishes_authorized_with_causal_ids_and_serves_the_sta
     }
     [fact] = await facts_about(stack, EVENTS, flow.payment_id, 1)
     assert_fact(fact, flow, "payment.authorized", caused_by=authorize[2], sequence=1)
-    assert fact["data"] == {"payment_id": flow.payment_id, "order_id": flow.order_id, "amount_cents": LIMIT, "currency": "EUR"}
+    assert fact["schemaversion"] == "2"
+    assert fact["data"] == {
+        "payment_id": flow.payment_id, "order_id": flow.order_id, "amount": {"amount_cents": LIMIT, "currency": "EUR"}
+    }
     assert "payment_token" not in fact["data"]
 
     events = (await client.get(f"{flow.url}/events")).json()
@@ -124,6 +137,7 @@ async def test_authorize_publishes_authorized_with_causal_ids_and_serves_the_sta
         ("payment.authorized", 1, flow.order_id, authorize[2])
     ]
     assert events[0]["event_id"] == fact["id"]
+    assert (events[0]["schema_version"], events[0]["data"]) == (2, fact["data"])
     assert (await client.get("/payments", params={"order_id": flow.order_id})).json() == [state]
 
 
@@ -155,7 +169,7 @@ async def test_capture_refund_and_void_follow_the_payment_lifecycle(client: http
         zip(facts, ("payment.authorized", "payment.captured", "payment.refunded"), commands), start=1
     ):
         assert_fact(fact, kept, kind, caused_by=command[2], sequence=n)
-        assert fact["data"]["amount_cents"] == kept.amount_cents
+        assert fact["data"]["amount"] == {"amount_cents": kept.amount_cents, "currency": "EUR"}
 
     voided = await state_once(client, dropped.url, status="VOIDED")
     assert (voided["version"], voided["reason"]) == (2, "shipping_failed:destination_not_served")
@@ -371,3 +385,70 @@ async def test_two_replicas_in_one_group_answer_every_command_exactly_once(stack
             answers = len(by_stream[flow.payment_id]) + 1  # + the re-answered authorize
             assert len(facts) >= answers
             assert len({f["id"] for f in facts}) == len(by_stream[flow.payment_id])
+
+
+# ------------------------------------------------------------------------------ a v1 event log
+
+
+def _as_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """A v1 payment fact as the API shows it now: upcast, its flat amount one `amount` value."""
+    data = {k: v for k, v in event["data"].items() if k not in ("amount_cents", "currency")}
+    data["amount"] = {"amount_cents": event["data"]["amount_cents"], "currency": event["data"]["currency"]}
+    return {**event, "schema_version": 2, "data": data}
+
+
+async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_in_v2(stack: LocalStack) -> None:
+    expected = v1_expected()["orders"]
+    async with scratch_database(stack, "payment") as dsn:
+        rows = await restore_v1_log(dsn, SCHEMA, "payment_events", "payment_by_order")
+        async with running(create_app(settings_for(stack, dsn))) as client:
+            for order_id, order in expected.items():
+                answers = order["payment_service"]
+                listed = (await client.get("/payments", params={"order_id": order_id})).json()
+                assert listed == answers["GET /payments?order_id="], order["journey"]
+                for payment in listed:  # the REST view keeps the flat amount
+                    assert (await client.get(f"/payments/{payment['payment_id']}")).json() == payment
+                for payment_id, events in answers["GET /payments/{id}/events"].items():
+                    shown = (await client.get(f"/payments/{payment_id}/events")).json()
+                    assert shown == [_as_v2(e) for e in events], order["journey"]
+
+            # A captured v1 payment is refunded: the new fact is v2, after the v1 ones.
+            order_id = v1_expected()["journeys"]["confirmed"][0]
+            [payment] = expected[order_id]["payment_service"]["GET /payments?order_id="]
+            assert (payment["status"], payment["version"]) == ("CAPTURED", 2)
+            payment_id = payment["payment_id"]
+            refund = command_message(
+                "payment.refund",
+                payment_id,
+                {"payment_id": payment_id, "order_id": order_id, "reason": "cancelled_by_customer"},
+                correlation_id=order_id,
+            )
+            await send(stack, COMMANDS, refund)
+            refunded = await state_once(client, f"/payments/{payment_id}", status="REFUNDED")
+            assert refunded == {**payment, "status": "REFUNDED", "version": 3, "reason": "cancelled_by_customer"}
+            events = (await client.get(f"/payments/{payment_id}/events")).json()
+            assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
+                ("payment.authorized", 1, 2), ("payment.captured", 2, 2), ("payment.refunded", 3, 2)
+            ]
+            assert events[2]["data"] == {
+                "payment_id": payment_id,
+                "order_id": order_id,
+                "amount": {"amount_cents": payment["amount_cents"], "currency": payment["currency"]},
+                "reason": "cancelled_by_customer",
+            }
+            assert events[2]["causation_id"] == refund[2]
+            [published] = [f for f in await facts_about(stack, EVENTS, payment_id, 1) if f["id"] == events[2]["event_id"]]
+            assert (published["sequence"], published["schemaversion"]) == ("3", "2")
+
+            async with connected(dsn) as conn:
+                stored = await conn.fetch(
+                    "SELECT version, schema_version, data->'amount_cents' IS NOT NULL AS flat FROM events"
+                    " WHERE stream_id = $1 ORDER BY version",
+                    payment_id,
+                )
+                total = await conn.fetchval("SELECT count(*) FROM events")
+            # The v1 rows are never rewritten: only the new fact is written as v2.
+            assert [(r["version"], r["schema_version"], r["flat"]) for r in stored] == [
+                (1, 1, True), (2, 1, True), (3, 2, False)
+            ]
+            assert total == len(rows) + 1

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
+import string
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,92 +24,34 @@ import uvicorn
 from fastapi import FastAPI
 
 from infra.stack import LocalStack, free_port
-from services.query import store
 from services.query.api import OrderSummary
-from services.query.app import VIEWS_SQL, create_app
-from services.query.projections import Fact, causal_order, fold, project
-from services.query.rebuild import end_offsets
-from services.query.settings import QuerySettings
-from shared.db import create_pool, migrate
-from shared.messages import Envelope, RecordedEvent, encode, event_to_cloudevent
-from shared.topics import EVENT_TOPICS
+from services.query.projection import fold
+from shared.contract import ORDER_EVENTS, OrderRejected, PaymentDeclined, PaymentFact, ShipmentFact, dlq_topic
 from tests.integration.kafka_support import produce, read_topic, wait_for
-from tests.integration.service_support import running, scratch_database
-from tests.unit.query.journeys import Journey, cancelled_after_capture, declined, happy, topic_of, wire
+from tests.integration.query_support import Query, query_service, view_tables
+from tests.unit.query.journeys import Journey, Received, cancelled_after_capture, declined, happy
 
 pytestmark = pytest.mark.integration
 
 
-class Query:
-    """The running service under test: its HTTP client, app and database."""
-
-    def __init__(self, app: FastAPI, client: httpx.AsyncClient, dsn: str, bootstrap: str) -> None:
-        self.app = app
-        self.client = client
-        self.dsn = dsn
-        self.bootstrap = bootstrap
-
-    async def publish(self, envs: list[Envelope]) -> None:
-        """Each fact on its own topic, in the given order (so across topics: any order we like)."""
-        for env in envs:
-            key, value = wire(env)
-            await produce(self.bootstrap, topic_of(env), [(key, value)])
-
-    async def order_when(self, order_id: str, predicate: Any, timeout_s: float = 60) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-
-        async def check() -> bool:
-            r = await self.client.get(f"/orders/{order_id}")
-            if r.status_code == 200:
-                seen.update(r.json())
-                return bool(predicate(seen))
-            return False
-
-        await wait_for(check, timeout_s=timeout_s)
-        return seen
-
-    async def caught_up(self) -> None:
-        """Wait until the current generation has applied everything on the topics right now."""
-        target = await end_offsets(self.bootstrap, list(EVENT_TOPICS))
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            async def done() -> bool:
-                [current] = await store.generations(conn, ["current"])
-                return store.reached(await store.positions(conn, current.consumer), target)
-
-            await wait_for(done, timeout_s=120)
-        finally:
-            await conn.close()
-
-
 @pytest.fixture(scope="module")
 async def query(stack: LocalStack) -> AsyncIterator[Query]:
-    async with scratch_database(stack, "query") as dsn:
-        settings = QuerySettings(
-            database_url=dsn,
-            kafka_bootstrap_servers=stack.kafka_bootstrap,
-            sse_keepalive_s=0.5,
-            sse_poll_s=5.0,
-            generation_poll_s=0.1,
-            rebuild_switch_grace_s=2.0,
-        )
-        app = create_app(settings)
-        async with running(app) as client:
-            yield Query(app, client, dsn, stack.kafka_bootstrap)
+    async with query_service(stack, "query", sse_keepalive_s=0.5, sse_poll_s=5.0) as running_query:
+        yield running_query
 
 
-def expected_summary(envs: list[Envelope]) -> dict[str, Any]:
-    [view] = fold(f for f in (Fact.from_envelope(e) for e in envs) if f is not None).values()
-    return OrderSummary.model_validate(view.summary()).model_dump(mode="json")  # as the API renders it
+def expected_summary(envs: list[Received]) -> dict[str, Any]:
+    [view] = fold(envs).values()
+    return OrderSummary.of(view).model_dump(mode="json")  # as the API renders it
 
 
 # ---------------------------------------------------------------- views
 
 async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates_change_nothing(query: Query) -> None:
     j = happy(customer_id=f"cust-{uuid.uuid4().hex[:8]}")
-    shipping = [e for e in j.facts if e.type.startswith("shipment.")]
-    payment = [e for e in j.facts if e.type.startswith("payment.")]
-    order = [e for e in j.facts if e.type.startswith("order.")]
+    shipping = [e for e in j.facts if isinstance(e.data, ShipmentFact)]
+    payment = [e for e in j.facts if isinstance(e.data, PaymentFact)]
+    order = [e for e in j.facts if e not in shipping + payment]
     # The shipment's and the payment's facts land before the order is even placed, twice over.
     await query.publish(shipping + payment + shipping[:1] + order + payment)
     # Eventually consistent: each topic's partition is consumed on its own, so wait for the
@@ -124,8 +69,10 @@ async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates
 
 
 async def test_unknown_orders_are_404_and_facts_before_the_order_stream_do_not_make_it_known(query: Query) -> None:
-    assert (await query.client.get(f"/orders/{uuid.uuid4()}")).status_code == 404
-    assert (await query.client.get(f"/orders/{uuid.uuid4()}/timeline")).status_code == 404
+    for unknown in (await query.client.get(f"/orders/{uuid.uuid4()}"),
+                    await query.client.get(f"/orders/{uuid.uuid4()}/timeline")):
+        assert unknown.status_code == 404
+        assert unknown.json()["code"] == "order_not_found" and unknown.json()["message"]
     # An id PostgreSQL cannot even store (NUL) is refused by the kernel's input guard, never a 500.
     assert (await query.client.get("/orders/a%00b")).status_code == 422
     assert (await query.client.get("/orders/a%00b/timeline")).status_code == 422
@@ -136,7 +83,8 @@ async def test_unknown_orders_are_404_and_facts_before_the_order_stream_do_not_m
         return (await query.client.get(f"/orders/{j.order_id}/timeline")).status_code == 200
 
     await wait_for(on_timeline)
-    assert (await query.client.get(f"/orders/{j.order_id}")).status_code == 404
+    early = await query.client.get(f"/orders/{j.order_id}")
+    assert early.status_code == 404 and early.json()["code"] == "order_not_found"
 
 
 async def test_orders_by_customer_paginate_newest_first_with_an_opaque_cursor(query: Query) -> None:
@@ -150,8 +98,8 @@ async def test_orders_by_customer_paginate_newest_first_with_an_opaque_cursor(qu
     d.facts.clear()
     d.versions.clear()
     d.placed()
-    rejected_cause = d.payment("declined", reason="card_declined")
-    d.order("rejected", rejected_cause, reason="payment_declined:card_declined")
+    rejected_cause = d.payment(PaymentDeclined, reason="card_declined")
+    d.order(OrderRejected, rejected_cause, reason="payment_declined:card_declined")
     await query.publish([e for j in journeys for e in j.facts] + d.facts)
     await query.order_when(d.order_id, lambda v: v["status"] == "REJECTED")
     for j in journeys:
@@ -195,7 +143,7 @@ async def test_bad_list_parameters_are_422_naming_the_field(query: Query, params
 
 
 async def test_stats_count_by_status_and_revenue_is_captured_minus_refunded(query: Query) -> None:
-    currency = "X" + uuid.uuid4().hex[:2].upper()  # a currency only this test uses
+    currency = "X" + "".join(random.choices(string.ascii_uppercase, k=2))  # valid ISO-4217 shape, only this test
     kept = happy(currency=currency, total_cents=1000)
     refunded = cancelled_after_capture(currency=currency, total_cents=300)
     await query.publish(kept.facts + refunded.facts)
@@ -333,35 +281,25 @@ def _sse_clients(query: Query) -> float:
 # ---------------------------------------------------------------- poison
 
 async def test_a_fact_naming_no_order_goes_to_the_dlq_and_the_next_fact_is_applied(query: Query) -> None:
-    orphan = RecordedEvent(
-        event_id=uuid.uuid4(), type="order.placed", stream_id="?", version=1, schema_version=1,
-        occurred_at=happy().clock, correlation_id="", causation_id="", data={"customer_id": "nobody"},
-    )
+    orphan_id = str(uuid.uuid4())
+    orphan = orjson.dumps({  # as an outside producer would write it: no order_id in its data
+        "specversion": "1.0", "id": orphan_id, "source": "/test", "type": "order.placed", "subject": "?",
+        "time": happy().clock.isoformat(), "correlationid": "", "causationid": "", "sequence": "1",
+        "schemaversion": "1", "data": {"customer_id": "nobody"},
+    })
     j = happy()
-    await produce(query.bootstrap, "order.events", [("?", encode(event_to_cloudevent(orphan, "/test")))])
+    await produce(query.bootstrap, ORDER_EVENTS, [("?", orphan)])
     await query.publish(j.facts[:1])
     await query.order_when(j.order_id, lambda v: v["status"] == "PENDING")
 
     def has_orphan(seen: list[Any]) -> bool:
-        return any(str(orphan.event_id).encode() in base64.b64decode(s.value.get("value_base64", "")) for s in seen)
+        return any(orphan_id.encode() in base64.b64decode(s.value.get("value_base64", "")) for s in seen)
 
-    dead = await read_topic(query.bootstrap, "order.events.dlq", until=has_orphan, timeout_s=60)
+    dead = await read_topic(query.bootstrap, dlq_topic(ORDER_EVENTS), until=has_orphan, timeout_s=60)
     assert has_orphan(dead)
 
 
 # ---------------------------------------------------------------- rebuild
-
-async def view_tables(dsn: str, generation: int) -> dict[str, list[tuple[Any, ...]]]:
-    schema = store.schema_of(generation)
-    conn = await asyncpg.connect(dsn)
-    try:
-        return {
-            "orders": [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.orders ORDER BY order_id")],
-            "timeline": [tuple(r) for r in await conn.fetch(f"SELECT * FROM {schema}.timeline ORDER BY event_id")],
-        }
-    finally:
-        await conn.close()
-
 
 async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_and_switches(query: Query) -> None:
     j = cancelled_after_capture()
@@ -377,7 +315,7 @@ async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_a
     assert sorted(r.status_code for r in both) == [202, 409], "one rebuild at a time"
     started, refused = sorted(both, key=lambda r: r.status_code)
     rebuild = started.json()
-    assert refused.json()["rebuild_id"] == rebuild["rebuild_id"]
+    assert (refused.json()["code"], refused.json()["rebuild_id"]) == ("rebuild_in_progress", rebuild["rebuild_id"])
     assert started.headers["location"] == f"/admin/rebuild/{rebuild['rebuild_id']}"
     assert rebuild["generation"] == before["generation"] + 1 and rebuild["state"] == "building"
     assert rebuild["target_total"] >= len(j.facts)
@@ -394,7 +332,8 @@ async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_a
     assert (await query.client.get("/stats")).json()["generation"] == rebuild["generation"]
     assert await view_tables(query.dsn, rebuild["generation"]) == incremental
     assert await view_tables(query.dsn, before["generation"]) == incremental  # retired, kept for comparison
-    assert (await query.client.get(f"/admin/rebuild/{uuid.uuid4()}")).status_code == 404
+    unknown = await query.client.get(f"/admin/rebuild/{uuid.uuid4()}")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "rebuild_not_found"
 
     # The rebuilt generation's consumer is now the live one.
     await query.publish(later.facts[:1])
@@ -406,90 +345,6 @@ async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_a
     finally:
         await conn.close()
     assert sorted(ids) == sorted(e.id for e in j.facts)
-
-
-# ---------------------------------------------------------------- SQL = pure projection
-
-async def test_the_sql_upsert_applies_exactly_the_pure_merge_in_any_order_and_batching(stack: LocalStack) -> None:
-    import random
-
-    async with scratch_database(stack, "query_sql") as dsn:
-        pool = await create_pool(dsn)
-        try:
-            await migrate(pool, [VIEWS_SQL, store.bootstrap_sql("test")])
-            rng = random.Random(11)
-            for trial in range(12):
-                builder = [happy, cancelled_after_capture, declined][trial % 3]
-                j = builder()
-                arrival = j.facts + rng.sample(j.facts, 3)
-                rng.shuffle(arrival)
-                cuts = sorted(rng.sample(range(1, len(arrival)), 3))
-                inbox: set[str] = set()  # what the kernel's inbox does: repeats never reach the handler
-                for lo, hi in zip([0, *cuts], [*cuts, len(arrival)]):
-                    fresh = [e for e in arrival[lo:hi] if e.id not in inbox]
-                    inbox.update(e.id for e in fresh)
-                    async with pool.acquire() as conn, conn.transaction():
-                        await store.apply_batch(conn, 1, project(fresh), feed=True)
-                async with pool.acquire() as conn:
-                    stored = await store.get_order(conn, 1, j.order_id)
-                    facts = await store.timeline(conn, 1, j.order_id)
-                [expected] = fold(f for f in (Fact.from_envelope(e) for e in j.facts) if f is not None).values()
-                assert stored == expected, f"trial {trial}"
-                assert [f.id for f in causal_order(facts)] == [e.id for e in j.facts]
-            # A repeat that bypassed the inbox would fail loudly (-> DLQ), never duplicate a row.
-            with pytest.raises(asyncpg.UniqueViolationError):
-                async with pool.acquire() as conn, conn.transaction():
-                    await store.apply_batch(conn, 1, project(j.facts[:1]), feed=True)
-        finally:
-            await pool.close()
-
-
-async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_atomically(stack: LocalStack) -> None:
-    from datetime import timedelta
-
-    async with scratch_database(stack, "query_switch") as dsn:
-        pool = await create_pool(dsn)
-        try:
-            await migrate(pool, [VIEWS_SQL, store.bootstrap_sql("test")])
-            j = happy()
-            async with pool.acquire() as conn:
-                [old] = await store.generations(conn, ["current"])
-                new = await store.start_rebuild(conn, "test", {("order.events", 0): 5, ("payment.events", 0): 0})
-                with pytest.raises(store.RebuildInProgress):
-                    await store.start_rebuild(conn, "test", {})
-
-                async def position(consumer: str, offset: int) -> None:
-                    await conn.execute(
-                        """INSERT INTO consumer_positions VALUES ($1, 'order.events', 0, $2)
-                           ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
-                        consumer, offset,
-                    )
-
-                # Only the rebuilt views know these facts so far (the live ones lag behind).
-                async with conn.transaction():
-                    await store.apply_batch(conn, new.generation, project(j.facts[:3]), feed=False)
-                hour, nothing = timedelta(hours=1), timedelta(0)
-                assert not await store.try_switch(conn, new.generation, ["order.events"], nothing)  # target not reached
-                await position(new.consumer, 5)
-                await position(old.consumer, 7)  # the current views are further along
-                assert not await store.try_switch(conn, new.generation, ["order.events"], hour)
-                assert [g.generation for g in await store.generations(conn, ["current"])] == [old.generation]
-                await position(new.consumer, 7)
-                assert await store.try_switch(conn, new.generation, ["order.events"], hour)
-                states = {g.generation: g.state for g in await store.generations(conn)}
-                assert states == {old.generation: "retired", new.generation: "current"}
-                assert await store.current_generation(conn) == new.generation
-                # The facts only the new views had applied are now in the SSE feed, in time order.
-                fed = await store.feed_after(conn, 0, j.order_id, 10)
-                assert [i.document["id"] for i in fed] == [e.id for e in j.facts[:3]]
-                assert await store.drop_retired(conn, keep=1) == []
-                assert await store.drop_retired(conn, keep=0) == [old.generation]
-                assert await conn.fetchval("SELECT count(*) FROM consumer_positions WHERE consumer = $1", old.consumer) == 0
-                assert not await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", store.schema_of(old.generation)
-                )
-        finally:
-            await pool.close()
 
 
 async def test_health_metrics_and_openapi_come_from_the_kernel(query: Query) -> None:

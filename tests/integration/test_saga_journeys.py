@@ -1,4 +1,4 @@
-"""Every SPEC §6 journey end to end, in-process: the order, payment and shipping apps run
+"""Every fulfilment journey end to end, in-process: the order, payment and shipping apps run
 together (each on its own scratch database) over the session's real Kafka, and the tests only
 use their REST APIs, as a client would: place, cancel, dispatch, deliver, then read the final
 order, payment and shipment.
@@ -9,23 +9,24 @@ Kafka, unanswered). Everything is awaited by bounded polling, never by sleeping.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from infra.stack import LocalStack
+from services.order.app import create_app as create_order_app
 from services.payment.app import create_app as create_payment_app
 from services.payment.settings import PaymentSettings
 from services.shipping.app import create_app as create_shipping_app
 from services.shipping.settings import ShippingSettings
 from shared.ids import derived_id
-from services.order.app import create_app as create_order_app
-from tests.integration.order_support import ADDRESS, fetch, order_body, order_service, order_settings, place, reaches
 from tests.integration.kafka_support import wait_for
+from tests.integration.order_support import ADDRESS, fetch, order_body, order_service, order_settings, place, reaches
 from tests.integration.service_support import running, scratch_database
 
 pytestmark = pytest.mark.integration
@@ -300,7 +301,7 @@ async def test_two_order_replicas_on_one_database_drive_each_saga_once(stack: Lo
 
         rows = await fetch(
             dsn,
-            """SELECT stream_id, data->'command'->>'type' AS command, count(*) AS n
+            """SELECT stream_id, data->>'command_type' AS command, count(*) AS n
                FROM events WHERE type = 'saga.step_requested' GROUP BY 1, 2""",
         )
         assert rows and all(r["n"] == 1 for r in rows), [dict(r) for r in rows if r["n"] != 1]

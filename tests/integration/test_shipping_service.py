@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from infra.stack import LocalStack
-from services.shipping.app import create_app
+from services.shipping.app import SCHEMA, create_app
 from services.shipping.settings import ShippingSettings
+from shared.contract import ShipmentDispatched
 from shared.ids import derived_id
-from tests.integration.participant_support import command_message, facts_about, refused_count, send, state_once
+from tests.integration.participant_support import (
+    command_message,
+    connected,
+    facts_about,
+    refused_count,
+    restore_v1_log,
+    send,
+    state_once,
+    v1_expected,
+)
 from tests.integration.service_support import running, scratch_database
 
 pytestmark = pytest.mark.integration
@@ -64,7 +75,7 @@ class Flow:
 
 
 def assert_fact(fact: dict[str, Any], flow: Flow, kind: str, caused_by: str, sequence: int) -> None:
-    """The published CloudEvent carries the envelope of SPEC §4 and the cause's ids."""
+    """The published CloudEvent carries the envelope (docs/EVENTS.md) and the cause's ids."""
     assert fact["type"] == kind
     assert fact["source"] == "/services/shipping"
     assert fact["subject"] == flow.shipment_id
@@ -219,3 +230,40 @@ async def test_health_metrics_and_openapi(client: httpx.AsyncClient) -> None:
     dispatch = openapi["paths"]["/shipments/{shipment_id}/dispatch"]["post"]
     assert {"200", "404", "409"} <= set(dispatch["responses"])
     assert openapi["components"]["schemas"]["ShipmentView"]["examples"][0]["status"] == "SCHEDULED"
+
+
+# ------------------------------------------------------------------------------ a v1 event log
+
+
+async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(stack: LocalStack) -> None:
+    expected = v1_expected()["orders"]
+    async with scratch_database(stack, "shipping") as dsn:
+        rows = await restore_v1_log(dsn, SCHEMA, "shipping_events", "shipment_by_order")
+        async with running(create_app(ShippingSettings(database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap))) as client:
+            for order_id, order in expected.items():
+                answers = order["shipping_service"]
+                listed = (await client.get("/shipments", params={"order_id": order_id})).json()
+                assert listed == answers["GET /shipments?order_id="], order["journey"]
+                for shipment in listed:
+                    assert (await client.get(f"/shipments/{shipment['shipment_id']}")).json() == shipment
+                for shipment_id, events in answers["GET /shipments/{id}/events"].items():
+                    # Shipping facts are still at schema version 1: shown exactly as before.
+                    assert (await client.get(f"/shipments/{shipment_id}/events")).json() == events, order["journey"]
+
+            # A v1 shipment still SCHEDULED is dispatched: its stream continues at version 2.
+            order_id = v1_expected()["journeys"]["confirmed"][0]
+            [shipment] = expected[order_id]["shipping_service"]["GET /shipments?order_id="]
+            assert (shipment["status"], shipment["version"]) == ("SCHEDULED", 1)
+            url = f"/shipments/{shipment['shipment_id']}"
+            dispatched = await client.post(f"{url}/dispatch", headers={"X-Request-ID": "req-v1-dispatch"})
+            assert dispatched.status_code == 200
+            assert dispatched.json() == {**shipment, "status": "DISPATCHED", "version": 2}
+            events = (await client.get(f"{url}/events")).json()
+            assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
+                ("shipment.scheduled", 1, 1), ("shipment.dispatched", 2, ShipmentDispatched.VERSION)
+            ]
+            assert events[1]["data"] == {"shipment_id": shipment["shipment_id"], "order_id": order_id}
+            assert events[1]["correlation_id"] == order_id and events[1]["causation_id"] == "req-v1-dispatch"
+            async with connected(dsn) as conn:
+                total = await conn.fetchval("SELECT count(*) FROM events")
+            assert total == len(rows) + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 import uuid
@@ -94,7 +95,7 @@ class LiveApps:
                 time.sleep(0.05)
             service = LiveService(name, f"http://127.0.0.1:{port}", app, dsn, server, thread)
             if name != "query":
-                service.counter = self.db.run(lambda: asyncpg.connect(dsn))
+                service.counter = self.db.run(functools.partial(asyncpg.connect, dsn))
             self.services[name] = service
 
     def events(self, name: str) -> int:

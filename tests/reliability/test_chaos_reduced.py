@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from reliability.chaos import (
@@ -24,7 +25,9 @@ from reliability.chaos import (
     render_table,
     run_chaos,
 )
+from reliability.chaos.poison import POISONED_TOPICS, expected_bad_data, expected_dead_letterers, poison_document
 from reliability.load import Mix
+from shared.contract import MESSAGES, MessageFormatError, decode
 
 
 @pytest.mark.integration
@@ -61,9 +64,9 @@ def test_every_fault_has_an_injector_and_a_description() -> None:
     harness = ChaosHarness.__new__(ChaosHarness)  # no stack: only the fault table is looked at
     harness.config = ChaosConfig()
     for fault in ALL_FAULTS:
-        assert callable(harness._injector(fault))
+        assert callable(harness.injector(fault))
     with pytest.raises(ValueError):
-        harness._injector("kill-everything")
+        harness.injector("kill-everything")
 
 
 def test_the_proxied_broker_advertises_the_proxy_only_on_its_own_listener(tmp_path: Path) -> None:
@@ -88,3 +91,14 @@ def test_cli_arguments_and_the_table() -> None:
     table = render_table([ok, bad])
     assert "kill-order" in table and "never" in table and "lost_order=1" in table
     assert ok.ok and not bad.ok
+
+
+def test_the_bad_data_poison_claims_a_contract_type_but_breaks_its_schema() -> None:
+    for topic in POISONED_TOPICS:
+        document = poison_document(topic)
+        assert document["type"] in MESSAGES
+        with pytest.raises(MessageFormatError):
+            decode(orjson.dumps(document))
+    assert set(expected_dead_letterers("query-g1")) == set(POISONED_TOPICS)
+    for topic in POISONED_TOPICS:
+        assert expected_bad_data(topic, "query-g1") <= expected_dead_letterers("query-g1")[topic]

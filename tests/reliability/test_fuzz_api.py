@@ -139,7 +139,9 @@ def test_openapi_fuzz(apps: LiveApps, service: str, mode: GenerationMode) -> Non
             def fuzz(case: schemathesis.Case[Any]) -> None:
                 before = probe.count()
                 response = case.call(base_url=live.url, timeout=30)
-                probe.check(case.as_curl_command(), op.method.upper(), response.status_code, before, probe.count())
+                # called right below, within this iteration: `op` is the current one
+                probe.check(case.as_curl_command(), op.method.upper(), response.status_code, before,  # noqa: B023
+                            probe.count())
 
             try:
                 fuzz()

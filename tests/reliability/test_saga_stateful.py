@@ -17,7 +17,7 @@ system has and no more:
 Invariants checked after every step: `fold(log) == state` for every saga and order; an order
 only moves forward; no aggregate records the same kind of fact twice; a CONFIRMED/SHIPPED/
 DELIVERED order has a capture of its total; a REJECTED order never had money captured. After a
-`settle` (every message delivered, every deadline fired, nothing left to do) the SPEC §6
+`settle` (every message delivered, every deadline fired, nothing left to do) the saga's
 invariants hold for every order, and any further redelivery or timer decides nothing.
 """
 from __future__ import annotations
@@ -26,24 +26,38 @@ import itertools
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from services.domain_errors import DomainError, IllegalTransition
-from services.domain_kit import Address
-from services.order.domain import order as o
-from services.order.domain import saga
-from services.order.domain.order import OrderLine, OrderState, OrderStatus, PlaceOrder
-from services.order.domain.saga import ReplyReceived, SagaState
+from services.order import domain as o
+from services.order import saga
+from services.order.domain import OrderState, PlaceOrder
+from services.order.saga import Outgoing, ReplyReceived, SagaState
 from services.payment import domain as pay
 from services.shipping import domain as ship
-from shared.messages import Command, NewEvent
+from shared.contract import (
+    Address,
+    CancelShipment,
+    Envelope,
+    Fact,
+    OrderFact,
+    OrderLine,
+    OrderStatus,
+    PaymentCaptured,
+    PaymentCommand,
+    PaymentRefunded,
+    PaymentStatus,
+    SagaFact,
+    ScheduleShipment,
+    ShipmentStatus,
+)
+from shared.errors import DomainError, IllegalTransition
+from shared.eventstore import Recorded
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 TIMEOUT_S = 30.0
 MAX_ORDERS = 3
 
@@ -65,8 +79,8 @@ class OrderSide:
 
     order_id: str
     total_cents: int
-    order_log: list[NewEvent] = field(default_factory=list)
-    saga_log: list[NewEvent] = field(default_factory=list)
+    order_log: list[OrderFact] = field(default_factory=list)
+    saga_log: list[SagaFact] = field(default_factory=list)
     order: OrderState = field(default_factory=OrderState)
     saga: SagaState = field(default_factory=SagaState)
     delivered: list[ReplyReceived] = field(default_factory=list)
@@ -78,10 +92,10 @@ class SagaMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = T0
         self.orders: dict[str, OrderSide] = {}
-        self.payment_logs: dict[str, list[tuple[str, NewEvent]]] = {}
-        self.shipment_logs: dict[str, list[tuple[str, NewEvent]]] = {}
-        self.command_queues: dict[str, deque[Command]] = {}
-        self.processed_commands: dict[str, list[Command]] = {}
+        self.payment_logs: dict[str, list[Recorded]] = {}
+        self.shipment_logs: dict[str, list[Recorded]] = {}
+        self.command_queues: dict[str, deque[Outgoing]] = {}
+        self.processed_commands: dict[str, list[Outgoing]] = {}
         self.reply_queues: dict[str, deque[saga.ReplyReceived]] = {}
         self.limit_cents = pay.DEFAULT_LIMIT_CENTS
         self._ids = itertools.count(1)
@@ -94,60 +108,62 @@ class SagaMachine(RuleBasedStateMachine):
 
     def _apply(self, side: OrderSide, decision: saga.SagaDecision) -> None:
         """One order-service transaction: saga facts, order facts, commands to the outbox."""
-        side.saga_log += decision.saga_events
+        side.saga_log += decision.saga_facts
         side.saga = decision.state
         for command in decision.order_commands:
             if isinstance(command, (o.RejectOrder, o.CancelOrder)):
                 # An order ends badly only once every compensation it knows of is confirmed.
                 known = decision.state
-                assert known.payment not in (saga.PaymentFact.AUTHORIZED, saga.PaymentFact.CAPTURED), known
-                assert known.shipment is not saga.ShipmentFact.SCHEDULED, known
-            for event in o.decide(command, side.order):  # the saga never issues a refused command
-                side.order_log.append(event)
-                side.order = o.evolve(side.order, event)
+                assert known.payment not in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED), known
+                assert known.shipment is not ShipmentStatus.SCHEDULED, known
+            for fact in o.decide(command, side.order):  # the saga never issues a refused command
+                side.order_log.append(fact)
+                side.order = o.evolve(side.order, fact)
                 assert side.order.status is not None
                 side.statuses.append(side.order.status)
         for outgoing in decision.commands:
-            self.command_queues.setdefault(outgoing.target_id, deque()).append(outgoing)
+            self.command_queues.setdefault(outgoing.command.target_id, deque()).append(outgoing)
 
     def _feed(self, side: OrderSide, trigger: saga.SagaTrigger) -> saga.SagaDecision:
         decision = saga.decide(trigger, side.saga, self.now)
         self._apply(side, decision)
         return decision
 
-    def _answer(self, logs: dict[str, list[tuple[str, NewEvent]]], stream_id: str, events: list[NewEvent],
-                answer: Any) -> None:
+    def _answer(self, logs: dict[str, list[Recorded]], stream_id: str, facts: list[Fact], answer: Recorded | None) -> None:
         queue = self.reply_queues.setdefault(stream_id, deque())
         log = logs.setdefault(stream_id, [])
-        if events:
-            for event in events:
-                event_id = str(uuid.UUID(int=next(self._ids)))
-                log.append((event_id, event))
-                queue.append(saga.ReplyReceived(event_id, event.type, event.data))
+        if facts:
+            for fact in facts:
+                event = Envelope(
+                    id=str(uuid.UUID(int=next(self._ids))), source="/test", subject=stream_id, sequence=len(log) + 1,
+                    time=self.now, correlation_id=fact.order_id, causation_id=fact.order_id, data=fact,
+                )
+                log.append(event)
+                queue.append(saga.ReplyReceived(event.id, fact))
         elif answer is not None:  # a duplicate command is answered with the recorded fact, same id
-            event_id = next(i for i, e in log if e is answer)
-            queue.append(saga.ReplyReceived(event_id, answer.type, answer.data))
+            queue.append(saga.ReplyReceived(answer.id, answer.data))
 
-    def _run_command(self, command: Command) -> None:
-        if command.type.startswith("payment."):
-            pc = pay.command_from_message(command.type, command.data, limit_cents=self.limit_cents)
-            history = [e for _, e in self.payment_logs.get(pc.payment_id, [])]
+    def _run_command(self, outgoing: Outgoing) -> None:
+        command = outgoing.command
+        if isinstance(command, PaymentCommand):
+            history = self.payment_logs.get(command.payment_id, [])
             try:
-                events = pay.decide(pc, pay.fold(history))
+                facts = pay.decide(command, pay.fold(e.data for e in history), limit_cents=self.limit_cents)
             except DomainError:
                 return  # refused: no answer; the saga's timer covers it
-            self._answer(self.payment_logs, pc.payment_id, events, pay.find_answer(pc, history))
-        else:
-            sc = ship.command_from_message(command.type, command.data)
-            history = [e for _, e in self.shipment_logs.get(sc.shipment_id, [])]
+            self._answer(self.payment_logs, command.payment_id, list(facts), pay.find_answer(command, history))
+        elif isinstance(command, (ScheduleShipment, CancelShipment)):
+            history = self.shipment_logs.get(command.shipment_id, [])
             try:
-                events = ship.decide(sc, ship.fold(history))
+                shipment_facts = ship.decide(
+                    command, ship.fold(e.data for e in history), unserved_countries=ship.DEFAULT_UNSERVED_COUNTRIES
+                )
             except DomainError:
                 return
-            self._answer(self.shipment_logs, sc.shipment_id, events, ship.find_answer(sc, history))
+            self._answer(self.shipment_logs, command.shipment_id, list(shipment_facts), ship.find_answer(command, history))
 
     def _deliver(self, reply: saga.ReplyReceived) -> None:
-        side = self.orders.get(str(reply.data.get("order_id")))
+        side = self.orders.get(reply.fact.order_id)
         if side is None:
             return
         side.delivered.append(reply)
@@ -156,11 +172,11 @@ class SagaMachine(RuleBasedStateMachine):
     def _busy(self) -> bool:
         return any(self.command_queues.values()) or any(self.reply_queues.values())
 
-    def _payment_of(self, side: OrderSide) -> list[NewEvent]:
-        return [e for _, e in self.payment_logs.get(saga.payment_id_for(side.order_id), [])]
+    def _payment_of(self, side: OrderSide) -> list[Fact]:
+        return [e.data for e in self.payment_logs.get(saga.payment_id_for(side.order_id), [])]
 
-    def _shipment_of(self, side: OrderSide) -> list[NewEvent]:
-        return [e for _, e in self.shipment_logs.get(saga.shipment_id_for(side.order_id), [])]
+    def _shipment_of(self, side: OrderSide) -> list[Fact]:
+        return [e.data for e in self.shipment_logs.get(saga.shipment_id_for(side.order_id), [])]
 
     # ------------------------------------------------------------------ rules
 
@@ -175,15 +191,16 @@ class SagaMachine(RuleBasedStateMachine):
           quantity=st.integers(1, 3))
     def place(self, token: str, country: str, quantity: int) -> None:
         order_id = f"order-{len(self.orders) + 1}"
-        address = Address("Ada", "1 Main St", "Berlin", "10115", country)
-        command = PlaceOrder(order_id, "cust-1", (OrderLine("sku-1", quantity, 1250),), "EUR", address, token)
+        address = Address(name="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country=country)
+        items = (OrderLine(sku="sku-1", quantity=quantity, unit_price_cents=1250),)
+        command = PlaceOrder(order_id, "cust-1", items, "EUR", address, token)
         side = OrderSide(order_id, 1250 * quantity)
         self.orders[order_id] = side
-        for event in o.decide(command, side.order):
-            side.order_log.append(event)
-            side.order = o.evolve(side.order, event)
+        for fact in o.decide(command, side.order):
+            side.order_log.append(fact)
+            side.order = o.evolve(side.order, fact)
             side.statuses.append(OrderStatus.PENDING)
-        self._feed(side, saga.SagaStarted.for_order(side.order, token, TIMEOUT_S))
+        self._feed(side, saga.StartSaga.for_order(side.order, token, TIMEOUT_S))
 
     @rule(n=st.integers(0, 100))
     def run_command(self, n: int) -> None:
@@ -214,7 +231,7 @@ class SagaMachine(RuleBasedStateMachine):
         side = self._side(n)
         if side.delivered:
             old = side.delivered[i % len(side.delivered)]
-            decision = self._feed(side, saga.ReplyReceived(f"copy-{next(self._ids)}", old.type, old.data))
+            decision = self._feed(side, saga.ReplyReceived(f"copy-{next(self._ids)}", old.fact))
             assert decision.is_empty, decision
 
     @rule(n=st.integers(0, 100), i=st.integers(0, 100))
@@ -225,7 +242,7 @@ class SagaMachine(RuleBasedStateMachine):
         source, target = self._side(n), self._side(n + 1)
         if source.delivered and source is not target:
             reply = source.delivered[i % len(source.delivered)]
-            decision = self._feed(target, saga.ReplyReceived(f"stray-{next(self._ids)}", reply.type, reply.data))
+            decision = self._feed(target, saga.ReplyReceived(f"stray-{next(self._ids)}", reply.fact))
             assert decision.is_empty, decision
 
     @rule(n=st.integers(0, 100), i=st.integers(0, 100))
@@ -234,8 +251,8 @@ class SagaMachine(RuleBasedStateMachine):
         keys = [k for k, done in self.processed_commands.items() if done]
         if keys:
             done = self.processed_commands[keys[n % len(keys)]]
-            command = done[i % len(done)]
-            self.command_queues.setdefault(command.target_id, deque()).append(command)
+            outgoing = done[i % len(done)]
+            self.command_queues.setdefault(outgoing.command.target_id, deque()).append(outgoing)
 
     @rule(n=st.integers(0, 100), k=st.integers(1, 4))
     def participant_crash(self, n: int, k: int) -> None:
@@ -286,10 +303,10 @@ class SagaMachine(RuleBasedStateMachine):
     def _operator(self, side: OrderSide, command: ship.ShipmentCommand) -> None:
         history = self._shipment_of(side)
         try:
-            events = ship.decide(command, ship.fold(history))
+            facts = ship.decide(command, ship.fold(history), unserved_countries=ship.DEFAULT_UNSERVED_COUNTRIES)
         except DomainError:
             return
-        self._answer(self.shipment_logs, saga.shipment_id_for(side.order_id), events, None)
+        self._answer(self.shipment_logs, saga.shipment_id_for(side.order_id), list(facts), None)
 
     @rule(k=st.integers(0, 3))
     def order_service_restarts(self, k: int) -> None:
@@ -303,7 +320,7 @@ class SagaMachine(RuleBasedStateMachine):
 
     @rule()
     def settle(self) -> None:
-        """Everything delivered, every deadline fired: then the SPEC §6 invariants must hold."""
+        """Everything delivered, every deadline fired: then the saga's invariants must hold."""
         for _ in range(300):
             if self._busy():
                 while self._busy():
@@ -313,7 +330,7 @@ class SagaMachine(RuleBasedStateMachine):
                         self.processed_commands.setdefault(keys[0], []).append(command)
                         self._run_command(command)
                         continue
-                    for key, queue in self.reply_queues.items():
+                    for queue in self.reply_queues.values():
                         if queue:
                             self._deliver(queue.popleft())
                             break
@@ -349,23 +366,23 @@ class SagaMachine(RuleBasedStateMachine):
     def no_aggregate_records_a_fact_twice(self) -> None:
         for logs in (self.payment_logs, self.shipment_logs):
             for stream_id, log in logs.items():
-                counts = Counter(e.type for _, e in log)
+                counts = Counter(e.type for e in log)
                 assert all(n == 1 for n in counts.values()), (stream_id, counts)
         for side in self.orders.values():
-            counts = Counter(e.type for e in side.order_log)
+            counts = Counter(f.TYPE for f in side.order_log)
             assert all(n == 1 for n in counts.values()), (side.order_id, counts)
 
     @invariant()
     def money_follows_the_order(self) -> None:
         for side in self.orders.values():
             payment = self._payment_of(side)
-            captured = [e for e in payment if e.type == pay.PAYMENT_CAPTURED]
+            captured = [f for f in payment if isinstance(f, PaymentCaptured)]
             if side.order.status in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
-                assert captured and captured[0].data["amount_cents"] == side.total_cents, side.order_id
+                assert captured and captured[0].amount.amount_cents == side.total_cents, side.order_id
             if side.order.status is OrderStatus.REJECTED:
                 assert not captured, side.order_id
             if side.order.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
-                refunded = [e for e in payment if e.type == pay.PAYMENT_REFUNDED]
+                refunded = [f for f in payment if isinstance(f, PaymentRefunded)]
                 assert len(captured) == len(refunded), (side.order_id, side.order.status, payment)
 
     def _check_settled(self, side: OrderSide) -> None:
@@ -376,13 +393,13 @@ class SagaMachine(RuleBasedStateMachine):
         assert side.saga.anomalies == (), side.saga.anomalies
         assert side.saga.order_status is order_state.status
         if order_state.status in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
-            assert payment.status is pay.PaymentStatus.CAPTURED and payment.amount_cents == side.total_cents
-            expected = {OrderStatus.CONFIRMED: ship.ShipmentStatus.SCHEDULED, OrderStatus.SHIPPED: ship.ShipmentStatus.DISPATCHED,
-                        OrderStatus.DELIVERED: ship.ShipmentStatus.DELIVERED}[order_state.status]
+            assert payment.status is PaymentStatus.CAPTURED and payment.amount_cents == side.total_cents
+            expected = {OrderStatus.CONFIRMED: ShipmentStatus.SCHEDULED, OrderStatus.SHIPPED: ShipmentStatus.DISPATCHED,
+                        OrderStatus.DELIVERED: ShipmentStatus.DELIVERED}[order_state.status]
             assert shipment.status is expected, (order_state.status, shipment.status)
         else:
             assert order_state.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
-            assert payment.status not in (pay.PaymentStatus.AUTHORIZED, pay.PaymentStatus.CAPTURED), payment
+            assert payment.status not in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED), payment
             assert shipment.status not in ship.ACTIVE_STATUSES, shipment
             assert order_state.reason
         # settled means settled: no timer and no redelivery decides anything more

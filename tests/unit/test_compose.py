@@ -2,10 +2,10 @@
 
 CI has no Docker engine, so nothing here builds or runs a container. Instead the compose file
 is parsed and checked against the code it runs: every service's `environment:` holds only
-settings its settings class reads (and validates with them), ports follow SPEC §2, every build
+settings its settings class reads (and validates with them), ports are those of the README, every build
 context / Dockerfile / target exists, every `depends_on` condition is valid and satisfiable,
-the topic job runs the code that creates every topic of `shared.topics`, and every topic name
-the code mentions is one of those. `docker compose config` is used too when it is installed.
+the topic job runs the code that creates every topic of the contract (`shared.topics`), and every
+topic name the code mentions is one of those. `docker compose config` is used too when it is installed.
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ from shared.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SPEC_FILE = ROOT.parent / "shared" / "SPEC.md"
+README = ROOT / "README.md"
 
-# SPEC §2: the services and their ports.
-SPEC_PORTS = {"order": 8001, "payment": 8002, "shipping": 8003, "query": 8004}
+# The services and their ports (README: "make up starts").
+PORTS = {"order": 8001, "payment": 8002, "shipping": 8003, "query": 8004}
 KAFKA_HOST_PORT = 9092
 REQUIRED_ENV = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HTTP_HOST", "HTTP_PORT"}
 TOPIC_JOB = "kafka-topics"
@@ -281,7 +281,7 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
-APP = sorted(SPEC_PORTS)
+APP = sorted(PORTS)
 
 
 # ------------------------------------------------------------------------ structure (YAML) --
@@ -431,7 +431,7 @@ def test_one_image_per_service_running_its_module() -> None:
         cmd = effective(stages, str(build["target"]), "CMD")
         assert cmd is not None and exec_form(cmd) == ["python", "-m", f"services.{name}"], f"{name}: CMD {cmd}"
         expose = effective(stages, str(build["target"]), "EXPOSE")
-        assert expose == str(SPEC_PORTS[name]), f"{name}: EXPOSE {expose}"
+        assert expose == str(PORTS[name]), f"{name}: EXPOSE {expose}"
     assert len(set(targets.values())) == len(targets), f"services share an image: {targets}"
 
 
@@ -455,7 +455,7 @@ def test_service_images_have_a_healthcheck_on_health_with_the_right_port() -> No
         stages = dockerfile_stages(dockerfile_of(svc))
         hc = effective(stages, str(svc["build"]["target"]), "HEALTHCHECK")
         assert hc is not None, f"{name}: no HEALTHCHECK"
-        assert exec_form(hc) == ["python", "docker/healthcheck.py", name, str(SPEC_PORTS[name])], f"{name}: {hc}"
+        assert exec_form(hc) == ["python", "docker/healthcheck.py", name, str(PORTS[name])], f"{name}: {hc}"
         workdir = effective(stages, str(svc["build"]["target"]), "WORKDIR")
         assert workdir == "/app", "the HEALTHCHECK path is relative to WORKDIR /app"
     script = (ROOT / "docker" / "healthcheck.py").read_text()
@@ -470,7 +470,7 @@ def test_healthcheck_resolves_the_port_like_the_service(service: str, monkeypatc
     for env in ({}, {"HTTP_PORT": "9101"}, {alias: "9102"}, {"HTTP_PORT": "9103", alias: "9104"}, {alias.lower(): "9105"}):
         with monkeypatch.context() as m:
             settings = settings_from(cls, env, m)
-            port = int(health.resolve_port(service, SPEC_PORTS[service]))
+            port = int(health.resolve_port(service, PORTS[service]))
             assert port == settings.http_port, f"{service} with {env}: healthcheck {port}, service {settings.http_port}"
 
 
@@ -555,10 +555,10 @@ def test_service_environment_validates_and_points_at_the_compose_services(
     svcs = services()
     settings = settings_from(settings_class(service), environment(svcs[service]), monkeypatch)
     assert settings.http_host == "0.0.0.0", f"{service} must listen on all interfaces in a container"
-    assert settings.http_port == SPEC_PORTS[service]
+    assert settings.http_port == PORTS[service]
     published = ports(svcs[service])
-    assert [(p.host, p.container) for p in published] == [(SPEC_PORTS[service], settings.http_port)], (
-        f"{service}: publish {SPEC_PORTS[service]} -> HTTP_PORT {settings.http_port}, got {published}")
+    assert [(p.host, p.container) for p in published] == [(PORTS[service], settings.http_port)], (
+        f"{service}: publish {PORTS[service]} -> HTTP_PORT {settings.http_port}, got {published}")
     dsn = urlsplit(settings.database_url)
     own_db = {s.name: s.database for s in SERVICES}[service]
     assert (dsn.hostname, dsn.port or 5432, dsn.path.lstrip("/")) == ("postgres", 5432, own_db), settings.database_url
@@ -683,6 +683,7 @@ class FakeAdmin:
 @pytest.fixture
 def fake_kafka(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeAdmin]]:
     monkeypatch.setattr("aiokafka.admin.AIOKafkaAdminClient", FakeAdmin)
+    monkeypatch.setattr("shared.kafka.AIOKafkaAdminClient", FakeAdmin)
     FakeAdmin.topics = {}
     FakeAdmin.failures_before_ready = 0
     yield FakeAdmin
@@ -724,7 +725,7 @@ def test_topic_names_in_the_code_are_topics_of_shared_topics() -> None:
                     found.setdefault(node.value, f"{path.relative_to(ROOT)}:{node.lineno}")
     assert found, "no topic literal found: the scan itself is broken"
     unknown = {name: where for name, where in found.items() if name not in known}
-    assert not unknown, f"topic names not in shared.topics.topic_specs(): {unknown}"
+    assert not unknown, f"topic names not in shared.topics.topic_specs() (the contract's topics): {unknown}"
 
 
 # -------------------------------------------------------------------------------- PostgreSQL --
@@ -755,17 +756,16 @@ def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_app() 
 # --------------------------------------------------------------------------- ports and UI --
 
 
-def test_service_ports_follow_spec_section_2() -> None:
-    assert {s.name: s.default_port for s in SERVICES} == SPEC_PORTS, "infra/services.py and SPEC §2 disagree"
-    for name, port in SPEC_PORTS.items():
+def test_service_ports_are_those_of_the_readme() -> None:
+    assert {s.name: s.default_port for s in SERVICES} == PORTS, "infra/services.py and PORTS disagree"
+    for name, port in PORTS.items():
         cls = settings_class(name)
         assert cls.model_fields["http_port"].default == port, f"{name}: default HTTP_PORT"
         assert [(p.host, p.container) for p in ports(services()[name])] == [(port, port)]
-    if SPEC_FILE.exists():
-        text = SPEC_FILE.read_text()
-        table = dict(re.findall(r"^\|\s*(order|payment|shipping|query)\s*\|\s*(\d+)\s*\|", text, re.MULTILINE))
-        assert {k: int(v) for k, v in table.items()} == SPEC_PORTS, "SPEC §2 changed: update SPEC_PORTS"
-        assert re.search(rf"Kafka bootstrap [\d.]+:{KAFKA_HOST_PORT}", text)
+    text = README.read_text()
+    table = dict(re.findall(r"^\|\s*(order|payment|shipping|query)\s*\|\s*http://127\.0\.0\.1:(\d+)/docs\s*\|", text, re.MULTILINE))
+    assert {k: int(v) for k, v in table.items()} == PORTS, "the README's table of addresses changed: update PORTS"
+    assert re.search(rf"^\|\s*Kafka[^|]*\|\s*127\.0\.0\.1:{KAFKA_HOST_PORT}\s*\|", text, re.MULTILINE)
 
 
 def test_kafka_ui_is_optional_behind_the_ui_profile() -> None:

@@ -10,31 +10,53 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
-from services.domain_errors import DomainError, IllegalTransition
-from services.order.domain import order as o
-from services.order.domain import saga
-from services.order.domain.order import OrderLine, OrderState, OrderStatus, PlaceOrder
-from services.domain_kit import Address
+from services.order import domain as o
+from services.order import saga
+from services.order.domain import OrderState, PlaceOrder
+from services.order.saga import Outgoing
 from services.payment import domain as pay
 from services.shipping import domain as ship
-from shared.messages import Command, NewEvent
+from shared.contract import (
+    Address,
+    CancelShipment,
+    Envelope,
+    Fact,
+    OrderFact,
+    OrderLine,
+    OrderStatus,
+    PaymentCommand,
+    PaymentStatus,
+    SagaFact,
+    ScheduleShipment,
+    ShipmentStatus,
+)
+from shared.errors import DomainError, IllegalTransition
+from shared.eventstore import Recorded
 
-T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
-ADDRESS = Address("Ada", "1 Main St", "Berlin", "10115", "DE")
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+ADDRESS = Address(name="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country="DE")
+ITEMS = (
+    OrderLine(sku="sku-1", quantity=2, unit_price_cents=1250),
+    OrderLine(sku="sku-2", quantity=1, unit_price_cents=499),
+)
 
 
-@dataclass
-class Participant:
-    """One participant aggregate's log, with event ids."""
-
-    events: list[tuple[str, NewEvent]] = field(default_factory=list)
-
-    def history(self) -> list[NewEvent]:
-        return [event for _, event in self.events]
+def recorded(log: list[Recorded], stream_id: str, fact: Fact, event_id: str, now: datetime) -> Recorded:
+    """`fact` appended to a participant's stream `log` (the id is what replies carry)."""
+    event = Envelope(
+        id=event_id,
+        source="/test",
+        subject=stream_id,
+        sequence=len(log) + 1,
+        time=now,
+        correlation_id=fact.order_id,
+        causation_id=fact.order_id,
+        data=fact,
+    )
+    log.append(event)
+    return event
 
 
 class World:
@@ -42,42 +64,49 @@ class World:
         self,
         *,
         order_id: str = "order-1",
+        customer_id: str = "cust-1",
         token: str = "tok_ok",
-        items: tuple[OrderLine, ...] = (OrderLine("sku-1", 2, 1250), OrderLine("sku-2", 1, 499)),
+        items: tuple[OrderLine, ...] = ITEMS,
+        currency: str = "EUR",
         country: str = "DE",
+        address: Address | None = None,
         limit_cents: int = pay.DEFAULT_LIMIT_CENTS,
         unserved: frozenset[str] = frozenset({"AQ"}),
         timeout_s: float = 30.0,
     ) -> None:
         self.now = T0
         self.order_id = order_id
+        self.customer_id = customer_id
         self.token = token
         self.items = items
-        self.address = Address(ADDRESS.name, ADDRESS.line1, ADDRESS.city, ADDRESS.postal_code, country)
+        self.currency = currency
+        self.address = address or Address(
+            name=ADDRESS.name, line1=ADDRESS.line1, city=ADDRESS.city, postal_code=ADDRESS.postal_code, country=country
+        )
         self.limit_cents = limit_cents
         self.unserved = unserved
         self.timeout_s = timeout_s
-        self.order_log: list[NewEvent] = []
+        self.order_log: list[OrderFact] = []
         self.order = OrderState()
-        self.saga_log: list[NewEvent] = []
+        self.saga_log: list[SagaFact] = []
         self.saga = saga.SagaState()
-        self.payment = Participant()
-        self.shipment = Participant()
-        self.command_queues: dict[str, deque[Command]] = {}
+        self.payment: list[Recorded] = []
+        self.shipment: list[Recorded] = []
+        self.command_queues: dict[str, deque[Outgoing]] = {}
         self.reply_queues: dict[str, deque[saga.ReplyReceived]] = {"payment": deque(), "shipping": deque()}
         self.delivered: list[saga.ReplyReceived] = []
-        self.sent: list[Command] = []
-        self.order_commands: list[o.OrderCommand] = []
+        self.sent: list[Outgoing] = []
+        self.order_commands: list[o.SagaOrderCommand] = []
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ order service
 
     def place(self) -> saga.SagaDecision:
-        command = PlaceOrder(self.order_id, "cust-1", self.items, "EUR", self.address, self.token)
-        for event in o.decide(command, self.order):
-            self.order_log.append(event)
-            self.order = o.evolve(self.order, event)
-        return self.feed(saga.SagaStarted.for_order(self.order, self.token, self.timeout_s))
+        command = PlaceOrder(self.order_id, self.customer_id, self.items, self.currency, self.address, self.token)
+        for fact in o.decide(command, self.order):
+            self.order_log.append(fact)
+            self.order = o.evolve(self.order, fact)
+        return self.feed(saga.StartSaga.for_order(self.order, self.token, self.timeout_s))
 
     def feed(self, trigger: saga.SagaTrigger) -> saga.SagaDecision:
         decision = saga.decide(trigger, self.saga, self.now)
@@ -85,17 +114,17 @@ class World:
         return decision
 
     def apply(self, decision: saga.SagaDecision) -> None:
-        """What the service does in one transaction: saga events, order events, outbox."""
-        self.saga_log += decision.saga_events
+        """What the service does in one transaction: saga facts, order facts, outbox."""
+        self.saga_log += decision.saga_facts
         self.saga = decision.state
         for order_command in decision.order_commands:
             self.order_commands.append(order_command)
-            for event in o.decide(order_command, self.order):  # must never be refused
-                self.order_log.append(event)
-                self.order = o.evolve(self.order, event)
-        for command in decision.commands:
-            self.sent.append(command)
-            self.command_queues.setdefault(command.target_id, deque()).append(command)
+            for fact in o.decide(order_command, self.order):  # must never be refused
+                self.order_log.append(fact)
+                self.order = o.evolve(self.order, fact)
+        for outgoing in decision.commands:
+            self.sent.append(outgoing)
+            self.command_queues.setdefault(outgoing.command.target_id, deque()).append(outgoing)
 
     def cancel(self) -> bool:
         """POST /orders/{id}/cancel: True when accepted (202)."""
@@ -136,38 +165,38 @@ class World:
         if target_id is not None and target_id not in keys:
             return False
         key = keys[0] if target_id is None else target_id
-        command = self.command_queues[key].popleft()
-        if command.type.startswith("payment."):
+        command = self.command_queues[key].popleft().command
+        if isinstance(command, PaymentCommand):
             self._handle_payment(command)
-        else:
+        elif isinstance(command, (ScheduleShipment, CancelShipment)):
             self._handle_shipping(command)
         return True
 
-    def _answer(self, stream: str, participant: Participant, events: list[NewEvent], answer: Any) -> None:
-        if events:
-            for event in events:
-                event_id = str(uuid.UUID(int=next(self._ids)))
-                participant.events.append((event_id, event))
-                self.reply_queues[stream].append(saga.ReplyReceived(event_id, event.type, event.data))
-        elif answer is not None:  # duplicate command: re-answer with the recorded fact
-            event_id = next(i for i, e in participant.events if e is answer)
-            self.reply_queues[stream].append(saga.ReplyReceived(event_id, answer.type, answer.data))
+    def _answer(
+        self, stream: str, log: list[Recorded], stream_id: str, facts: list[Fact], answer: Recorded | None
+    ) -> None:
+        if facts:
+            for fact in facts:
+                event = recorded(log, stream_id, fact, str(uuid.UUID(int=next(self._ids))), self.now)
+                self.reply_queues[stream].append(saga.ReplyReceived(event.id, fact))
+        elif answer is not None:  # duplicate command: re-answer with the recorded fact, same id
+            self.reply_queues[stream].append(saga.ReplyReceived(answer.id, answer.data))
 
-    def _handle_payment(self, command: Command) -> None:
-        domain_command = pay.command_from_message(command.type, command.data, limit_cents=self.limit_cents)
+    def _handle_payment(self, command: PaymentCommand) -> None:
         try:
-            events = pay.decide(domain_command, self.payment_state)
+            facts = pay.decide(command, self.payment_state, limit_cents=self.limit_cents)
         except DomainError:
             return  # refused: no answer, the saga's timeout covers it
-        self._answer("payment", self.payment, events, pay.find_answer(domain_command, self.payment.history()))
+        self._answer("payment", self.payment, command.payment_id, list(facts), pay.find_answer(command, self.payment))
 
-    def _handle_shipping(self, command: Command) -> None:
-        domain_command = ship.command_from_message(command.type, command.data, unserved_countries=self.unserved)
+    def _handle_shipping(self, command: ship.ShipmentCommand) -> None:
         try:
-            events = ship.decide(domain_command, self.shipment_state)
+            facts = ship.decide(command, self.shipment_state, unserved_countries=self.unserved)
         except DomainError:
             return
-        self._answer("shipping", self.shipment, events, ship.find_answer(domain_command, self.shipment.history()))
+        self._answer(
+            "shipping", self.shipment, command.shipment_id, list(facts), ship.find_answer(command, self.shipment)
+        )
 
     def operator(self, action: str) -> bool:
         """POST /shipments/{id}/dispatch or /deliver."""
@@ -175,19 +204,19 @@ class World:
             ship.DispatchShipment(self.saga.shipment_id) if action == "dispatch" else ship.DeliverShipment(self.saga.shipment_id)
         )
         try:
-            events = ship.decide(command, self.shipment_state)
+            facts = ship.decide(command, self.shipment_state, unserved_countries=self.unserved)
         except DomainError:
             return False
-        self._answer("shipping", self.shipment, events, None)
-        return bool(events)
+        self._answer("shipping", self.shipment, command.shipment_id, list(facts), None)
+        return bool(facts)
 
     @property
     def payment_state(self) -> pay.PaymentState:
-        return pay.fold(self.payment.history())
+        return pay.fold(e.data for e in self.payment)
 
     @property
     def shipment_state(self) -> ship.ShipmentState:
-        return ship.fold(self.shipment.history())
+        return ship.fold(e.data for e in self.shipment)
 
     # ------------------------------------------------------------------ driving
 
@@ -213,9 +242,9 @@ class World:
         raise AssertionError("the world did not settle")
 
     def sent_types(self) -> list[str]:
-        return [c.type for c in self.sent]
+        return [c.command.TYPE for c in self.sent]
 
-    # ------------------------------------------------------------------ the audit (SPEC §6)
+    # ------------------------------------------------------------------ the audit
 
     def check_invariants(self) -> None:
         order, payment, shipment = self.order, self.payment_state, self.shipment_state
@@ -226,17 +255,17 @@ class World:
         assert self.saga.anomalies == ()
         assert self.saga.order_status is order.status
         if order.status in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
-            assert payment.status is pay.PaymentStatus.CAPTURED, payment
+            assert payment.status is PaymentStatus.CAPTURED, payment
             assert payment.amount_cents == order.total_cents
             expected = {
-                OrderStatus.CONFIRMED: ship.ShipmentStatus.SCHEDULED,
-                OrderStatus.SHIPPED: ship.ShipmentStatus.DISPATCHED,
-                OrderStatus.DELIVERED: ship.ShipmentStatus.DELIVERED,
+                OrderStatus.CONFIRMED: ShipmentStatus.SCHEDULED,
+                OrderStatus.SHIPPED: ShipmentStatus.DISPATCHED,
+                OrderStatus.DELIVERED: ShipmentStatus.DELIVERED,
             }[order.status]
             assert shipment.status is expected, (order.status, shipment.status)
         else:
             assert order.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
-            assert payment.status not in (pay.PaymentStatus.AUTHORIZED, pay.PaymentStatus.CAPTURED), payment
+            assert payment.status not in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED), payment
             assert shipment.status not in ship.ACTIVE_STATUSES, shipment
             assert order.reason is not None
 

@@ -1,32 +1,85 @@
-"""The watch CLI's line format (pure)."""
+"""The watch CLI's line format (pure): decoded with the contract, never crashing on a bad value."""
 from __future__ import annotations
 
+import base64
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from infra.watch import format_line
-from shared.messages import Command, RecordedEvent, command_to_cloudevent, encode, event_to_cloudevent
+import msgspec
 
-WHEN = datetime(2026, 11, 22, 9, 15, 30, 123000, tzinfo=timezone.utc)
+from infra.watch import correlation_of, format_line
+from shared.contract import (
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    SHIPPING_COMMANDS,
+    Address,
+    DeadLetter,
+    DeadLetterOrigin,
+    Envelope,
+    Message,
+    Money,
+    PaymentCaptured,
+    ScheduleShipment,
+    dlq_topic,
+    encode,
+)
+
+WHEN = datetime(2026, 11, 22, 9, 15, 30, 123000, tzinfo=UTC)
+
+
+def envelope(data: Message, subject: str, sequence: int, correlation_id: str = "order-abcdefgh") -> Envelope[Message]:
+    return Envelope(
+        id=str(uuid.uuid4()), source="/services/test", subject=subject, sequence=sequence, time=WHEN,
+        correlation_id=correlation_id, causation_id="x", data=data,
+    )
 
 
 def test_a_fact_line_names_time_topic_type_subject_correlation_and_data() -> None:
-    event = RecordedEvent(uuid.uuid4(), "payment.captured", "pay-12345678", 3, 1, WHEN, "order-abcdefgh", "x",
-                          {"order_id": "order-abcdefgh", "amount_cents": 3000, "currency": "EUR"})
-    line = format_line("payment.events", encode(event_to_cloudevent(event, "/services/payment")), colour=False)
+    captured = PaymentCaptured(order_id="order-abcdefgh", payment_id="pay-1", amount=Money(amount_cents=3000, currency="EUR"))
+    line = format_line(PAYMENT_EVENTS, encode(envelope(captured, "pay-12345678", 3)), colour=False)
     assert line == ("09:15:30.123  payment.events     fact payment.captured       subject=pay-1234 corr=order-ab  "
-                    "amount_cents=3000,currency=EUR")
+                    "payment_id=pay-1,amount={amount_cents:3000,currency:EUR}")
+
+
+def test_an_old_schema_version_is_shown_upcast() -> None:
+    v1 = (b'{"specversion":"1.0","id":"e-1","source":"/services/payment","type":"payment.captured",'
+          b'"subject":"pay-1","time":"2026-11-22T09:15:30.123Z","sequence":"3","schemaversion":"1",'
+          b'"correlationid":"order-1","causationid":"c",'
+          b'"data":{"order_id":"order-1","payment_id":"pay-1","amount_cents":3000,"currency":"EUR"}}')
+    line = format_line(PAYMENT_EVENTS, v1, colour=False)
+    assert line.endswith("amount={amount_cents:3000,currency:EUR}"), line
 
 
 def test_commands_are_marked_and_colour_is_only_added_when_asked() -> None:
-    command = Command("shipment.schedule", "ship-1", {"order_id": "o", "address": {"country": "FR"}, "lines": [1, 2]})
-    raw = encode(command_to_cloudevent(command, "/services/order", "o", "c", WHEN))
-    plain = format_line("shipping.commands", raw, colour=False)
-    assert plain is not None and " cmd  shipment.schedule" in plain and "address={country:FR},lines=[2]" in plain
-    coloured = format_line("shipping.commands", raw, colour=True)
-    assert coloured is not None and coloured.startswith("\033[") and plain in coloured
+    address = Address(name="Ada", line1="1 Main St", city="Paris", postal_code="75001", country="FR")
+    raw = encode(envelope(ScheduleShipment(order_id="o", shipment_id="ship-1", address=address), "ship-1", 0))
+    plain = format_line(SHIPPING_COMMANDS, raw, colour=False)
+    assert " cmd  shipment.schedule" in plain and "address={name:Ada,line1:1 Main St," in plain
+    coloured = format_line(SHIPPING_COMMANDS, raw, colour=True)
+    assert coloured.startswith("\033[") and plain in coloured
 
 
-def test_an_undecodable_message_is_shown_not_hidden() -> None:
-    line = format_line("order.events.dlq", b"garbage", colour=False)
-    assert line is not None and "undecodable" in line
+def test_an_undecodable_message_is_shown_raw_with_its_reason_not_hidden() -> None:
+    line = format_line(ORDER_EVENTS, b"garbage", colour=False)
+    assert "undecodable" in line and "not a CloudEvents JSON object" in line and "raw=b'garbage'" in line
+    unknown = (b'{"specversion":"1.0","id":"e","source":"s","type":"order.teleported","subject":"o",'
+               b'"time":"2026-11-22T09:15:30Z","data":{"order_id":"o"}}')
+    line = format_line(ORDER_EVENTS, unknown, colour=False)
+    assert "unknown message type 'order.teleported'" in line and "order.teleported" in line
+    assert "undecodable" in format_line(ORDER_EVENTS, None, colour=False)
+    assert correlation_of(ORDER_EVENTS, b"garbage") is None
+
+
+def test_a_dead_letter_shows_its_origin_and_error_and_the_original_order() -> None:
+    captured = PaymentCaptured(order_id="order-9", payment_id="pay-1", amount=Money(amount_cents=1, currency="EUR"))
+    original = encode(envelope(captured, "pay-1", 2, correlation_id="order-9"))
+    letter = DeadLetter(
+        consumer="order-saga", error="boom", failed_at=WHEN.isoformat(),
+        origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=2, offset=41, key="pay-1"),
+        value_base64=base64.b64encode(original).decode(),
+    )
+    dlq = dlq_topic(PAYMENT_EVENTS)
+    line = format_line(dlq, msgspec.json.encode(letter), colour=False)
+    assert "dead order-saga" in line and "from=payment.events[2]@41" in line and "error=boom" in line
+    assert correlation_of(dlq, msgspec.json.encode(letter)) == "order-9"
+    assert "undecodable" in format_line(dlq, b"{}", colour=False)

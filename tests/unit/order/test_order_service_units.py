@@ -6,12 +6,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.order.api import PlaceOrderRequest
-from services.order.domain import order
-from services.order.domain.order import OrderLine
-from services.domain_kit import Address
-from services.order.handlers import body_fingerprint
+from services.order import domain
+from services.order.idempotency import body_fingerprint
 from services.order.settings import OrderSettings
+from services.order.views import PlaceOrderRequest
+from shared.contract import Address, OrderLine, OrderPlaced, encode_data
 
 BODY: dict[str, Any] = {
     "customer_id": "cust-1",
@@ -23,17 +22,20 @@ BODY: dict[str, Any] = {
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "HTTP_PORT", "ORDER_PORT", "SAGA_STEP_TIMEOUT_S", "SAGA_TICK_S"):
+    for name in ("DATABASE_URL", "HTTP_PORT", "ORDER_PORT", "SAGA_STEP_TIMEOUT_S", "SAGA_TICK_S", "CONFLICT_ATTEMPTS"):
         monkeypatch.delenv(name, raising=False)
     defaults = OrderSettings()
     assert defaults.database_url == "postgresql://app:app@127.0.0.1:5432/order"
     assert (defaults.http_port, defaults.saga_step_timeout_s, defaults.saga_tick_s) == (8001, 30.0, 0.5)
+    assert defaults.conflict_attempts == 5 and not hasattr(defaults, "conflict_retries")
 
     monkeypatch.setenv("ORDER_PORT", "9101")
     monkeypatch.setenv("SAGA_STEP_TIMEOUT_S", "2.5")
     monkeypatch.setenv("SAGA_TICK_S", "0.1")
+    monkeypatch.setenv("CONFLICT_ATTEMPTS", "2")
     configured = OrderSettings()
     assert (configured.http_port, configured.saga_step_timeout_s, configured.saga_tick_s) == (9101, 2.5, 0.1)
+    assert configured.conflict_attempts == 2
     monkeypatch.setenv("SAGA_STEP_TIMEOUT_S", "0")
     with pytest.raises(ValidationError):
         OrderSettings()
@@ -43,11 +45,18 @@ def test_request_maps_to_the_domain_command() -> None:
     command = PlaceOrderRequest.model_validate(BODY).to_command("order-1")
 
     assert command.order_id == "order-1" and command.customer_id == "cust-1"
-    assert command.items == (OrderLine("a", 2, 1250), OrderLine("b", 1, 499))
-    assert command.shipping_address == Address("Ada", "1 Main St", "Berlin", "10115", "DE")
+    assert command.items == (
+        OrderLine(sku="a", quantity=2, unit_price_cents=1250),
+        OrderLine(sku="b", quantity=1, unit_price_cents=499),
+    )
+    assert command.shipping_address == Address(
+        name="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country="DE"
+    )
     assert command.payment_token == "tok_ok" and command.currency == "EUR"
-    [placed] = order.decide(command, order.OrderState())
-    assert placed.data["total_cents"] == 2999 and "payment_token" not in placed.data
+    assert "tok_ok" not in repr(command)
+    [placed] = domain.decide(command, domain.OrderState())
+    assert isinstance(placed, OrderPlaced) and placed.total_cents == 2999
+    assert b"payment_token" not in encode_data(placed) and b"tok_ok" not in encode_data(placed)
 
 
 @pytest.mark.parametrize(

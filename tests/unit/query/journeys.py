@@ -2,15 +2,46 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.contract import (
+    Address,
+    Envelope,
+    Fact,
+    Money,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderDelivered,
+    OrderFact,
+    OrderLine,
+    OrderPlaced,
+    OrderRejected,
+    OrderShipped,
+    PaymentAuthorized,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentFact,
+    PaymentRefunded,
+    PaymentVoided,
+    ShipmentCancelled,
+    ShipmentDelivered,
+    ShipmentDispatched,
+    ShipmentFact,
+    ShipmentFailed,
+    ShipmentScheduled,
+    encode,
+)
 from shared.ids import derived_id
-from shared.messages import Envelope, RecordedEvent, encode, event_to_cloudevent
 
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-SOURCES = {"order": "/services/order", "payment": "/services/payment", "shipment": "/services/shipping"}
-TOPICS = {"order": "order.events", "payment": "payment.events", "shipment": "shipping.events"}
+T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+SOURCES: dict[type[Fact], str] = {OrderFact: "/services/order", PaymentFact: "/services/payment", ShipmentFact: "/services/shipping"}
+
+Received = Envelope[Fact]
+
+
+def group_of(cls: type[Fact]) -> type[Fact]:
+    return next(g for g in SOURCES if issubclass(cls, g))
 
 
 class Journey:
@@ -26,106 +57,106 @@ class Journey:
         self.total_cents = total_cents
         self.clock = start
         self.versions: dict[str, int] = {}
-        self.facts: list[Envelope] = []
+        self.facts: list[Received] = []
 
-    def _subject(self, group: str) -> str:
-        return {"order": self.order_id, "payment": self.payment_id, "shipment": self.shipment_id}[group]
+    def _subject(self, group: type[Fact]) -> str:
+        return {OrderFact: self.order_id, PaymentFact: self.payment_id, ShipmentFact: self.shipment_id}[group]
 
-    def add(self, type_: str, data: dict[str, Any] | None = None, *, caused_by: Envelope | None = None) -> Envelope:
-        group = type_.split(".")[0]
+    def add(self, fact: Fact, *, caused_by: Received | None = None) -> Received:
+        group = group_of(type(fact))
         subject = self._subject(group)
         self.versions[subject] = self.versions.get(subject, 0) + 1
         self.clock += timedelta(milliseconds=3)
-        env = Envelope(
+        env: Received = Envelope(
             id=str(uuid.uuid4()),
             source=SOURCES[group],
-            type=type_,
             subject=subject,
+            sequence=self.versions[subject],
             time=self.clock,
-            data={"order_id": self.order_id, **(data or {})},
             correlation_id=self.order_id,
             # A fact caused by a fact names it; one caused by a command names the (unseen) command.
             causation_id=caused_by.id if caused_by is not None else str(uuid.uuid4()),
-            sequence=self.versions[subject],
+            data=fact,
         )
         self.facts.append(env)
         return env
 
     # --- steps
-    def placed(self) -> Envelope:
-        return self.add("order.placed", {
-            "customer_id": self.customer_id,
-            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": self.total_cents}],
-            "currency": self.currency,
-            "total_cents": self.total_cents,
-            "shipping_address": {"name": "A", "line1": "1 St", "city": "X", "postal_code": "1", "country": "DE"},
-        })
+    def placed(self) -> Received:
+        return self.add(OrderPlaced(
+            order_id=self.order_id,
+            customer_id=self.customer_id,
+            items=(OrderLine(sku="SKU-1", quantity=1, unit_price_cents=self.total_cents),),
+            currency=self.currency,
+            total_cents=self.total_cents,
+            shipping_address=Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"),
+        ))
 
-    def payment(self, what: str, **extra: Any) -> Envelope:
-        return self.add(f"payment.{what}", {"payment_id": self.payment_id, "amount_cents": self.total_cents,
-                                            "currency": self.currency, **extra})
+    def payment(self, cls: type[PaymentFact], **extra: Any) -> Received:
+        return self.add(cls(order_id=self.order_id, payment_id=self.payment_id,
+                            amount=Money(amount_cents=self.total_cents, currency=self.currency), **extra))
 
-    def shipment(self, what: str, **extra: Any) -> Envelope:
-        return self.add(f"shipment.{what}", {"shipment_id": self.shipment_id, **extra})
+    def shipment(self, cls: type[ShipmentFact], **extra: Any) -> Received:
+        if cls is ShipmentScheduled:
+            extra.setdefault("address", Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"))
+        return self.add(cls(order_id=self.order_id, shipment_id=self.shipment_id, **extra))
 
-    def order(self, what: str, caused_by: Envelope, **extra: Any) -> Envelope:
-        return self.add(f"order.{what}", extra, caused_by=caused_by)
+    def order(self, cls: type[OrderFact], caused_by: Received, **extra: Any) -> Received:
+        return self.add(cls(order_id=self.order_id, **extra), caused_by=caused_by)
 
 
 def happy(order_id: str | None = None, **kw: Any) -> Journey:
     """placed → authorized → scheduled → captured → confirmed → dispatched → shipped → delivered."""
     j = Journey(order_id, **kw)
     j.placed()
-    j.payment("authorized")
-    j.shipment("scheduled")
-    captured = j.payment("captured")
-    j.order("confirmed", captured, payment_id=j.payment_id, shipment_id=j.shipment_id)
-    dispatched = j.shipment("dispatched")
-    j.order("shipped", dispatched, shipment_id=j.shipment_id)
-    delivered = j.shipment("delivered")
-    j.order("delivered", delivered, shipment_id=j.shipment_id)
+    j.payment(PaymentAuthorized)
+    j.shipment(ShipmentScheduled)
+    captured = j.payment(PaymentCaptured)
+    j.order(OrderConfirmed, captured, payment_id=j.payment_id, shipment_id=j.shipment_id)
+    dispatched = j.shipment(ShipmentDispatched)
+    j.order(OrderShipped, dispatched, shipment_id=j.shipment_id)
+    delivered = j.shipment(ShipmentDelivered)
+    j.order(OrderDelivered, delivered, shipment_id=j.shipment_id)
     return j
 
 
 def declined(order_id: str | None = None, **kw: Any) -> Journey:
     j = Journey(order_id, **kw)
     j.placed()
-    d = j.payment("declined", reason="card_declined")
-    j.order("rejected", d, reason="payment_declined:card_declined")
+    d = j.payment(PaymentDeclined, reason="card_declined")
+    j.order(OrderRejected, d, reason="payment_declined:card_declined")
     return j
 
 
 def shipping_failed(order_id: str | None = None, **kw: Any) -> Journey:
     j = Journey(order_id, **kw)
     j.placed()
-    j.payment("authorized")
-    j.shipment("failed", reason="destination_not_served")
-    voided = j.payment("voided", reason="shipping_failed")
-    j.order("cancelled", voided, reason="shipping_failed:destination_not_served")
+    j.payment(PaymentAuthorized)
+    j.shipment(ShipmentFailed, reason="destination_not_served")
+    voided = j.payment(PaymentVoided, reason="shipping_failed")
+    j.order(OrderCancelled, voided, reason="shipping_failed:destination_not_served")
     return j
 
 
 def cancelled_after_capture(order_id: str | None = None, **kw: Any) -> Journey:
     j = Journey(order_id, **kw)
     j.placed()
-    j.payment("authorized")
-    j.shipment("scheduled")
-    captured = j.payment("captured")
-    j.order("confirmed", captured, payment_id=j.payment_id, shipment_id=j.shipment_id)
-    j.shipment("cancelled", reason="cancelled_by_customer")
-    refunded = j.payment("refunded", reason="cancelled_by_customer")
-    j.order("cancelled", refunded, reason="cancelled_by_customer")
+    j.payment(PaymentAuthorized)
+    j.shipment(ShipmentScheduled)
+    captured = j.payment(PaymentCaptured)
+    j.order(OrderConfirmed, captured, payment_id=j.payment_id, shipment_id=j.shipment_id)
+    j.shipment(ShipmentCancelled, reason="cancelled_by_customer")
+    refunded = j.payment(PaymentRefunded, reason="cancelled_by_customer")
+    j.order(OrderCancelled, refunded, reason="cancelled_by_customer")
     return j
 
 
-def topic_of(env: Envelope) -> str:
-    return TOPICS[env.type.split(".")[0]]
+def topic_of(env: Received) -> str:
+    topic = env.data.TOPIC
+    assert topic is not None
+    return topic
 
 
-def wire(env: Envelope) -> tuple[str, bytes]:
+def wire(env: Received) -> tuple[str, bytes]:
     """(key, CloudEvents bytes) as the services' relays publish them."""
-    return env.subject, encode(event_to_cloudevent(env.as_recorded_event(), env.source))
-
-
-def recorded(env: Envelope) -> RecordedEvent:
-    return env.as_recorded_event()
+    return env.subject, encode(env)

@@ -1,0 +1,224 @@
+"""The benchmark's arithmetic (pure): its configuration, percentiles, one step's figures and
+the saturation headline over all steps."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench.load import EXPECTED_STATUS
+from bench.observe import QueryFinal, WriteFinal
+from bench.resources import OFFSETS_TOPIC, PROCESSES
+from shared.contract import OrderStatus
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    rates: list[float]
+    step_s: float
+    warmup_rate: float
+    warmup_s: float
+    idle_s: float
+    drain_timeout_s: float
+    floor_s: float
+    pg_floor_connections: int = 16
+    keep_up_ratio: float = 0.95
+    p99_bound_ms: float = 1000.0
+    max_error_ratio: float = 0.01
+    sample_every: int = 50
+    profile_rate: float | None = None
+
+    @property
+    def out_prefix(self) -> str:
+        return "profiled" if self.profile_rate else "latest"
+
+
+def make_config(quick: bool) -> Config:
+    if quick:
+        config = Config("quick", [10, 25, 50, 75, 100, 150, 200, 300, 400, 800], step_s=4, warmup_rate=40, warmup_s=12, idle_s=1,
+                        drain_timeout_s=10, floor_s=2)
+    else:
+        config = Config("full", [10, 15, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600], step_s=15,
+                        warmup_rate=40, warmup_s=30, idle_s=3, drain_timeout_s=40, floor_s=6)
+    env = os.environ
+    rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
+    step_s = float(env.get("BENCH_STEP_S", config.step_s))
+    warmup_s = float(env.get("BENCH_WARMUP_S", config.warmup_s))
+    profile = float(env["BENCH_PROFILE_RATE"]) if env.get("BENCH_PROFILE_RATE") else None
+    return Config(config.mode, rates, step_s, config.warmup_rate, warmup_s, config.idle_s,
+                  config.drain_timeout_s, config.floor_s, profile_rate=profile)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100 * (len(ordered) - 1)))))]
+
+
+def summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1),
+            "p99": round(pct(values, 99), 1), "max": round(max(values), 1)}
+
+
+def per(numerator: float, denominator: float, digits: int = 3) -> float | None:
+    return round(numerator / denominator, digits) if denominator else None
+
+
+def step_figures(
+    cfg: Config,
+    rate: float,
+    load: dict[str, Any],
+    d: dict[str, Any],
+    drain_s: float,
+    query_finals: dict[str, QueryFinal],
+    write_finals: dict[str, WriteFinal],
+    timeline: dict[str, list[float]],
+) -> dict[str, Any]:
+    """One step's figures from the load generator's records, what the observers saw and what the
+    machine spent (`d`: `resources.deltas`); appends the step's points to `timeline`."""
+    start, duration = float(load["start"]), float(load["duration"])
+    skip = min(1.0, duration / 5)
+    w0, w1 = start + skip, start + duration
+    accepted: list[tuple[str, str, float]] = []  # (order_id, kind, sent)
+    errors: Counter[str] = Counter()
+    post_ms: list[float] = []
+    late_ms: list[float] = []
+    accepted_in_window = 0
+    for kind, planned, sent, done, status, error, oid in zip(
+            load["kind"], load["planned"], load["sent"], load["done"], load["status"], load["error"], load["order_id"]):
+        late_ms.append((sent - planned) * 1000)
+        if status == 202:
+            accepted.append((oid, kind, sent))
+            post_ms.append((done - sent) * 1000)
+            timeline["accepted"].append(done)
+            if w0 <= done < w1:
+                accepted_in_window += 1
+        else:
+            errors[error or f"http {status}"] += 1
+    lat: dict[str, list[float]] = {k: [] for k in (
+        "write_confirmed", "published_confirmed", "query_confirmed", "query_rejected", "query_cancelled", "query_final")}
+    outcomes: Counter[str] = Counter()
+    completed = completed_in_window = 0
+    for oid, kind, sent in accepted:
+        q = query_finals.get(oid)
+        w = write_finals.get(oid)
+        if q is None:
+            outcomes["not_final_after_drain"] += 1
+            continue
+        completed += 1
+        timeline["completed"].append(q.visible)
+        if w0 <= q.visible < w1:
+            completed_in_window += 1
+        expected = EXPECTED_STATUS[kind]
+        outcomes[q.status if q.status == expected else f"{kind}->{q.status} (unexpected)"] += 1
+        lat["query_final"].append((q.visible - sent) * 1000)
+        lat[f"query_{q.status.lower()}"].append((q.visible - sent) * 1000)
+        if w is not None and w.status == OrderStatus.CONFIRMED:
+            timeline["confirmed_write"].append(w.recorded)
+            lat["write_confirmed"].append((w.recorded - sent) * 1000)
+            lat["published_confirmed"].append((w.received - sent) * 1000)
+    finals = [query_finals[oid].visible for oid, _, _ in accepted if oid in query_finals]
+    if finals and not outcomes["not_final_after_drain"]:
+        drain_s = max(0.0, max(finals) - (start + duration))  # last arrival → last saga final
+    n_req = len(load["status"])
+    window = w1 - w0
+    completed_per_s = completed_in_window / window
+    latency = {
+        "placed_to_confirmed_write_ms": summary(lat["write_confirmed"]),
+        "placed_to_confirmed_query_ms": summary(lat["query_confirmed"]),
+        "placed_to_confirmed_published_ms": summary(lat["published_confirmed"]),
+        "placed_to_rejected_query_ms": summary(lat["query_rejected"]),
+        "placed_to_cancelled_query_ms": summary(lat["query_cancelled"]),
+        "placed_to_final_query_ms": summary(lat["query_final"]),
+        "post_orders_response_ms": summary(post_ms),
+    }
+    p99_query = (latency["placed_to_confirmed_query_ms"] or {}).get("p99")
+    error_count = sum(errors.values())
+    checks = {
+        "completed_ratio_ok": completed_per_s >= cfg.keep_up_ratio * rate,
+        "p99_query_ok": p99_query is not None and p99_query < cfg.p99_bound_ms,
+        "errors_ok": error_count <= cfg.max_error_ratio * max(1, n_req),
+        "drained_ok": outcomes["not_final_after_drain"] == 0,
+    }
+    cpu_per_saga = {k: per(v, completed, 5) for k, v in d["cpu_s"].items()}
+    system_cpu = sum(v for k, v in d["cpu_s"].items() if k in PROCESSES)
+    cpu_per_saga["system_total"] = per(system_cpu, completed, 5)
+    event_topics = {t: v for t, v in d["messages"].items() if t != OFFSETS_TOPIC}
+    samples = [s for s in load["samples"] if "seen" in s and s["order_id"] in query_finals]
+    sse_minus_poll = [(query_finals[s["order_id"]].visible - s["seen"]) * 1000 for s in samples]
+    return {
+        "rate_per_s": rate,
+        "duration_s": duration,
+        "window": {"start": start, "end": start + duration, "measured_from_s": skip},
+        "requests": n_req,
+        "accepted": len(accepted),
+        "accepted_per_s": round(accepted_in_window / window, 1),
+        "completed": completed,
+        "completed_sagas_per_s": round(completed_per_s, 1),
+        "completed_ratio": round(completed_per_s / rate, 3),
+        "keeps_up": all(checks.values()),
+        "checks": checks,
+        "errors": dict(errors),
+        "error_count": error_count,
+        "outcomes": dict(outcomes),
+        "drain_s": round(drain_s, 2),  # from the last planned arrival until the last saga was final
+        "latency": latency,
+        "generator": {
+            "lateness_ms": summary(late_ms),
+            "late_over_10ms_ratio": round(sum(1 for v in late_ms if v > 10) / max(1, len(late_ms)), 4),
+            "connections_opened": load["connections_opened"],
+        },
+        "query_sse_vs_longpoll_ms": {
+            "sampled": len(samples),
+            "p50": round(pct(sse_minus_poll, 50), 1) if samples else None,
+            "p95": round(pct(sse_minus_poll, 95), 1) if samples else None,
+            "meaning": "SSE receive time minus the time a GET /orders/{id}?min_version=2 long-poll "
+                       "returned the final status, for a sample of happy orders (> 0: SSE saw it later)",
+        },
+        "backlog_at_end_of_arrivals": load.get("backlog_at_end_of_arrivals", {}),
+        "cpu_s": {k: round(v, 3) for k, v in d["cpu_s"].items()},
+        "cpu_cores": {k: round(v / d["wall_s"], 3) for k, v in d["cpu_s"].items()},
+        "machine_busy_cores": round(d["machine_busy_cores"], 2),
+        "other_load_cores": round(d["other_load_cores"], 2),
+        "cpu_s_per_saga": cpu_per_saga,
+        "commits_per_saga": {**{db: per(v, completed, 2) for db, v in d["commits"].items()},
+                             "total": per(sum(d["commits"].values()), completed, 2)},
+        "write_xacts_per_saga": per(d["write_xacts"], completed, 2),
+        "rollbacks": d["rollbacks"],
+        "kafka_messages_per_saga": {**{t: per(v, completed, 2) for t, v in event_topics.items() if v},
+                                    "total": per(sum(event_topics.values()), completed, 2)},
+        "offset_commit_records_per_saga": per(d["messages"].get(OFFSETS_TOPIC, 0), completed, 2),
+        "sampled_for_step_s": round(d["wall_s"], 2),
+    }
+
+
+def headline(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    steps = result["steps"]
+    good = [s for s in steps if s["keeps_up"]]
+    best = max(good, key=lambda s: s["rate_per_s"]) if good else None
+    sat_sagas = best["completed_sagas_per_s"] if best else 0.0
+    at_50 = next((s for s in steps if s["rate_per_s"] == 50), None)
+    p99_50 = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_write_ms") or {}).get("p99")
+    p99_50_q = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_query_ms") or {}).get("p99")
+    last = steps[-1] if steps else None
+    return {
+        "saturation_rate_per_s": best["rate_per_s"] if best else None,
+        "saturation_sagas_per_s": sat_sagas,
+        "max_completed_sagas_per_s": max((s["completed_sagas_per_s"] for s in steps), default=0.0),
+        "escalation_stopped_at": (None if last is None or last["keeps_up"] else last["rate_per_s"]),
+        "p99_placed_to_confirmed_ms": {f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_write_ms"] or {}).get("p99") for s in steps},
+        "p99_placed_to_confirmed_query_ms": {f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_query_ms"] or {}).get("p99") for s in steps},
+        "targets": {
+            "sustained_sagas_per_s_goal": 300,
+            "sustained_sagas_per_s": sat_sagas,
+            "sustained_met": sat_sagas >= 300,
+            "p99_placed_to_confirmed_at_50_per_s_goal_ms": 100,
+            "p99_placed_to_confirmed_at_50_per_s_ms": {"write": p99_50, "query": p99_50_q},
+            "p99_at_50_met": {"write": p99_50 is not None and p99_50 <= 100,
+                              "query": p99_50_q is not None and p99_50_q <= 100},
+            "note": "goals, not assertions",
+        },
+    }

@@ -1,0 +1,12 @@
+-- The payment service's own tables, next to the kernel's (shared/schema.sql). Applied
+-- idempotently at start-up.
+
+-- Which payments an order has, written in the transaction that creates the payment, so
+-- `GET /payments?order_id=` is an index lookup that answers for any payment id (ids are
+-- usually derived from the order id, but the contract only promises `order_id` in the data).
+CREATE TABLE IF NOT EXISTS payment_by_order (
+    stream_id   TEXT        PRIMARY KEY,
+    order_id    TEXT        NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS payment_by_order_order_id ON payment_by_order (order_id, created_at);
