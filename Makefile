@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs test unit e2e bench-kernel bench bench-quick demo watch audit chaos contract asyncapi-spec
+.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench bench-quick demo watch audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -38,7 +38,15 @@ ps: venv ## list the processes of `make up`
 logs: venv ## print the logs (LOGS="kafka postgres" to choose, FOLLOW=1 to follow)
 	$(PY) -m infra logs $(if $(FOLLOW),-f) $(LOGS)
 
-test: venv kafka-jars ## unit + integration + end-to-end tests against real Kafka and PostgreSQL
+LINTED  := shared services infra reliability bench docker tests e2e-tests
+TYPED   := shared services infra reliability bench docker
+
+lint: venv ## ruff (lint + format check) over the tree and mypy --strict over the product code
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy --strict $(TYPED)
+
+test: venv kafka-jars lint ## lint and types, then unit + integration + end-to-end tests against real Kafka and PostgreSQL
 	$(VENV)/bin/pytest $(TEST_PATHS) $(PYTEST_ARGS)
 
 unit: venv ## unit tests only (no Kafka / PostgreSQL)
@@ -46,6 +54,9 @@ unit: venv ## unit tests only (no Kafka / PostgreSQL)
 
 e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E2E_*_URL: see e2e-tests/conftest.py)
 	$(VENV)/bin/pytest e2e-tests $(PYTEST_ARGS)
+
+bench-codecs: venv ## codec micro-benchmark that chose the contract's msgspec: msgspec vs pydantic vs dataclass+orjson
+	$(PY) -m bench.codecs
 
 bench-kernel: venv ## micro-benchmark of the event-store kernel
 	$(PY) -m bench.kernel

@@ -95,16 +95,17 @@ class PydanticPlaced(_Frozen):
 # ------------------------------------------------------------------ dataclasses + orjson
 
 _CURRENCY, _COUNTRY = re.compile("^[A-Z]{3}$"), re.compile("^[A-Z]{2}$")
+# Without slots: orjson serialises a slotted dataclass about four times slower.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PlainLine:
     sku: str
     quantity: int
     unit_price_cents: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PlainAddress:
     name: str
     line1: str
@@ -113,7 +114,7 @@ class PlainAddress:
     country: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PlainPlaced:
     order_id: str
     customer_id: str

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
