@@ -15,6 +15,7 @@ per operation: the median of REPEATS runs of a loop sized to take ~0.2 s.
 
 `python -m bench.codecs` prints a table and writes bench/results/codecs.json.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,7 +53,9 @@ PLACED = OrderPlaced(
         OrderLine(sku="SKU-BOOK", quantity=2, unit_price_cents=1250),
         OrderLine(sku="SKU-PEN", quantity=3, unit_price_cents=290),
     ),
-    shipping_address=Address(name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"),
+    shipping_address=Address(
+        name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"
+    ),
 )
 #: The same value with one line's quantity at 0: every codec must refuse it.
 INVALID = msgspec.json.encode(PLACED).replace(b'"quantity":1,', b'"quantity":0,', 1)
@@ -155,15 +158,21 @@ def plain_decode(raw: bytes) -> PlainPlaced:
         order_id=_text(doc, "order_id"),
         customer_id=_text(doc, "customer_id"),
         items=tuple(
-            PlainLine(sku=_text(line, "sku"), quantity=_int(line, "quantity", 1, 1_000_000),
-                      unit_price_cents=_int(line, "unit_price_cents", 0, MAX_CENTS))
+            PlainLine(
+                sku=_text(line, "sku"),
+                quantity=_int(line, "quantity", 1, 1_000_000),
+                unit_price_cents=_int(line, "unit_price_cents", 0, MAX_CENTS),
+            )
             for line in doc["items"]
         ),
         currency=_matching(doc, "currency", _CURRENCY),
         total_cents=_int(doc, "total_cents", 0, MAX_CENTS),
         shipping_address=PlainAddress(
-            name=_text(address, "name"), line1=_text(address, "line1"), city=_text(address, "city"),
-            postal_code=_text(address, "postal_code"), country=_matching(address, "country", _COUNTRY),
+            name=_text(address, "name"),
+            line1=_text(address, "line1"),
+            city=_text(address, "city"),
+            postal_code=_text(address, "postal_code"),
+            country=_matching(address, "country", _COUNTRY),
         ),
     )
 
@@ -186,10 +195,20 @@ def codecs() -> list[Codec]:
     pyd = PydanticPlaced.model_validate_json(wire)
     plain = plain_decode(wire)
     return [
-        Codec("msgspec Struct (the contract)", PLACED, lambda: encoder.encode(PLACED), decoder.decode,
-              (msgspec.ValidationError,)),
-        Codec("pydantic v2 model", pyd, lambda: PydanticPlaced.__pydantic_serializer__.to_json(pyd), PydanticPlaced.model_validate_json,
-              (pydantic.ValidationError,)),
+        Codec(
+            "msgspec Struct (the contract)",
+            PLACED,
+            lambda: encoder.encode(PLACED),
+            decoder.decode,
+            (msgspec.ValidationError,),
+        ),
+        Codec(
+            "pydantic v2 model",
+            pyd,
+            lambda: PydanticPlaced.__pydantic_serializer__.to_json(pyd),
+            PydanticPlaced.model_validate_json,
+            (pydantic.ValidationError,),
+        ),
         Codec("dataclass + orjson", plain, lambda: orjson.dumps(plain), plain_decode, (ValueError,)),
     ]
 
@@ -224,8 +243,14 @@ def measure(repeats: int = REPEATS, min_loop_s: float = MIN_LOOP_S) -> dict[str,
         encoded = codec.encode()
         encode_us = per_op_us(codec.encode, repeats, min_loop_s)
         decode_us = per_op_us(functools.partial(codec.decode, encoded), repeats, min_loop_s)
-        rows.append({"codec": codec.name, "encode_us": round(encode_us, 3), "decode_validate_us": round(decode_us, 3),
-                     "bytes": len(encoded)})
+        rows.append(
+            {
+                "codec": codec.name,
+                "encode_us": round(encode_us, 3),
+                "decode_validate_us": round(decode_us, 3),
+                "bytes": len(encoded),
+            }
+        )
     fastest = min(r["decode_validate_us"] for r in rows)
     for r in rows:
         r["decode_validate_vs_fastest"] = round(r["decode_validate_us"] / fastest, 2)
@@ -233,10 +258,14 @@ def measure(repeats: int = REPEATS, min_loop_s: float = MIN_LOOP_S) -> dict[str,
         "benchmark": "order.placed encode and decode+validate (python -m bench.codecs)",
         "message": f"order.placed, {len(PLACED.items)} lines + address",
         "method": f"median of {repeats} loops of ~{min_loop_s}s each (timeit), microseconds per operation; "
-                  "before timing each codec is checked to write the same JSON value, read it back equal "
-                  "and refuse a quantity of 0 and a lower-case currency",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "before timing each codec is checked to write the same JSON value, read it back equal "
+        "and refuse a quantity of 0 and a lower-case currency",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        },
         "versions": {name: version(name) for name in ("msgspec", "pydantic", "pydantic-core", "orjson")},
         "results": rows,
     }

@@ -1,5 +1,6 @@
 """The benchmark's arithmetic (pure): its configuration, percentiles, one step's figures and
 the saturation headline over all steps."""
+
 from __future__ import annotations
 
 import os
@@ -37,18 +38,43 @@ class Config:
 
 def make_config(quick: bool) -> Config:
     if quick:
-        config = Config("quick", [10, 25, 50, 75, 100, 150, 200, 300, 400, 800], step_s=4, warmup_rate=40, warmup_s=12, idle_s=1,
-                        drain_timeout_s=10, floor_s=2)
+        config = Config(
+            "quick",
+            [10, 25, 50, 75, 100, 150, 200, 300, 400, 800],
+            step_s=4,
+            warmup_rate=40,
+            warmup_s=12,
+            idle_s=1,
+            drain_timeout_s=10,
+            floor_s=2,
+        )
     else:
-        config = Config("full", [10, 15, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600], step_s=15,
-                        warmup_rate=40, warmup_s=30, idle_s=3, drain_timeout_s=40, floor_s=6)
+        config = Config(
+            "full",
+            [10, 15, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600],
+            step_s=15,
+            warmup_rate=40,
+            warmup_s=30,
+            idle_s=3,
+            drain_timeout_s=40,
+            floor_s=6,
+        )
     env = os.environ
     rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
     step_s = float(env.get("BENCH_STEP_S", config.step_s))
     warmup_s = float(env.get("BENCH_WARMUP_S", config.warmup_s))
     profile = float(env["BENCH_PROFILE_RATE"]) if env.get("BENCH_PROFILE_RATE") else None
-    return Config(config.mode, rates, step_s, config.warmup_rate, warmup_s, config.idle_s,
-                  config.drain_timeout_s, config.floor_s, profile_rate=profile)
+    return Config(
+        config.mode,
+        rates,
+        step_s,
+        config.warmup_rate,
+        warmup_s,
+        config.idle_s,
+        config.drain_timeout_s,
+        config.floor_s,
+        profile_rate=profile,
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -59,8 +85,13 @@ def pct(values: list[float], p: float) -> float:
 def summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1),
-            "p99": round(pct(values, 99), 1), "max": round(max(values), 1)}
+    return {
+        "n": len(values),
+        "p50": round(pct(values, 50), 1),
+        "p95": round(pct(values, 95), 1),
+        "p99": round(pct(values, 99), 1),
+        "max": round(max(values), 1),
+    }
 
 
 def per(numerator: float, denominator: float, digits: int = 3) -> float | None:
@@ -88,7 +119,8 @@ def step_figures(
     late_ms: list[float] = []
     accepted_in_window = 0
     for kind, planned, sent, done, status, error, oid in zip(
-            load["kind"], load["planned"], load["sent"], load["done"], load["status"], load["error"], load["order_id"]):
+        load["kind"], load["planned"], load["sent"], load["done"], load["status"], load["error"], load["order_id"]
+    ):
         late_ms.append((sent - planned) * 1000)
         if status == 202:
             accepted.append((oid, kind, sent))
@@ -98,8 +130,17 @@ def step_figures(
                 accepted_in_window += 1
         else:
             errors[error or f"http {status}"] += 1
-    lat: dict[str, list[float]] = {k: [] for k in (
-        "write_confirmed", "published_confirmed", "query_confirmed", "query_rejected", "query_cancelled", "query_final")}
+    lat: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "write_confirmed",
+            "published_confirmed",
+            "query_confirmed",
+            "query_rejected",
+            "query_cancelled",
+            "query_final",
+        )
+    }
     outcomes: Counter[str] = Counter()
     completed = completed_in_window = 0
     for oid, kind, sent in accepted:
@@ -176,7 +217,7 @@ def step_figures(
             "p50": round(pct(sse_minus_poll, 50), 1) if samples else None,
             "p95": round(pct(sse_minus_poll, 95), 1) if samples else None,
             "meaning": "SSE receive time minus the time a GET /orders/{id}?min_version=2 long-poll "
-                       "returned the final status, for a sample of happy orders (> 0: SSE saw it later)",
+            "returned the final status, for a sample of happy orders (> 0: SSE saw it later)",
         },
         "backlog_at_end_of_arrivals": load.get("backlog_at_end_of_arrivals", {}),
         "cpu_s": {k: round(v, 3) for k, v in d["cpu_s"].items()},
@@ -184,12 +225,16 @@ def step_figures(
         "machine_busy_cores": round(d["machine_busy_cores"], 2),
         "other_load_cores": round(d["other_load_cores"], 2),
         "cpu_s_per_saga": cpu_per_saga,
-        "commits_per_saga": {**{db: per(v, completed, 2) for db, v in d["commits"].items()},
-                             "total": per(sum(d["commits"].values()), completed, 2)},
+        "commits_per_saga": {
+            **{db: per(v, completed, 2) for db, v in d["commits"].items()},
+            "total": per(sum(d["commits"].values()), completed, 2),
+        },
         "write_xacts_per_saga": per(d["write_xacts"], completed, 2),
         "rollbacks": d["rollbacks"],
-        "kafka_messages_per_saga": {**{t: per(v, completed, 2) for t, v in event_topics.items() if v},
-                                    "total": per(sum(event_topics.values()), completed, 2)},
+        "kafka_messages_per_saga": {
+            **{t: per(v, completed, 2) for t, v in event_topics.items() if v},
+            "total": per(sum(event_topics.values()), completed, 2),
+        },
         "offset_commit_records_per_saga": per(d["messages"].get(OFFSETS_TOPIC, 0), completed, 2),
         "sampled_for_step_s": round(d["wall_s"], 2),
     }
@@ -209,16 +254,22 @@ def headline(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
         "saturation_sagas_per_s": sat_sagas,
         "max_completed_sagas_per_s": max((s["completed_sagas_per_s"] for s in steps), default=0.0),
         "escalation_stopped_at": (None if last is None or last["keeps_up"] else last["rate_per_s"]),
-        "p99_placed_to_confirmed_ms": {f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_write_ms"] or {}).get("p99") for s in steps},
-        "p99_placed_to_confirmed_query_ms": {f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_query_ms"] or {}).get("p99") for s in steps},
+        "p99_placed_to_confirmed_ms": {
+            f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_write_ms"] or {}).get("p99") for s in steps
+        },
+        "p99_placed_to_confirmed_query_ms": {
+            f"{s['rate_per_s']:g}": (s["latency"]["placed_to_confirmed_query_ms"] or {}).get("p99") for s in steps
+        },
         "targets": {
             "sustained_sagas_per_s_goal": 300,
             "sustained_sagas_per_s": sat_sagas,
             "sustained_met": sat_sagas >= 300,
             "p99_placed_to_confirmed_at_50_per_s_goal_ms": 100,
             "p99_placed_to_confirmed_at_50_per_s_ms": {"write": p99_50, "query": p99_50_q},
-            "p99_at_50_met": {"write": p99_50 is not None and p99_50 <= 100,
-                              "query": p99_50_q is not None and p99_50_q <= 100},
+            "p99_at_50_met": {
+                "write": p99_50 is not None and p99_50 <= 100,
+                "query": p99_50_q is not None and p99_50_q <= 100,
+            },
             "note": "goals, not assertions",
         },
     }

@@ -7,6 +7,7 @@
 * PostgreSQL: single-row commits/s: N asyncpg connections, each looping `INSERT` of one row
   (autocommit: one transaction, one WAL flush each) of the system's mean message size.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,13 @@ async def kafka_floor(bootstrap: str, *, message_bytes: int, partitions: int, du
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
     await consumer.start()
     producer = make_producer(bootstrap, client_id="bench-floor")
     await producer.start()
@@ -88,8 +94,9 @@ async def kafka_floor(bootstrap: str, *, message_bytes: int, partitions: int, du
     }
 
 
-async def postgres_floor(admin_dsn: str, app_dsn_of: Any, *, connections: int, row_bytes: int,
-                         duration_s: float) -> dict[str, Any]:
+async def postgres_floor(
+    admin_dsn: str, app_dsn_of: Any, *, connections: int, row_bytes: int, duration_s: float
+) -> dict[str, Any]:
     name = "bench_floor"
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -99,7 +106,9 @@ async def postgres_floor(admin_dsn: str, app_dsn_of: Any, *, connections: int, r
         await admin.close()
     dsn: str = app_dsn_of(name)
     setup = await asyncpg.connect(dsn)
-    await setup.execute("CREATE TABLE rows (id BIGSERIAL PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), payload TEXT NOT NULL)")
+    await setup.execute(
+        "CREATE TABLE rows (id BIGSERIAL PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), payload TEXT NOT NULL)"
+    )
     await setup.close()
     payload = "x" * row_bytes
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]

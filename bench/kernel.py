@@ -3,6 +3,7 @@
 `make bench-kernel` starts its own Kafka and PostgreSQL on free ports (never a running stack),
 measures, prints a summary and writes bench/results/kernel-latest.json.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,7 +54,9 @@ def placed(order_id: str) -> OrderPlaced:
             OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1500),
             OrderLine(sku="SKU-2", quantity=1, unit_price_cents=1599),
         ),
-        shipping_address=Address(name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"),
+        shipping_address=Address(
+            name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"
+        ),
     )
 
 
@@ -104,8 +107,13 @@ def library_append_rate(stack: LocalStack, writers: int) -> float:
     dsn = asyncio.run(fresh_db(stack, f"bench_lib_{writers}"))
     port = int(dsn.rsplit(":", 1)[1].split("/")[0])
     datastore = PostgresDatastore(
-        dbname=f"bench_lib_{writers}", host="127.0.0.1", port=port, user="app", password="app",
-        pool_size=writers, max_overflow=0,
+        dbname=f"bench_lib_{writers}",
+        host="127.0.0.1",
+        port=port,
+        user="app",
+        password="app",
+        pool_size=writers,
+        max_overflow=0,
     )
     recorder = PostgresApplicationRecorder(datastore)
     recorder.create_table()
@@ -142,15 +150,22 @@ async def relay_lag(stack: LocalStack, log_dir: Path) -> dict[str, float]:
     store = EventStore(pool, source="/bench")
     relay = subprocess.Popen(
         [sys.executable, "-c", RELAY_PROCESS, dsn, stack.kafka_bootstrap, "bench-relay"],
-        stdout=(log_dir / "bench-relay.log").open("ab"), stderr=subprocess.STDOUT,
+        stdout=(log_dir / "bench-relay.log").open("ab"),
+        stderr=subprocess.STDOUT,
     )
-    consumer = AIOKafkaConsumer(ORDER_EVENTS, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
-                                group_id=f"bench-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        ORDER_EVENTS,
+        bootstrap_servers=stack.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        fetch_max_wait_ms=50,
+    )
     await consumer.start()
     committed_at: dict[str, float] = {}
     received_at: dict[str, float] = {}
     total = int(LAG_RATE * LAG_DURATION_S)
     try:
+
         async def consume() -> None:
             while len(received_at) < total:
                 batches = await consumer.getmany(timeout_ms=100)
@@ -229,9 +244,13 @@ def main() -> None:
     a, lib, lag = results["append_events_per_s"], results["eventsourcing_library_events_per_s"], results["relay_lag_ms"]
     print(f"append events/s      1 writer: {a['writers_1']:>9}   16 writers: {a['writers_16']:>9}")
     print(f"eventsourcing lib    1 writer: {lib['writers_1']:>9}   16 writers: {lib['writers_16']:>9}")
-    print(f"ratio ours/library   1 writer: {results['ratio_ours_to_library']['writers_1']:>9}   16 writers: {results['ratio_ours_to_library']['writers_16']:>9}")
-    print(f"relay lag at {lag['target_rate_per_s']}/s (achieved {lag['achieved_rate_per_s']}/s): "
-          f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms")
+    print(
+        f"ratio ours/library   1 writer: {results['ratio_ours_to_library']['writers_1']:>9}   16 writers: {results['ratio_ours_to_library']['writers_16']:>9}"
+    )
+    print(
+        f"relay lag at {lag['target_rate_per_s']}/s (achieved {lag['achieved_rate_per_s']}/s): "
+        f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms"
+    )
     print(f"written to {out}")
 
 

@@ -18,6 +18,7 @@ requests per second on a 2-core machine the client's own CPU matters.
 
 stdout: one JSON progress line about every 0.5 s; the per-request records go to --out (JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -204,9 +205,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     pool = Pool(host, port, args.max_connections)
     results = Results()
     total = int(round(args.rate * args.duration))
-    head_prefix = (
-        f"POST /orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-    ).encode()
+    head_prefix = (f"POST /orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n").encode()
     bodies = {i: order_body(args.first_index + i, kind_of(args.first_index + i)) for i in range(min(total, 40))}
     sample_tasks: set[asyncio.Task[None]] = set()
     in_flight: set[asyncio.Task[None]] = set()
@@ -214,7 +213,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     max_late = 0.0
 
     # Pre-open some connections so the first second does not pay for TCP handshakes.
-    warm = [await Connection.open(host, port) for _ in range(min(args.max_connections, max(2, int(args.rate * 0.02) + 2)))]
+    warm = [
+        await Connection.open(host, port) for _ in range(min(args.max_connections, max(2, int(args.rate * 0.02) + 2)))
+    ]
     pool.idle.extend(warm)
     pool.live = pool.opened = len(warm)
 
@@ -297,8 +298,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def progress() -> None:
         while True:
             await asyncio.sleep(0.5)
-            line = {"t": time.time(), **counters, "inflight": len(in_flight), "conns": pool.live,
-                    "late_max_ms": round(max_late * 1000, 1)}
+            line = {
+                "t": time.time(),
+                **counters,
+                "inflight": len(in_flight),
+                "conns": pool.live,
+                "late_max_ms": round(max_late * 1000, 1),
+            }
             print(orjson.dumps(line).decode(), flush=True)
 
     start = args.start if args.start else time.time() + 0.2
@@ -331,7 +337,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration": args.duration,
         "start": start,
         "connections_opened": pool.opened,
-        **{k: getattr(results, k) for k in ("index", "kind", "planned", "sent", "done", "status", "error", "order_id", "samples")},
+        **{
+            k: getattr(results, k)
+            for k in ("index", "kind", "planned", "sent", "done", "status", "error", "order_id", "samples")
+        },
     }
 
 

@@ -12,6 +12,7 @@
 Both record wall-clock times (time.time()), like the load generator's send times: every
 process runs on this machine's clock.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -180,7 +181,7 @@ class FeedWatcher:
         self.facts += 1
         if not any(m in rest for m in _FINAL_MARKERS):
             return
-        doc = orjson.loads(rest[rest.index(b"data: ") + 6:])
+        doc = orjson.loads(rest[rest.index(b"data: ") + 6 :])
         status = FINAL_TYPES.get(doc.get("type", ""))
         if status is not None:
             self.finals.setdefault(doc["subject"], QueryFinal(status, now))

@@ -13,6 +13,7 @@ BENCH_QUERY_MAX_BATCH  records per Kafka poll and transaction (default: the serv
 BENCH_QUERY_PROFILE    if set, a cProfile of the rebuild phase is written to this path
 BENCH_QUERY_OUT        where the results go (default bench/results/query-replay-latest.json)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -80,17 +81,43 @@ ADDRESS = Address(name="N", line1="1 Main St", city="C", postal_code="1", countr
 
 # (share of journeys, the facts of the journey in order)
 MIX: list[tuple[float, list[type[Fact]]]] = [
-    (0.70, [OrderPlaced, PaymentAuthorized, ShipmentScheduled, PaymentCaptured, OrderConfirmed,
-            ShipmentDispatched, OrderShipped, ShipmentDelivered, OrderDelivered]),
+    (
+        0.70,
+        [
+            OrderPlaced,
+            PaymentAuthorized,
+            ShipmentScheduled,
+            PaymentCaptured,
+            OrderConfirmed,
+            ShipmentDispatched,
+            OrderShipped,
+            ShipmentDelivered,
+            OrderDelivered,
+        ],
+    ),
     (0.10, [OrderPlaced, PaymentDeclined, OrderRejected]),
     (0.10, [OrderPlaced, PaymentAuthorized, ShipmentFailed, PaymentVoided, OrderCancelled]),
-    (0.10, [OrderPlaced, PaymentAuthorized, ShipmentScheduled, PaymentCaptured, OrderConfirmed,
-            ShipmentCancelled, PaymentRefunded, OrderCancelled]),
+    (
+        0.10,
+        [
+            OrderPlaced,
+            PaymentAuthorized,
+            ShipmentScheduled,
+            PaymentCaptured,
+            OrderConfirmed,
+            ShipmentCancelled,
+            PaymentRefunded,
+            OrderCancelled,
+        ],
+    ),
 ]
 REASONS: dict[type[Fact], str] = {
-    PaymentDeclined: "card_declined", OrderRejected: "payment_declined:card_declined",
-    ShipmentFailed: "destination_not_served", PaymentVoided: "shipping_failed",
-    OrderCancelled: "cancelled_by_customer", ShipmentCancelled: "cancelled_by_customer",
+    PaymentDeclined: "card_declined",
+    OrderRejected: "payment_declined:card_declined",
+    ShipmentFailed: "destination_not_served",
+    PaymentVoided: "shipping_failed",
+    OrderCancelled: "cancelled_by_customer",
+    ShipmentCancelled: "cancelled_by_customer",
     PaymentRefunded: "cancelled_by_customer",
 }
 
@@ -106,8 +133,12 @@ def journey(rng: random.Random, start: datetime) -> list[tuple[type[Fact], str, 
     payment_id, shipment_id = derived_id(order_id, "payment"), derived_id(order_id, "shipment")
     ids = {OrderFact: order_id, PaymentFact: payment_id, ShipmentFact: shipment_id}
     currency = rng.choice(["EUR", "EUR", "USD", "GBP"])
-    items = tuple(OrderLine(sku=f"SKU-{rng.randint(1, 500)}", quantity=rng.randint(1, 3),
-                            unit_price_cents=rng.randint(100, 20000)) for _ in range(rng.randint(1, 3)))
+    items = tuple(
+        OrderLine(
+            sku=f"SKU-{rng.randint(1, 500)}", quantity=rng.randint(1, 3), unit_price_cents=rng.randint(100, 20000)
+        )
+        for _ in range(rng.randint(1, 3))
+    )
     total = sum(i.line_total_cents for i in items)
     versions = dict.fromkeys(GROUPS, 0)
     out = []
@@ -119,8 +150,13 @@ def journey(rng: random.Random, start: datetime) -> list[tuple[type[Fact], str, 
         when += timedelta(milliseconds=rng.randint(5, 400))
         fields: dict[str, Any] = {"order_id": order_id}
         if cls is OrderPlaced:
-            fields |= {"customer_id": f"cust-{rng.randint(1, 2000)}", "items": items, "currency": currency,
-                       "total_cents": total, "shipping_address": ADDRESS}
+            fields |= {
+                "customer_id": f"cust-{rng.randint(1, 2000)}",
+                "items": items,
+                "currency": currency,
+                "total_cents": total,
+                "shipping_address": ADDRESS,
+            }
         elif group is PaymentFact:
             fields |= {"payment_id": payment_id, "amount": Money(amount_cents=total, currency=currency)}
         elif group is ShipmentFact:
@@ -134,8 +170,13 @@ def journey(rng: random.Random, start: datetime) -> list[tuple[type[Fact], str, 
         if cls in REASONS:
             fields["reason"] = REASONS[cls]
         envelope: Envelope[Fact] = Envelope(
-            id=str(uuid.uuid4()), source=SOURCES[group], subject=ids[group], sequence=versions[group], time=when,
-            correlation_id=order_id, causation_id=previous if group is OrderFact else str(uuid.uuid4()),
+            id=str(uuid.uuid4()),
+            source=SOURCES[group],
+            subject=ids[group],
+            sequence=versions[group],
+            time=when,
+            correlation_id=order_id,
+            causation_id=previous if group is OrderFact else str(uuid.uuid4()),
             data=cls(**fields),
         )
         previous = envelope.id
@@ -146,8 +187,9 @@ def journey(rng: random.Random, start: datetime) -> list[tuple[type[Fact], str, 
 async def publish(bootstrap: str, topics: dict[type[Fact], str]) -> int:
     rng = random.Random(42)
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20,
-                                max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024
+    )
     await producer.start()
     count = 0
     try:
@@ -207,8 +249,10 @@ async def main_async(stack: LocalStack) -> dict[str, Any]:
     admin = make_admin(stack.kafka_bootstrap, client_id="bench-query-replay")
     await admin.start()
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
-    await admin.create_topics([NewTopic(t, PARTITIONS, 1, topic_configs=forever) for t in topics.values()]
-                              + [NewTopic(t + ".dlq", 1, 1) for t in topics.values()])
+    await admin.create_topics(
+        [NewTopic(t, PARTITIONS, 1, topic_configs=forever) for t in topics.values()]
+        + [NewTopic(t + ".dlq", 1, 1) for t in topics.values()]
+    )
     await admin.close()
 
     t0 = time.monotonic()
@@ -222,8 +266,11 @@ async def main_async(stack: LocalStack) -> dict[str, Any]:
     dsn = stack.pg_dsn("bench_query")
     overrides: dict[str, Any] = {} if MAX_BATCH is None else {"consumer_max_batch": int(MAX_BATCH)}
     settings = QuerySettings(
-        database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap, query_topics=",".join(topics.values()),
-        generation_poll_s=0.05, **overrides,
+        database_url=dsn,
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        query_topics=",".join(topics.values()),
+        generation_poll_s=0.05,
+        **overrides,
     )
     app = create_app(settings)
     conn = await asyncpg.connect(dsn)
@@ -326,12 +373,16 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     r = results["rebuild"]
-    print(f"cpu per fact (us): {r['cpu_us_per_fact']} -> ceilings: {r['ceiling_facts_per_s_all_cores']:,}/s on all "
-          f"cores, {r['ceiling_facts_per_s_python_alone']:,}/s for the Python process "
-          f"(load average {r['load_average_1m_at_end']})")
-    print(f"rebuild replay: {r['replayed_facts']} facts in {r['post_to_switch_s']}s = {r['facts_per_s']:,} facts/s "
-          f"(excluding consumer-group join: {r['facts_per_s_excluding_group_join']:,}/s); "
-          f"identical to incremental: {r['identical_to_incremental']}")
+    print(
+        f"cpu per fact (us): {r['cpu_us_per_fact']} -> ceilings: {r['ceiling_facts_per_s_all_cores']:,}/s on all "
+        f"cores, {r['ceiling_facts_per_s_python_alone']:,}/s for the Python process "
+        f"(load average {r['load_average_1m_at_end']})"
+    )
+    print(
+        f"rebuild replay: {r['replayed_facts']} facts in {r['post_to_switch_s']}s = {r['facts_per_s']:,} facts/s "
+        f"(excluding consumer-group join: {r['facts_per_s_excluding_group_join']:,}/s); "
+        f"identical to incremental: {r['identical_to_incremental']}"
+    )
     print(f"written to {out}")
 
 

@@ -1,5 +1,6 @@
 """What the benchmark prints and records beside its figures: progress, the summary table, the
 method text of the results file, and py-spy profiles of the services."""
+
 from __future__ import annotations
 
 import shutil
@@ -64,7 +65,9 @@ def summarise_profile(raw: Path, samples_per_s: int, duration_s: float) -> dict[
         "samples": total,
         "busy_share_of_one_core": round(total / expected, 3) if expected else None,
         "top_self": [{"frame": f, "share": round(c / total, 3)} for f, c in self_time.most_common(15)] if total else [],
-        "top_inclusive_project": [{"frame": f, "share": round(c / total, 3)} for f, c in inclusive.most_common(15)] if total else [],
+        "top_inclusive_project": [{"frame": f, "share": round(c / total, 3)} for f, c in inclusive.most_common(15)]
+        if total
+        else [],
     }
 
 
@@ -77,47 +80,49 @@ def _short(path: str) -> str:
 
 METHOD = {
     "load": "open loop: bench/load.py in its own process sends request i at start + i/rate on a keep-alive "
-            "connection (a new one when all are busy), never waiting for earlier answers; lateness = actual "
-            "send - planned time is reported per step",
+    "connection (a new one when all are busy), never waiting for earlier answers; lateness = actual "
+    "send - planned time is reported per step",
     "mix": "fixed and interleaved: in every 20 requests 18 happy (tok_visa, FR/DE/GB/US), 1 tok_decline "
-           "(→ REJECTED), 1 country AQ (→ CANCELLED)",
+    "(→ REJECTED), 1 country AQ (→ CANCELLED)",
     "placed_time": "the wall-clock time the POST /orders request was written to the socket",
     "write_side": "a group-less Kafka consumer on order.events takes the CloudEvents `time` of "
-                  "order.confirmed/rejected/cancelled (set by the order service when it appends the fact, "
-                  "just before the commit); placed_to_confirmed_write = that time - placed time. "
-                  "placed_to_confirmed_published = when the bench consumed it from Kafka - placed time",
+    "order.confirmed/rejected/cancelled (set by the order service when it appends the fact, "
+    "just before the commit); placed_to_confirmed_write = that time - placed time. "
+    "placed_to_confirmed_published = when the bench consumed it from Kafka - placed time",
     "query_side": "one SSE connection to the query service's GET /stream, which sends a fact after the "
-                  "view transaction that applied it committed (fact_feed is written in the same "
-                  "transaction, read after its NOTIFY); placed_to_confirmed_query = SSE receive time - "
-                  "placed time. Cross-check: every 50th order (a happy one) is long-polled with GET "
-                  "/orders/{id}?min_version=2 (returns right after that commit); see query_sse_vs_longpoll_ms",
+    "view transaction that applied it committed (fact_feed is written in the same "
+    "transaction, read after its NOTIFY); placed_to_confirmed_query = SSE receive time - "
+    "placed time. Cross-check: every 50th order (a happy one) is long-polled with GET "
+    "/orders/{id}?min_version=2 (returns right after that commit); see query_sse_vs_longpoll_ms",
     "completed_sagas_per_s": "orders of the step whose final status for their mix (happy→CONFIRMED, "
-                             "declined→REJECTED, AQ→CANCELLED) became visible in the query view within the "
-                             "load window, the first second excluded (pipeline fill), per second",
+    "declined→REJECTED, AQ→CANCELLED) became visible in the query view within the "
+    "load window, the first second excluded (pipeline fill), per second",
     "saturation": "the highest offered rate whose step keeps up: completed sagas/s >= 95 % of the offered "
-                  "rate, p99 placed→CONFIRMED in the query view < 1 s, errors <= 1 %, and every accepted "
-                  "saga final within the drain timeout; escalation stops at the first step that does not",
+    "rate, p99 placed→CONFIRMED in the query view < 1 s, errors <= 1 %, and every accepted "
+    "saga final within the drain timeout; escalation stops at the first step that does not",
     "drain": "after each step the bench waits until every accepted order is final in the query view "
-             "before the next step (a drained system)",
+    "before the next step (a drained system)",
     "cpu": "psutil CPU seconds (user+system) of each process and its descendants, over the step incl. its "
-           "drain, divided by the sagas completed in the step; PostgreSQL = postmaster + live backends + "
-           "exited backends (children_* of the postmaster); bench_client = this process + the load generator",
+    "drain, divided by the sagas completed in the step; PostgreSQL = postmaster + live backends + "
+    "exited backends (children_* of the postmaster); bench_client = this process + the load generator",
     "commits": "pg_stat_database.xact_commit deltas per database (a backend may report its last second of "
-               "statistics late, so per-step figures are approximate; run_totals are exact because they are "
-               "read after the services stopped); write_xacts = cluster-wide transaction ids consumed "
-               "(transactions that wrote), exact",
+    "statistics late, so per-step figures are approximate; run_totals are exact because they are "
+    "read after the services stopped); write_xacts = cluster-wide transaction ids consumed "
+    "(transactions that wrote), exact",
     "backlog": "each service's /metrics when the arrivals end: consumer_lag_messages summed per consumer "
-               "(messages behind the partition ends) and outbox_backlog (rows the relay saw at its last pass)",
+    "(messages behind the partition ends) and outbox_backlog (rows the relay saw at its last pass)",
     "messages": "Kafka end-offset deltas per topic (idempotent, non-transactional producers: one offset per "
-                "message); __consumer_offsets (offset commits) reported separately",
+    "message); __consumer_offsets (offset commits) reported separately",
 }
 
 
 def print_summary(result: dict[str, Any]) -> None:
     print()
-    hdr = (f"{'rate/s':>7} {'acc/s':>7} {'done/s':>7} {'ratio':>6} | {'write p50':>9} {'p95':>6} {'p99':>6} {'max':>6} | "
-           f"{'query p50':>9} {'p95':>6} {'p99':>6} {'max':>6} | {'err':>4} {'late99':>6} | "
-           f"{'cpu ms/saga':>11} {'commits':>7} {'msgs':>5} | ok")
+    hdr = (
+        f"{'rate/s':>7} {'acc/s':>7} {'done/s':>7} {'ratio':>6} | {'write p50':>9} {'p95':>6} {'p99':>6} {'max':>6} | "
+        f"{'query p50':>9} {'p95':>6} {'p99':>6} {'max':>6} | {'err':>4} {'late99':>6} | "
+        f"{'cpu ms/saga':>11} {'commits':>7} {'msgs':>5} | ok"
+    )
     print(hdr)
     print("-" * len(hdr))
     for s in result["steps"]:
@@ -129,24 +134,34 @@ def print_summary(result: dict[str, Any]) -> None:
         def f(v: Any, width: int) -> str:
             return f"{v:>{width}}" if v is not None else f"{'-':>{width}}"
 
-        print(f"{s['rate_per_s']:>7g} {s['accepted_per_s']:>7} {s['completed_sagas_per_s']:>7} {s['completed_ratio']:>6.2f} | "
-              f"{f(w.get('p50'), 9)} {f(w.get('p95'), 6)} {f(w.get('p99'), 6)} {f(w.get('max'), 6)} | "
-              f"{f(q.get('p50'), 9)} {f(q.get('p95'), 6)} {f(q.get('p99'), 6)} {f(q.get('max'), 6)} | "
-              f"{s['error_count']:>4} {f(late, 6)} | {f(round(cpu * 1000, 2) if cpu else None, 11)} "
-              f"{f(s['commits_per_saga']['total'], 7)} {f(s['kafka_messages_per_saga']['total'], 5)} | "
-              f"{'yes' if s['keeps_up'] else 'NO'}")
+        print(
+            f"{s['rate_per_s']:>7g} {s['accepted_per_s']:>7} {s['completed_sagas_per_s']:>7} {s['completed_ratio']:>6.2f} | "
+            f"{f(w.get('p50'), 9)} {f(w.get('p95'), 6)} {f(w.get('p99'), 6)} {f(w.get('max'), 6)} | "
+            f"{f(q.get('p50'), 9)} {f(q.get('p95'), 6)} {f(q.get('p99'), 6)} {f(q.get('max'), 6)} | "
+            f"{s['error_count']:>4} {f(late, 6)} | {f(round(cpu * 1000, 2) if cpu else None, 11)} "
+            f"{f(s['commits_per_saga']['total'], 7)} {f(s['kafka_messages_per_saga']['total'], 5)} | "
+            f"{'yes' if s['keeps_up'] else 'NO'}"
+        )
     fl = result["floor"]
     th = fl["theoretical_max_sagas_per_s"]
     sp = fl["system_spends_per_saga"]
     t = result["targets"]
     print()
-    print(f"saturation: {result['saturation_sagas_per_s']} completed sagas/s at {result['saturation_rate_per_s']} orders/s offered "
-          f"(max measured {result['max_completed_sagas_per_s']}/s); goal >= 300: {'met' if t['sustained_met'] else 'not met'}")
+    print(
+        f"saturation: {result['saturation_sagas_per_s']} completed sagas/s at {result['saturation_rate_per_s']} orders/s offered "
+        f"(max measured {result['max_completed_sagas_per_s']}/s); goal >= 300: {'met' if t['sustained_met'] else 'not met'}"
+    )
     p50 = t["p99_placed_to_confirmed_at_50_per_s_ms"]
     print(f"p99 placed→CONFIRMED at 50/s: write {p50['write']} ms, query view {p50['query']} ms (goal <= 100 ms)")
-    print(f"per saga: {sp['postgres_commits']} PostgreSQL commits ({sp['postgres_write_xacts']} writing), "
-          f"{sp['kafka_messages']} Kafka messages (+{sp['kafka_offset_commit_records']} offset commits)")
-    print(f"floor: Kafka {fl['kafka_messages_per_s']} msgs/s produce→consume ({fl['kafka']['message_bytes']} B), "
-          f"PostgreSQL {fl['postgres_commits_per_s']} single-row commits/s ({fl['postgres']['connections']} conns)")
-    print(f"theoretical max sagas/s: {th['if_only_kafka_messages_mattered']} (Kafka messages), "
-          f"{th['if_only_postgres_commits_mattered']} (all commits), {th['if_only_postgres_write_commits_mattered']} (writing commits)")
+    print(
+        f"per saga: {sp['postgres_commits']} PostgreSQL commits ({sp['postgres_write_xacts']} writing), "
+        f"{sp['kafka_messages']} Kafka messages (+{sp['kafka_offset_commit_records']} offset commits)"
+    )
+    print(
+        f"floor: Kafka {fl['kafka_messages_per_s']} msgs/s produce→consume ({fl['kafka']['message_bytes']} B), "
+        f"PostgreSQL {fl['postgres_commits_per_s']} single-row commits/s ({fl['postgres']['connections']} conns)"
+    )
+    print(
+        f"theoretical max sagas/s: {th['if_only_kafka_messages_mattered']} (Kafka messages), "
+        f"{th['if_only_postgres_commits_mattered']} (all commits), {th['if_only_postgres_write_commits_mattered']} (writing commits)"
+    )

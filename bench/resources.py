@@ -2,6 +2,7 @@
 
 Snapshots are taken before and after each step; `deltas` turns two of them into the step's costs.
 """
+
 from __future__ import annotations
 
 import time
@@ -67,8 +68,9 @@ class Resources:
 
     async def open(self) -> None:
         self.admin = await asyncpg.connect(self.stack.pg_admin_dsn())
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka_bootstrap, group_id=None,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        )
         await consumer.start()
         self.consumer = consumer
         known = await partitions_of(self.stack.kafka_bootstrap, [*TOPICS, *DLQ_TOPICS, OFFSETS_TOPIC])
@@ -96,8 +98,11 @@ class Resources:
             list(DATABASES),
         )
         xid = await self.admin.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-        return ({r["datname"]: int(r["xact_commit"]) for r in rows},
-                {r["datname"]: int(r["xact_rollback"]) for r in rows}, int(xid))
+        return (
+            {r["datname"]: int(r["xact_commit"]) for r in rows},
+            {r["datname"]: int(r["xact_rollback"]) for r in rows},
+            int(xid),
+        )
 
     async def offsets(self) -> dict[str, int]:
         assert self.consumer is not None
@@ -110,13 +115,18 @@ class Resources:
     async def snapshot(self, *, with_cpu: bool = True) -> Snapshot:
         commits, rollbacks, xid = await self.pg_counters()
         t = psutil.cpu_times()
-        busy = float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0))
-        return Snapshot(time.time(), self.cpu() if with_cpu else {}, busy, commits, rollbacks, xid, await self.offsets())
+        busy = float(
+            t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+        )
+        return Snapshot(
+            time.time(), self.cpu() if with_cpu else {}, busy, commits, rollbacks, xid, await self.offsets()
+        )
 
     async def message_sizes(self, per_partition: int = 200) -> dict[str, float]:
         """Mean value size of the latest messages of each of the system's topics."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka_bootstrap, group_id=None,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        )
         await consumer.start()
         try:
             tps = [tp for tp in self.partitions if tp.topic in TOPICS]

@@ -25,6 +25,7 @@ BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
 bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,8 @@ class Run:
     display: Display
     next_index: int = 0
     timeline: dict[str, list[float]] = field(
-        default_factory=lambda: {"origin": [], "accepted": [], "completed": [], "confirmed_write": []})
+        default_factory=lambda: {"origin": [], "accepted": [], "completed": [], "confirmed_write": []}
+    )
     completed_all: int = 0
 
     @property
@@ -80,16 +82,36 @@ class Run:
     def query_url(self) -> str:
         return self.stack.service_url("query")
 
-    async def offer(self, rate: float, duration: float, label: str, *, sample: bool,
-                    backlog_at: float | None = None) -> dict[str, Any]:
+    async def offer(
+        self, rate: float, duration: float, label: str, *, sample: bool, backlog_at: float | None = None
+    ) -> dict[str, Any]:
         """Run the load generator for one step; return its per-request records (and, with
         `backlog_at`, each service's unprocessed backlog that many seconds into the step)."""
         out = self.tmp / f"load-{self.next_index}.json"
-        args = [sys.executable, "-m", "bench.load", "--url", self.order_url, "--rate", str(rate),
-                "--duration", str(duration), "--first-index", str(self.next_index), "--out", str(out)]
+        args = [
+            sys.executable,
+            "-m",
+            "bench.load",
+            "--url",
+            self.order_url,
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--first-index",
+            str(self.next_index),
+            "--out",
+            str(out),
+        ]
         if sample:
-            args += ["--query-url", self.query_url, "--sample-every", str(self.config.sample_every),
-                     "--sample-wait-s", str(self.config.drain_timeout_s)]
+            args += [
+                "--query-url",
+                self.query_url,
+                "--sample-every",
+                str(self.config.sample_every),
+                "--sample-wait-s",
+                str(self.config.drain_timeout_s),
+            ]
         total = int(round(rate * duration))
         self.next_index += total + (20 - total % 20) % 20  # keep every step's mix aligned
         with (self.tmp / "load.log").open("ab") as log:
@@ -109,7 +131,8 @@ class Run:
                 self.display.update(
                     f"[{label}] {elapsed:5.1f}/{duration:g}s  sent {line['sent']:>6}  accepted {line['ok']:>6}  "
                     f"errors {line['err']:>4}  final(query) {len(self.feed.finals) - finals_before:>6}  "
-                    f"in flight {line['inflight']:>4}  conns {line['conns']:>4}  late max {line['late_max_ms']} ms")
+                    f"in flight {line['inflight']:>4}  conns {line['conns']:>4}  late max {line['late_max_ms']} ms"
+                )
             code = await proc.wait()
             if scrape is not None:
                 await scrape
@@ -150,8 +173,9 @@ class Run:
         drain_s = await self.drain([o for o, s in zip(load["order_id"], load["status"]) if s == 202], label)
         await asyncio.sleep(0.5)  # let trailing facts (e.g. payment.captured in the views) settle
         after = await self.resources.snapshot()
-        result = step_figures(cfg, rate, load, deltas(before, after), drain_s, self.feed.finals, self.writes.finals,
-                              self.timeline)
+        result = step_figures(
+            cfg, rate, load, deltas(before, after), drain_s, self.feed.finals, self.writes.finals, self.timeline
+        )
         self.completed_all += result["completed"]
         if spies:
             result["profile"] = await self.finish_profilers(spies, cfg.step_s)
@@ -169,14 +193,28 @@ class Run:
                 continue
             path = RESULTS / f"profile-{name}.txt"
             proc = await asyncio.create_subprocess_exec(
-                spy, "record", "--pid", str(pid), "--duration", str(int(duration + 1)), "--rate", "50",
-                "--nonblocking", "--format", "raw", "--output", str(path),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(duration + 1)),
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(path),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             out.append((name, proc, path))
         return out
 
-    async def finish_profilers(self, spies: list[tuple[str, asyncio.subprocess.Process, Path]],
-                               duration: float) -> dict[str, Any]:
+    async def finish_profilers(
+        self, spies: list[tuple[str, asyncio.subprocess.Process, Path]], duration: float
+    ) -> dict[str, Any]:
         profile: dict[str, Any] = {}
         for name, proc, path in spies:
             await proc.wait()
@@ -211,8 +249,10 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "kafka_messages_per_s": round(sum(v for t, v in d["messages"].items() if t != OFFSETS_TOPIC) / d["wall_s"], 1),
         "other_load_cores": round(d["other_load_cores"], 2),
     }
-    run.display.line(f"idle: system uses {sum(v for k, v in idle['cpu_cores'].items() if k in PROCESSES):.2f} cores, "
-                     f"{idle['commits_per_s']} commits/s; other load on the machine {idle['other_load_cores']} cores")
+    run.display.line(
+        f"idle: system uses {sum(v for k, v in idle['cpu_cores'].items() if k in PROCESSES):.2f} cores, "
+        f"{idle['commits_per_s']} commits/s; other load on the machine {idle['other_load_cores']} cores"
+    )
 
     run_start = await res.snapshot(with_cpu=False)
     run.timeline["origin"].append(time.time())
@@ -230,7 +270,12 @@ async def measure_system(run: Run) -> dict[str, Any]:
             f"({step['completed_ratio']:.0%}), p99 placed→confirmed write {w} ms / query {q} ms, "
             f"errors {step['error_count']}, drain {step['drain_s']}s"
             + (f", largest queue at end of arrivals {worst[0]} {worst[1]:g}" if worst else "")
-            + ("" if step["keeps_up"] else f"  → saturated ({', '.join(k for k, v in step['checks'].items() if not v)})"))
+            + (
+                ""
+                if step["keeps_up"]
+                else f"  → saturated ({', '.join(k for k, v in step['checks'].items() if not v)})"
+            )
+        )
         if not step["keeps_up"]:
             break
 
@@ -251,21 +296,31 @@ async def measure_system(run: Run) -> dict[str, Any]:
     mean_size = (sum(total_messages[t] * sizes.get(t, 0.0) for t in TOPICS) / msg_count) if msg_count else 500.0
     run_totals: dict[str, Any] = {
         "completed_sagas": completed,
-        "commits_per_saga": {**{db: per(v, completed, 2) for db, v in total["commits"].items()},
-                             "total": per(sum(total["commits"].values()), completed, 2)},
+        "commits_per_saga": {
+            **{db: per(v, completed, 2) for db, v in total["commits"].items()},
+            "total": per(sum(total["commits"].values()), completed, 2),
+        },
         "write_xacts_per_saga": per(total["write_xacts"], completed, 2),
-        "kafka_messages_per_saga": {**{t: per(v, completed, 2) for t, v in total_messages.items()},
-                                    "total": per(msg_count, completed, 2)},
+        "kafka_messages_per_saga": {
+            **{t: per(v, completed, 2) for t, v in total_messages.items()},
+            "total": per(msg_count, completed, 2),
+        },
         "offset_commit_records_per_saga": per(total["messages"].get(OFFSETS_TOPIC, 0), completed, 2),
         "mean_message_bytes": {**sizes, "weighted": round(mean_size, 1)},
         "note": "from the first step to after the services stopped (their backends flushed their "
-                "statistics), idle gaps and drains included; divided by all completed sagas of the steps",
+        "statistics), idle gaps and drains included; divided by all completed sagas of the steps",
     }
 
-    kafka = await floor.kafka_floor(run.stack.kafka_bootstrap, message_bytes=int(mean_size), partitions=6,
-                                    duration_s=cfg.floor_s)
-    pg = await floor.postgres_floor(run.stack.pg_admin_dsn(), run.stack.pg_dsn, connections=cfg.pg_floor_connections,
-                                    row_bytes=int(mean_size), duration_s=cfg.floor_s)
+    kafka = await floor.kafka_floor(
+        run.stack.kafka_bootstrap, message_bytes=int(mean_size), partitions=6, duration_s=cfg.floor_s
+    )
+    pg = await floor.postgres_floor(
+        run.stack.pg_admin_dsn(),
+        run.stack.pg_dsn,
+        connections=cfg.pg_floor_connections,
+        row_bytes=int(mean_size),
+        duration_s=cfg.floor_s,
+    )
     await res.close()
     commits = run_totals["commits_per_saga"]["total"]
     xacts = run_totals["write_xacts_per_saga"]
@@ -275,15 +330,19 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "postgres": pg,
         "kafka_messages_per_s": kafka["produce_consume_per_s"],
         "postgres_commits_per_s": pg["commits_per_s"],
-        "system_spends_per_saga": {"postgres_commits": commits, "postgres_write_xacts": xacts, "kafka_messages": msgs,
-                                   "kafka_offset_commit_records": run_totals["offset_commit_records_per_saga"]},
+        "system_spends_per_saga": {
+            "postgres_commits": commits,
+            "postgres_write_xacts": xacts,
+            "kafka_messages": msgs,
+            "kafka_offset_commit_records": run_totals["offset_commit_records_per_saga"],
+        },
         "theoretical_max_sagas_per_s": {
             "if_only_kafka_messages_mattered": per(kafka["produce_consume_per_s"], msgs or 0, 1),
             "if_only_postgres_commits_mattered": per(pg["commits_per_s"], commits or 0, 1),
             "if_only_postgres_write_commits_mattered": per(pg["commits_per_s"], xacts or 0, 1),
         },
         "note": "floors are measured on the same Kafka and PostgreSQL after the services stopped, so "
-                "nothing else of the system competes; the bench client itself shares the 2 cores",
+        "nothing else of the system competes; the bench client itself shares the 2 cores",
     }
     return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result}
 
@@ -300,8 +359,10 @@ def main() -> None:
     display = Display()
     load_at_start = os.getloadavg()
     began = time.time()
-    display.line(f"make bench ({cfg.mode}): rates {', '.join(f'{r:g}' for r in cfg.rates)} orders/s, "
-                 f"{cfg.step_s:g}s each; load average at start {load_at_start[0]:.2f} on {os.cpu_count()} cores")
+    display.line(
+        f"make bench ({cfg.mode}): rates {', '.join(f'{r:g}' for r in cfg.rates)} orders/s, "
+        f"{cfg.step_s:g}s each; load average at start {load_at_start[0]:.2f} on {os.cpu_count()} cores"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-system-") as tmp_name:
         tmp = Path(tmp_name)
@@ -318,12 +379,22 @@ def main() -> None:
             if missing:
                 raise SystemExit(f"make bench: services not available: {', '.join(sorted(missing))}")
             stack.wait_healthy(SERVICES, timeout_s=120)
-            display.line(f"stack up in {time.monotonic() - t0:.1f}s (Kafka :{kafka_port}, PostgreSQL :{pg_port}, "
-                         + ", ".join(f"{n} :{p}" for n, p in ports.items()) + ")")
+            display.line(
+                f"stack up in {time.monotonic() - t0:.1f}s (Kafka :{kafka_port}, PostgreSQL :{pg_port}, "
+                + ", ".join(f"{n} :{p}" for n, p in ports.items())
+                + ")"
+            )
             pids = stack.live_pids()
             resources = Resources(stack, {n: pids[n] for n in PROCESSES if n in pids})
-            run = Run(cfg, stack, tmp, resources, OrderEventsWatcher(stack.kafka_bootstrap),
-                      FeedWatcher(stack.service_url("query")), display)
+            run = Run(
+                cfg,
+                stack,
+                tmp,
+                resources,
+                OrderEventsWatcher(stack.kafka_bootstrap),
+                FeedWatcher(stack.service_url("query")),
+                display,
+            )
             import uvloop
 
             measured = uvloop.run(measure_system(run))
@@ -335,11 +406,23 @@ def main() -> None:
         "mode": cfg.mode,
         "started_at": datetime.fromtimestamp(began, UTC).isoformat(),
         "duration_s": round(time.time() - began, 1),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load_at_start],
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "stack_start_s": stack.timings,
-                    "python": platform.python_version(), "platform": platform.platform(), **versions},
-        "settings": {"rates_planned": cfg.rates, "step_s": cfg.step_s, "drain_timeout_s": cfg.drain_timeout_s,
-                     "service_env": env, "floor_s": cfg.floor_s, "pg_floor_connections": cfg.pg_floor_connections},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": [round(x, 2) for x in load_at_start],
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "stack_start_s": stack.timings,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            **versions,
+        },
+        "settings": {
+            "rates_planned": cfg.rates,
+            "step_s": cfg.step_s,
+            "drain_timeout_s": cfg.drain_timeout_s,
+            "service_env": env,
+            "floor_s": cfg.floor_s,
+            "pg_floor_connections": cfg.pg_floor_connections,
+        },
         "method": METHOD,
     }
     result.update(headline(measured, cfg))
@@ -350,8 +433,7 @@ def main() -> None:
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     plot.render(result, timeline, png_path)
     print_summary(result)
-    print(f"\nwritten: {_shown(json_path)}, {_shown(png_path)} "
-          f"(run took {result['duration_s']}s)")
+    print(f"\nwritten: {_shown(json_path)}, {_shown(png_path)} (run took {result['duration_s']}s)")
 
 
 async def _versions(stack: LocalStack) -> dict[str, Any]:

@@ -8,6 +8,7 @@ and TOPIC_PARTITIONS like every service (`shared.settings.ServiceSettings`), ret
 broker answers, then checks that every topic exists with all its partitions led. Exit 0 when
 they all do, 1 if not within TIMEOUT_S. Safe to run any number of times.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,15 +52,19 @@ async def create_all(bootstrap: str, partitions: int, timeout_s: float = TIMEOUT
             created = await asyncio.wait_for(ensure_topics(bootstrap, partitions), 30)
             missing = await asyncio.wait_for(missing_topics(bootstrap, wanted), 30)
             if not missing:
-                print(f"kafka topics ready on {bootstrap}: {len(wanted)} topics "
-                      f"({len(created)} created now: {', '.join(created) or 'none'})", flush=True)
+                print(
+                    f"kafka topics ready on {bootstrap}: {len(wanted)} topics "
+                    f"({len(created)} created now: {', '.join(created) or 'none'})",
+                    flush=True,
+                )
                 return 0
             problem = f"not ready yet: {', '.join(missing)}"
         except Exception as exc:  # the broker may still be electing its controller
             problem = repr(exc)
         if time.monotonic() > deadline:
-            print(f"kafka topics on {bootstrap} not ready after {timeout_s:.0f}s: {problem}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"kafka topics on {bootstrap} not ready after {timeout_s:.0f}s: {problem}", file=sys.stderr, flush=True
+            )
             return 1
         await asyncio.sleep(RETRY_S)
 

@@ -5,6 +5,7 @@ reachable) with the standard library only, so the image needs no curl. The port 
 way the service's settings class resolves it: HTTP_PORT, else <SERVICE>_PORT (the alias every
 service accepts), else the default given on the command line. Exit 0 = healthy, 1 = not.
 """
+
 from __future__ import annotations
 
 import os

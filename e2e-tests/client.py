@@ -15,6 +15,7 @@ Pieces:
 One module of ~450 lines on purpose: it is one job, the REST API as a client sees it (an
 endpoint per method and the bounded waits built on them).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,12 +53,17 @@ DLQ_TOPICS = tuple(f"{t}.dlq" for t in ALL_TOPICS)
 # The schema version each message type is written in now (docs/schemas/<type>.v<N>.json);
 # every type not named here is at version 1. Payment facts carry `amount: {amount_cents, currency}`.
 SCHEMA_VERSIONS: dict[str, int] = {
-    "payment.authorized": 2, "payment.declined": 2, "payment.captured": 2, "payment.voided": 2, "payment.refunded": 2,
+    "payment.authorized": 2,
+    "payment.declined": 2,
+    "payment.captured": 2,
+    "payment.voided": 2,
+    "payment.refunded": 2,
 }
 
 
 def schema_version(message_type: str) -> int:
     return SCHEMA_VERSIONS.get(message_type, 1)
+
 
 FINAL_ORDER_STATUSES = frozenset({"DELIVERED", "REJECTED", "CANCELLED"})
 
@@ -75,8 +81,12 @@ class Endpoints:
     query: str
     kafka: str
 
-    URL_ENV = {"order": "E2E_ORDER_URL", "payment": "E2E_PAYMENT_URL", "shipping": "E2E_SHIPPING_URL",
-               "query": "E2E_QUERY_URL"}
+    URL_ENV = {
+        "order": "E2E_ORDER_URL",
+        "payment": "E2E_PAYMENT_URL",
+        "shipping": "E2E_SHIPPING_URL",
+        "query": "E2E_QUERY_URL",
+    }
     KAFKA_ENV = "E2E_KAFKA_BOOTSTRAP"
 
     @classmethod
@@ -190,8 +200,10 @@ def order_body(
         "customer_id": customer_id,
         "items": [dict(i) for i in items]
         if items is not None
-        else [{"sku": "SKU-BOOK", "quantity": 2, "unit_price_cents": 1250},
-              {"sku": "SKU-PEN", "quantity": 1, "unit_price_cents": 300}],
+        else [
+            {"sku": "SKU-BOOK", "quantity": 2, "unit_price_cents": 1250},
+            {"sku": "SKU-PEN", "quantity": 1, "unit_price_cents": 300},
+        ],
         "currency": currency,
         "shipping_address": {
             "name": "Ada Lovelace",
@@ -234,8 +246,9 @@ class SystemClient:
     async def __aenter__(self) -> SystemClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -245,9 +258,11 @@ class SystemClient:
     async def health(self, service: str) -> httpx.Response:
         return await self.http.get(self.endpoints.service_urls()[service] + "/health", timeout=3.0)
 
-    async def wait_healthy(self, services: Iterable[str] = ("order", "payment", "shipping", "query"),
-                           timeout: float = 60.0) -> None:
+    async def wait_healthy(
+        self, services: Iterable[str] = ("order", "payment", "shipping", "query"), timeout: float = 60.0
+    ) -> None:
         for name in services:
+
             async def ok(name: str = name) -> bool:
                 resp = await self.health(name)
                 if resp.status_code != 200:
@@ -257,8 +272,9 @@ class SystemClient:
             await eventually(ok, timeout, what=f"{name} healthy")
 
     # ---- order service
-    async def place(self, body: Any, *, idempotency_key: str | None = None, request_id: str | None = None,
-                    raw: bytes | None = None) -> httpx.Response:
+    async def place(
+        self, body: Any, *, idempotency_key: str | None = None, request_id: str | None = None, raw: bytes | None = None
+    ) -> httpx.Response:
         headers = {}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
@@ -297,7 +313,8 @@ class SystemClient:
 
     async def payments_of(self, order_id: str) -> list[Json]:
         found: list[Json] = expect(
-            await self.http.get(f"{self.endpoints.payment}/payments", params={"order_id": order_id}), 200)
+            await self.http.get(f"{self.endpoints.payment}/payments", params={"order_id": order_id}), 200
+        )
         return found
 
     async def payment_events(self, payment_id: str) -> httpx.Response:
@@ -309,7 +326,8 @@ class SystemClient:
 
     async def shipments_of(self, order_id: str) -> list[Json]:
         found: list[Json] = expect(
-            await self.http.get(f"{self.endpoints.shipping}/shipments", params={"order_id": order_id}), 200)
+            await self.http.get(f"{self.endpoints.shipping}/shipments", params={"order_id": order_id}), 200
+        )
         return found
 
     async def shipment_events(self, shipment_id: str) -> httpx.Response:
@@ -324,8 +342,9 @@ class SystemClient:
         return await self.http.post(f"{self.endpoints.shipping}/shipments/{shipment_id}/deliver", headers=headers)
 
     # ---- query service
-    async def view(self, order_id: str, *, min_version: int | None = None,
-                   wait_s: float | None = None) -> httpx.Response:
+    async def view(
+        self, order_id: str, *, min_version: int | None = None, wait_s: float | None = None
+    ) -> httpx.Response:
         params: dict[str, str] = {}
         if min_version is not None:
             params["min_version"] = str(min_version)
@@ -363,8 +382,9 @@ class SystemClient:
             if o["status"] in wanted:
                 return o
             if o["status"] in FINAL_ORDER_STATUSES:  # final and not wanted: fail now, not at timeout
-                raise UnexpectedFinal(f"order {order_id} ended {o['status']} ({o.get('reason')}), "
-                                      f"wanted {sorted(wanted)}")
+                raise UnexpectedFinal(
+                    f"order {order_id} ended {o['status']} ({o.get('reason')}), wanted {sorted(wanted)}"
+                )
             raise NotYet(f"order {order_id} is {o['status']} (seen {seen})")
 
         return await eventually(probe, timeout, what=f"order {order_id} in {sorted(wanted)}")
@@ -387,9 +407,11 @@ class SystemClient:
 
         return await eventually(probe, timeout, what=f"shipment of {order_id} {status}")
 
-    async def wait_view(self, order_id: str, check: Callable[[Json], bool] | None = None,
-                        timeout: float = 30.0, what: str = "") -> Json:
+    async def wait_view(
+        self, order_id: str, check: Callable[[Json], bool] | None = None, timeout: float = 30.0, what: str = ""
+    ) -> Json:
         """The query-side view of the order once `check(view)` holds (default: it exists)."""
+
         async def probe() -> Json | None:
             resp = await self.view(order_id)
             if resp.status_code == 404:
@@ -397,8 +419,10 @@ class SystemClient:
             v: Json = expect(resp, 200)
             if check is None or check(v):
                 return v
-            raise NotYet(f"view of {order_id}: status={v.get('status')} payment={v.get('payment_status')} "
-                         f"shipment={v.get('shipment_status')} version={v.get('version')}")
+            raise NotYet(
+                f"view of {order_id}: status={v.get('status')} payment={v.get('payment_status')} "
+                f"shipment={v.get('shipment_status')} version={v.get('version')}"
+            )
 
         return await eventually(probe, timeout, what=what or f"view of order {order_id}")
 
@@ -406,8 +430,11 @@ class SystemClient:
         """Read-your-writes: the view has applied the write side's current order version."""
         o = await self.order_ok(order_id)
         return await self.wait_view(
-            order_id, lambda v: v["version"] >= o["version"] and v["status"] == o["status"], timeout,
-            what=f"view of {order_id} at version {o['version']} {o['status']}")
+            order_id,
+            lambda v: v["version"] >= o["version"] and v["status"] == o["status"],
+            timeout,
+            what=f"view of {order_id} at version {o['version']} {o['status']}",
+        )
 
     async def wait_timeline(self, order_id: str, types: Iterable[str], timeout: float = 30.0) -> Json:
         """The timeline once it holds (at least) every type in `types`."""

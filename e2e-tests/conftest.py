@@ -26,6 +26,7 @@ environment, first match wins:
 Other knobs: `E2E_FLOW_TIMEOUT_S` (default 30) bounds every wait for an asynchronous outcome;
 `E2E_KEEP_STACK=1` leaves the private stack running (its run dir is printed) for a post-mortem.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -92,23 +93,30 @@ def _private_stack(tmp: Path) -> Iterator[SystemUnderTest]:
     try:
         stack.start()
         stack.start_services(
-            SERVICES, cwd=REPO_ROOT, ports=ports,
+            SERVICES,
+            cwd=REPO_ROOT,
+            ports=ports,
             env={"order": {"SAGA_STEP_TIMEOUT_S": str(STEP_TIMEOUT_S)}},
         )
         stack.wait_healthy(SERVICES, timeout_s=120)
-        _say(f"private stack up in {time.monotonic() - t:.1f}s: run dir {stack.run_dir}, kafka "
-             f"{stack.kafka_bootstrap}, services {ports}")
+        _say(
+            f"private stack up in {time.monotonic() - t:.1f}s: run dir {stack.run_dir}, kafka "
+            f"{stack.kafka_bootstrap}, services {ports}"
+        )
         endpoints = Endpoints(
-            order=stack.service_url("order"), payment=stack.service_url("payment"),
-            shipping=stack.service_url("shipping"), query=stack.service_url("query"),
+            order=stack.service_url("order"),
+            payment=stack.service_url("payment"),
+            shipping=stack.service_url("shipping"),
+            query=stack.service_url("query"),
             kafka=stack.kafka_bootstrap,
         )
 
         def send(name: str, sig: int) -> bool:
             return stack.service_process(name).send_signal(sig)
 
-        yield SystemUnderTest("private", endpoints, STEP_TIMEOUT_S, send, pg_dsn=stack.pg_admin_dsn,
-                              log_dir=stack.run_dir / "logs")
+        yield SystemUnderTest(
+            "private", endpoints, STEP_TIMEOUT_S, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs"
+        )
     finally:
         if _env_flag("E2E_KEEP_STACK"):
             _say(f"E2E_KEEP_STACK=1: left running in {stack.run_dir} (RUN_DIR=... python -m infra down --purge)")
@@ -121,8 +129,10 @@ def _make_up_stack() -> Iterator[SystemUnderTest]:
 
     stack = LocalStack.from_settings()
     endpoints = Endpoints(
-        order=stack.service_url("order"), payment=stack.service_url("payment"),
-        shipping=stack.service_url("shipping"), query=stack.service_url("query"),
+        order=stack.service_url("order"),
+        payment=stack.service_url("payment"),
+        shipping=stack.service_url("shipping"),
+        query=stack.service_url("query"),
         kafka=stack.kafka_bootstrap,
     )
     pids = stack.live_pids()
@@ -153,9 +163,10 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
 
     kafka_image = os.environ.get("E2E_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
     pg_image = os.environ.get("E2E_POSTGRES_IMAGE", "postgres:16-alpine")
-    with KafkaContainer(kafka_image).with_kraft() as kafka, PostgresContainer(
-        pg_image, username="app", password="app", dbname="postgres", driver=None
-    ) as pg:
+    with (
+        KafkaContainer(kafka_image).with_kraft() as kafka,
+        PostgresContainer(pg_image, username="app", password="app", dbname="postgres", driver=None) as pg,
+    ):
         for db in ("order", "payment", "shipping", "query"):
             res = pg.exec(["psql", "-U", "app", "-d", "postgres", "-c", f'CREATE DATABASE "{db}" OWNER app'])
             if res.exit_code != 0:
@@ -174,14 +185,20 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             }
             if name == "order":
                 env["SAGA_STEP_TIMEOUT_S"] = str(STEP_TIMEOUT_S)
-            procs[name] = ServiceProcess(name, f"services.{name}", run_dir=tmp / "tc", env=env, cwd=REPO_ROOT,
-                                         ports=[ports[name]])
+            procs[name] = ServiceProcess(
+                name, f"services.{name}", run_dir=tmp / "tc", env=env, cwd=REPO_ROOT, ports=[ports[name]]
+            )
         try:
             for p in procs.values():
                 p.start()
             url = {n: f"http://127.0.0.1:{ports[n]}" for n in SERVICES}
-            endpoints = Endpoints(order=url["order"], payment=url["payment"], shipping=url["shipping"],
-                                  query=url["query"], kafka=bootstrap)
+            endpoints = Endpoints(
+                order=url["order"],
+                payment=url["payment"],
+                shipping=url["shipping"],
+                query=url["query"],
+                kafka=bootstrap,
+            )
 
             def send(name: str, sig: int) -> bool:
                 return procs[name].send_signal(sig)
@@ -189,8 +206,9 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             def dsn(database: str) -> str:  # `app` created the container's cluster: its superuser
                 return f"postgresql://app:app@{pg_host}:{pg_port}/{database}"
 
-            yield SystemUnderTest("testcontainers", endpoints, STEP_TIMEOUT_S, send, pg_dsn=dsn,
-                                  log_dir=tmp / "tc" / "logs")
+            yield SystemUnderTest(
+                "testcontainers", endpoints, STEP_TIMEOUT_S, send, pg_dsn=dsn, log_dir=tmp / "tc" / "logs"
+            )
         finally:
             for p in procs.values():
                 p.stop()
@@ -263,4 +281,3 @@ def pause_service(sut: SystemUnderTest, client: SystemClient) -> PauseService:
             await client.wait_healthy([name], timeout=60)
 
     return pause
-

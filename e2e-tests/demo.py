@@ -17,6 +17,7 @@ did not happen as the tour expected.
 
     python e2e-tests/demo.py [--fast] [--no-color]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,9 +100,13 @@ def endpoints_from_env() -> Endpoints:
         return given
     port = {s: os.environ.get(f"{s.upper()}_PORT", str(p)) for s, p in zip(SERVICES, (8001, 8002, 8003, 8004))}
     kafka = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
-    return Endpoints(order=f"http://127.0.0.1:{port['order']}", payment=f"http://127.0.0.1:{port['payment']}",
-                     shipping=f"http://127.0.0.1:{port['shipping']}", query=f"http://127.0.0.1:{port['query']}",
-                     kafka=kafka)
+    return Endpoints(
+        order=f"http://127.0.0.1:{port['order']}",
+        payment=f"http://127.0.0.1:{port['payment']}",
+        shipping=f"http://127.0.0.1:{port['shipping']}",
+        query=f"http://127.0.0.1:{port['query']}",
+        kafka=kafka,
+    )
 
 
 @dataclass
@@ -162,10 +167,14 @@ class Tour:
         resp = await self.client.place(body, idempotency_key=f"demo-{uuid.uuid4()}")
         placed = expect(resp, 202)
         lines = ", ".join(f"{i['quantity']} x {i['sku']} @ {i['unit_price_cents'] / 100:.2f}" for i in body["items"])
-        self.step(f"POST /orders  {label}: {lines} {body['currency']}, to {body['shipping_address']['country']}, "
-                  f"token {body['payment_token']}")
-        self.step(f"-> 202 {placed['status']}  order {placed['order_id']}  total "
-                  f"{placed['total_cents'] / 100:,.2f} {body['currency']}")
+        self.step(
+            f"POST /orders  {label}: {lines} {body['currency']}, to {body['shipping_address']['country']}, "
+            f"token {body['payment_token']}"
+        )
+        self.step(
+            f"-> 202 {placed['status']}  order {placed['order_id']}  total "
+            f"{placed['total_cents'] / 100:,.2f} {body['currency']}"
+        )
         self.note("the answer comes before anything else happens: the rest is driven by facts on Kafka")
         return str(placed["order_id"])
 
@@ -174,8 +183,10 @@ class Tour:
         view = await self.client.wait_view(order_id, lambda v: v["version"] >= order["version"], self.timeout_s)
         reason = f" ({order['reason']})" if order.get("reason") else ""
         self.step(f"order service  GET /orders/{{id}}        -> {order['status']}{reason}, version {order['version']}")
-        self.step(f"query service  GET /orders/{{id}}        -> {view['status']}, payment {view['payment_status'] or '-'}, "
-                  f"shipment {view['shipment_status'] or '-'} (read model, fed only from Kafka)")
+        self.step(
+            f"query service  GET /orders/{{id}}        -> {view['status']}, payment {view['payment_status'] or '-'}, "
+            f"shipment {view['shipment_status'] or '-'} (read model, fed only from Kafka)"
+        )
         return order
 
     # ---- the journeys
@@ -205,8 +216,10 @@ class Tour:
 
     async def card_decline(self) -> str:
         self.say(self.style.title("\n2. A card decline: the payment service says no"))
-        order_id = await self.place(order_body(f"demo-{uuid.uuid4().hex[:8]}", payment_token="tok_decline"),
-                                    "same basket, a card that is declined")
+        order_id = await self.place(
+            order_body(f"demo-{uuid.uuid4().hex[:8]}", payment_token="tok_decline"),
+            "same basket, a card that is declined",
+        )
         await self.follow(order_id, "order.rejected", what="rejection")
         await self.show_state(order_id)
         self.note("no shipment was ever asked for: the saga stops at the first refusal")
@@ -214,8 +227,9 @@ class Tour:
 
     async def shipping_failure(self) -> str:
         self.say(self.style.title("\n3. A shipping failure, compensated: the money is released"))
-        order_id = await self.place(order_body(f"demo-{uuid.uuid4().hex[:8]}", country="AQ"),
-                                    "to Antarctica, where no carrier goes")
+        order_id = await self.place(
+            order_body(f"demo-{uuid.uuid4().hex[:8]}", country="AQ"), "to Antarctica, where no carrier goes"
+        )
         await self.follow(order_id, "order.cancelled", what="compensation")
         await self.show_state(order_id)
         self.note("the payment had been authorized; the saga undid it (payment.void) before cancelling")
@@ -223,15 +237,18 @@ class Tour:
 
     async def customer_cancel(self) -> str:
         self.say(self.style.title("\n4. The customer cancels after paying: refund and call off the shipment"))
-        body = order_body(f"demo-{uuid.uuid4().hex[:8]}", items=[{"sku": "SKU-LAMP", "quantity": 1,
-                                                                  "unit_price_cents": 8900}])
+        body = order_body(
+            f"demo-{uuid.uuid4().hex[:8]}", items=[{"sku": "SKU-LAMP", "quantity": 1, "unit_price_cents": 8900}]
+        )
         order_id = await self.place(body, "a lamp")
         await self.follow(order_id, "order.confirmed", what="confirmation")
         await self.breathe()
         resp = await self.client.cancel(order_id)
         accepted = expect(resp, 202)
-        self.step(f"POST /orders/{{id}}/cancel -> 202 (order still {accepted['status']}: "
-                  "it is CANCELLED once the compensations are confirmed)")
+        self.step(
+            f"POST /orders/{{id}}/cancel -> 202 (order still {accepted['status']}: "
+            "it is CANCELLED once the compensations are confirmed)"
+        )
         await self.follow(order_id, "order.cancelled", what="cancellation")
         await self.show_state(order_id)
         self.note(f"{total_of(body) / 100:.2f} EUR were captured, then refunded; once shipped, cancel answers 409")
@@ -243,13 +260,15 @@ class Tour:
         by_status = ", ".join(f"{k} {v}" for k, v in stats["orders_by_status"].items() if v)
         self.step(f"GET /stats -> {stats['orders_total']} orders: {by_status}")
         for currency, money in stats["revenue_by_currency"].items():
-            self.step(f"             revenue {currency}: captured {money['captured_cents'] / 100:,.2f} - refunded "
-                      f"{money['refunded_cents'] / 100:,.2f} = {money['revenue_cents'] / 100:,.2f}")
+            self.step(
+                f"             revenue {currency}: captured {money['captured_cents'] / 100:,.2f} - refunded "
+                f"{money['refunded_cents'] / 100:,.2f} = {money['revenue_cents'] / 100:,.2f}"
+            )
         ep = self.client.endpoints
         self.say("\nLook further:")
         self.step(f"curl -s {ep.order}/sagas/{order_ids[2]}        # the saga's steps for the compensated order")
         self.step(f"curl -sN '{ep.query}/stream?order_id={order_ids[0]}&last_event_id=0'   # its facts as SSE")
-        self.step("make watch ARGS=\"--order <id> --from-beginning\"   # the same flow as raw Kafka messages")
+        self.step('make watch ARGS="--order <id> --from-beginning"   # the same flow as raw Kafka messages')
 
 
 async def check_up(client: SystemClient) -> list[str]:
@@ -276,19 +295,32 @@ async def main(argv: list[str] | None = None) -> int:
     async with SystemClient(endpoints, timeout=10.0) as client:
         down = await check_up(client)
         if down:
-            print(f"make demo: the stack is not up: {'; '.join(down)}\n"
-                  "run `make up` first (or point E2E_ORDER_URL, ... / ORDER_PORT, ... at your stack)", file=sys.stderr)
+            print(
+                f"make demo: the stack is not up: {'; '.join(down)}\n"
+                "run `make up` first (or point E2E_ORDER_URL, ... / ORDER_PORT, ... at your stack)",
+                file=sys.stderr,
+            )
             return 2
         print(style.title("events-first: a guided tour"))
-        print(f"  order {endpoints.order} · payment {endpoints.payment} · shipping {endpoints.shipping} · "
-              f"query {endpoints.query}")
-        print(style.dim("  Each order is followed through the query service's timeline (GET /orders/{id}/timeline):\n"
-                        "  every fact of every service about it, in causal order. Columns: time since the order\n"
-                        "  was placed, service, fact, version in its own stream, amount, what it means."))
+        print(
+            f"  order {endpoints.order} · payment {endpoints.payment} · shipping {endpoints.shipping} · "
+            f"query {endpoints.query}"
+        )
+        print(
+            style.dim(
+                "  Each order is followed through the query service's timeline (GET /orders/{id}/timeline):\n"
+                "  every fact of every service about it, in causal order. Columns: time since the order\n"
+                "  was placed, service, fact, version in its own stream, amount, what it means."
+            )
+        )
         tour = Tour(client, style, pause_s=0.0 if args.fast else 0.8, timeout_s=args.timeout)
         try:
-            ids = [await tour.happy_path(), await tour.card_decline(), await tour.shipping_failure(),
-                   await tour.customer_cancel()]
+            ids = [
+                await tour.happy_path(),
+                await tour.card_decline(),
+                await tour.shipping_failure(),
+                await tour.customer_cancel(),
+            ]
             await tour.summary(ids)
         except (TourFailed, AssertionError, httpx.HTTPError) as exc:
             print(style.bad(f"\nmake demo: the tour stopped: {exc}"), file=sys.stderr)

@@ -5,6 +5,7 @@
 * `read_topics`: every message of some topics, from their beginning to their end right now.
 * `SseStream` / `sse`: a Server-Sent Events reader for `GET /stream`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -87,8 +88,9 @@ class KafkaTap:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     async def poll(self, timeout_ms: int = 200) -> int:
@@ -110,9 +112,11 @@ class KafkaTap:
     def of_order(self, order_id: str) -> list[TapMessage]:
         return [m for m in self.messages if m.correlation_id == order_id]
 
-    async def wait_for(self, check: Callable[[list[TapMessage]], bool], timeout: float = 30.0,
-                       what: str = "messages") -> list[TapMessage]:
+    async def wait_for(
+        self, check: Callable[[list[TapMessage]], bool], timeout: float = 30.0, what: str = "messages"
+    ) -> list[TapMessage]:
         """Keep reading until `check(all messages seen so far)` holds."""
+
         async def probe() -> list[TapMessage] | None:
             await self.poll(200)
             if check(self.messages):
@@ -124,8 +128,11 @@ class KafkaTap:
     async def wait_types(self, order_id: str, types: Iterable[str], timeout: float = 30.0) -> list[TapMessage]:
         """Read until the order's messages include every type in `types`; the order's messages."""
         wanted = set(types)
-        await self.wait_for(lambda ms: wanted <= {m.type for m in ms if m.correlation_id == order_id},
-                            timeout, what=f"{sorted(wanted)} of {order_id} on Kafka")
+        await self.wait_for(
+            lambda ms: wanted <= {m.type for m in ms if m.correlation_id == order_id},
+            timeout,
+            what=f"{sorted(wanted)} of {order_id} on Kafka",
+        )
         return self.of_order(order_id)
 
 
@@ -156,16 +163,24 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
     missing = [t for t in topics if t not in found]
     if missing:
         raise AssertionError(f"topics missing on {bootstrap}: {missing}")
-    return [TopicPartition(t, p["partition"]) for t in topics
-            for p in sorted(found[t]["partitions"], key=lambda p: int(p["partition"]))]
+    return [
+        TopicPartition(t, p["partition"])
+        for t in topics
+        for p in sorted(found[t]["partitions"], key=lambda p: int(p["partition"]))
+    ]
 
 
 async def read_topics(bootstrap: str, topics: Iterable[str], timeout: float = 60.0) -> list[WireMessage]:
     """Every committed message of `topics`, from each partition's beginning up to its end offset
     when the call starts (messages produced meanwhile may or may not be included)."""
     tps = await partitions_of(bootstrap, list(topics))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                isolation_level="read_committed", auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -179,8 +194,11 @@ async def read_topics(bootstrap: str, topics: Iterable[str], timeout: float = 60
                 raise AssertionError(f"reading {sorted(str(tp) for tp in pending)} to their ends took over {timeout}s")
             batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
             for tp, records in batches.items():
-                out.extend(WireMessage(tp.topic, tp.partition, r.offset, r.key, r.value)
-                           for r in records if r.offset < ends[tp])
+                out.extend(
+                    WireMessage(tp.topic, tp.partition, r.offset, r.key, r.value)
+                    for r in records
+                    if r.offset < ends[tp]
+                )
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
@@ -265,8 +283,9 @@ class SseStream:
 
 
 @asynccontextmanager
-async def sse(endpoints: Endpoints, *, order_id: str | None = None,
-              last_event_id: str | None = None) -> AsyncIterator[SseStream]:
+async def sse(
+    endpoints: Endpoints, *, order_id: str | None = None, last_event_id: str | None = None
+) -> AsyncIterator[SseStream]:
     """Open `GET /stream` (optionally filtered, optionally resuming) for the `async with` body."""
     params = {"order_id": order_id} if order_id else {}
     headers = {"Accept": "text/event-stream"}

@@ -1,5 +1,6 @@
 """The rules every endpoint keeps (docs/API.md): idempotent placement, 422 naming the field with nothing
 appended, 404 for unknown ids, 409 for illegal transitions, and never a 5xx."""
+
 from __future__ import annotations
 
 import asyncio
@@ -101,6 +102,7 @@ def _set(path: str, value: Any) -> Mutation:
         else:
             target[last] = value
         return body
+
     return mutate
 
 
@@ -112,6 +114,7 @@ def _drop(path: str) -> Mutation:
             target = target[int(p)] if isinstance(target, list) else target[p]
         del target[last]
         return body
+
     return mutate
 
 
@@ -147,8 +150,14 @@ BAD_BODIES: list[tuple[str, Mutation, str]] = [
     ("token-missing", _drop("payment_token"), "payment_token"),
     ("token-empty", _set("payment_token", ""), "payment_token"),
     ("extra-field", _set("discount_cents", 100), "discount_cents"),
-    ("total-overflow", lambda b: {**b, "items": [{"sku": f"S{i}", "quantity": 1_000_000,
-                                                    "unit_price_cents": 2**62} for i in range(4)]}, "items"),
+    (
+        "total-overflow",
+        lambda b: {
+            **b,
+            "items": [{"sku": f"S{i}", "quantity": 1_000_000, "unit_price_cents": 2**62} for i in range(4)],
+        },
+        "items",
+    ),
 ]
 BAD_RAW: list[tuple[str, bytes, str]] = [
     ("not-json", b"{not json", "body"),
@@ -161,8 +170,10 @@ BAD_RAW: list[tuple[str, bytes, str]] = [
 
 
 def _named(resp_json: Any, field: str) -> bool:
-    return any(field == f or f.endswith("." + field) or f.startswith(field + ".") or f == field
-               for f in fields_named(resp_json))
+    return any(
+        field == f or f.endswith("." + field) or f.startswith(field + ".") or f == field
+        for f in fields_named(resp_json)
+    )
 
 
 @pytest.mark.parametrize(("mutate", "field"), [(m, f) for _, m, f in BAD_BODIES], ids=[c for c, _, _ in BAD_BODIES])
@@ -199,8 +210,11 @@ async def test_invalid_orders_append_nothing(client: SystemClient, tap: KafkaTap
     await tap.wait_types(sentinel["order_id"], {"order.placed"})
     await client.wait_view(sentinel["order_id"])
     assert _placed_for(tap, set(customers)) == []
-    assert {m.type for m in tap.messages if m.correlation_id != sentinel["order_id"]
-            and m.value.get("data", {}).get("customer_id") in customers} == set()
+    assert {
+        m.type
+        for m in tap.messages
+        if m.correlation_id != sentinel["order_id"] and m.value.get("data", {}).get("customer_id") in customers
+    } == set()
     for customer in customers:
         page = expect(await client.views(customer_id=customer), 200)
         assert page["items"] == [], f"a refused order of {customer} reached the read model"
@@ -224,10 +238,14 @@ BAD_PARAMS: list[tuple[str, str, dict[str, str], dict[str, str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("service", "path", "params", "headers", "field"), BAD_PARAMS,
-                         ids=[f"{s}:{p}:{f}={(q or h).get(f, '')}" for s, p, q, h, f in BAD_PARAMS])
-async def test_invalid_parameters_are_422(client: SystemClient, service: str, path: str, params: dict[str, str],
-                                          headers: dict[str, str], field: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "path", "params", "headers", "field"),
+    BAD_PARAMS,
+    ids=[f"{s}:{p}:{f}={(q or h).get(f, '')}" for s, p, q, h, f in BAD_PARAMS],
+)
+async def test_invalid_parameters_are_422(
+    client: SystemClient, service: str, path: str, params: dict[str, str], headers: dict[str, str], field: str
+) -> None:
     url = client.endpoints.service_urls()[service] + path.format(id=uuid.uuid4())
     resp = await client.http.get(url, params=params, headers=headers)
     assert resp.status_code == 422, f"{service} {path} {params} {headers} -> {resp.status_code}: {resp.text[:300]}"
@@ -258,8 +276,9 @@ UNKNOWN_ID_CALLS: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("service", "method", "path"), UNKNOWN_ID_CALLS,
-                         ids=[f"{s}:{m}:{p}" for s, m, p in UNKNOWN_ID_CALLS])
+@pytest.mark.parametrize(
+    ("service", "method", "path"), UNKNOWN_ID_CALLS, ids=[f"{s}:{m}:{p}" for s, m, p in UNKNOWN_ID_CALLS]
+)
 @pytest.mark.parametrize("unknown", ["uuid", "not-a-uuid"])
 async def test_unknown_id_is_404(client: SystemClient, service: str, method: str, path: str, unknown: str) -> None:
     ident = str(uuid.uuid4()) if unknown == "uuid" else "no-such-thing"
@@ -356,8 +375,9 @@ async def test_one_key_racing_with_different_bodies(client: SystemClient) -> Non
     """Same Idempotency-Key, different bodies, at the same moment: one order, the others 422."""
     customer = new_customer("idem-bodies")
     key = f"e2e-{uuid.uuid4()}"
-    bodies = [order_body(customer, items=[{"sku": f"SKU-{i}", "quantity": 1, "unit_price_cents": 100 + i}])
-              for i in range(6)]
+    bodies = [
+        order_body(customer, items=[{"sku": f"SKU-{i}", "quantity": 1, "unit_price_cents": 100 + i}]) for i in range(6)
+    ]
     answers = await asyncio.gather(*(client.place(b, idempotency_key=key) for b in bodies))
     codes = sorted(r.status_code for r in answers)
     assert codes == [202] + [422] * 5, [(r.status_code, r.text[:200]) for r in answers]
@@ -388,20 +408,26 @@ async def test_lone_surrogate_in_a_field_is_422(client: SystemClient) -> None:
     assert resp.status_code == 422, f"{resp.status_code}: {resp.text[:200]}"
 
 
-@pytest.mark.parametrize(("service", "method", "path"), UNKNOWN_ID_CALLS,
-                         ids=[f"{s}:{m}:{p}" for s, m, p in UNKNOWN_ID_CALLS])
-async def test_nul_character_in_an_id_is_404_or_422(client: SystemClient, service: str, method: str,
-                                                    path: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "method", "path"), UNKNOWN_ID_CALLS, ids=[f"{s}:{m}:{p}" for s, m, p in UNKNOWN_ID_CALLS]
+)
+async def test_nul_character_in_an_id_is_404_or_422(client: SystemClient, service: str, method: str, path: str) -> None:
     url = client.endpoints.service_urls()[service] + path.format(id="a%00b")
     resp = await client.http.request(method, url)
     assert resp.status_code in (404, 422), f"{method} {url} -> {resp.status_code}"
 
 
-@pytest.mark.parametrize(("service", "path", "param"), [
-    ("payment", "/payments", "order_id"), ("shipping", "/shipments", "order_id"), ("query", "/orders", "customer_id"),
-])
-async def test_nul_character_in_a_filter_is_not_a_500(client: SystemClient, service: str, path: str,
-                                                       param: str) -> None:
+@pytest.mark.parametrize(
+    ("service", "path", "param"),
+    [
+        ("payment", "/payments", "order_id"),
+        ("shipping", "/shipments", "order_id"),
+        ("query", "/orders", "customer_id"),
+    ],
+)
+async def test_nul_character_in_a_filter_is_not_a_500(
+    client: SystemClient, service: str, path: str, param: str
+) -> None:
     resp = await client.http.get(client.endpoints.service_urls()[service] + path, params={param: "a\x00b"})
     assert resp.status_code in (200, 422), f"{resp.status_code}: {resp.text[:200]}"
 
@@ -409,7 +435,8 @@ async def test_nul_character_in_a_filter_is_not_a_500(client: SystemClient, serv
 @pytest.mark.parametrize("how", ["header", "query"])
 async def test_last_event_id_out_of_range_is_422(client: SystemClient, how: str) -> None:
     huge = str(2**70)
-    kwargs: dict[str, Any] = {"headers": {"Last-Event-ID": huge}} if how == "header" else \
-        {"params": {"last_event_id": huge}}
+    kwargs: dict[str, Any] = (
+        {"headers": {"Last-Event-ID": huge}} if how == "header" else {"params": {"last_event_id": huge}}
+    )
     async with client.http.stream("GET", client.endpoints.query + "/stream", timeout=5.0, **kwargs) as resp:
         assert resp.status_code == 422, f"{resp.status_code}"

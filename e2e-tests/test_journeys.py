@@ -3,6 +3,7 @@
 Each journey checks all three write sides (order, payment, shipping), the saga's own view and
 the query service's read model, so a journey passes only when every service agrees.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,7 +57,8 @@ async def test_happy_path_to_delivered(client: SystemClient) -> None:
     assert types_of(pay_events) == ["payment.authorized", "payment.captured"]
     money = {"amount_cents": total_of(body), "currency": "EUR"}
     assert [(e["schema_version"], e["data"]["amount"]) for e in pay_events] == [(2, money)] * 2, (
-        "payment facts are shown in their current schema: version 2, the amount as one Money value")
+        "payment facts are shown in their current schema: version 2, the amount as one Money value"
+    )
     assert all("amount_cents" not in e["data"] for e in pay_events)
     ship_events = expect(await client.shipment_events(shipment["shipment_id"]), 200)
     assert types_of(ship_events) == ["shipment.scheduled", "shipment.dispatched", "shipment.delivered"]
@@ -93,8 +95,9 @@ async def test_card_declined_rejects_the_order(client: SystemClient) -> None:
     ids=["above-limit-declined", "at-limit-accepted"],
 )
 async def test_amount_limit(client: SystemClient, unit_price_cents: int, outcome: str) -> None:
-    body = order_body(new_customer("limit"), items=[{"sku": "SKU-CAR", "quantity": 1,
-                                                     "unit_price_cents": unit_price_cents}])
+    body = order_body(
+        new_customer("limit"), items=[{"sku": "SKU-CAR", "quantity": 1, "unit_price_cents": unit_price_cents}]
+    )
     placed = await client.place_ok(body)
     order = await client.wait_order(placed["order_id"], {outcome})
     if outcome == "REJECTED":
@@ -135,8 +138,7 @@ async def test_cancel_before_capture_voids(client: SystemClient) -> None:
     saga = expect(await client.saga(order_id), 200)
     assert "payment.capture" not in saga["history"], saga["history"]
     # A shipment is either never scheduled or cancelled: nothing active is left behind.
-    shipments = await eventually(
-        lambda: _settled_shipments(client, order_id), 30, what="no active shipment")
+    shipments = await eventually(lambda: _settled_shipments(client, order_id), 30, what="no active shipment")
     assert all(s["status"] == "CANCELLED" for s in shipments), shipments
     await client.wait_view(order_id, lambda v: v["status"] == "CANCELLED" and v["payment_status"] == "VOIDED")
 
@@ -191,8 +193,9 @@ async def _timeout_bound(client: SystemClient, sut: SystemUnderTest, order_id: s
     return 60.0
 
 
-async def test_shipping_timeout_compensates(client: SystemClient, sut: SystemUnderTest,
-                                            pause_service: PauseService) -> None:
+async def test_shipping_timeout_compensates(
+    client: SystemClient, sut: SystemUnderTest, pause_service: PauseService
+) -> None:
     """Shipping does not answer `shipment.schedule`: the saga voids the payment and cancels."""
     async with pause_service("shipping"):
         placed = await client.place_ok(order_body(new_customer("ship-timeout")))
@@ -212,8 +215,7 @@ async def test_shipping_timeout_compensates(client: SystemClient, sut: SystemUnd
     await client.wait_view(order_id, lambda v: v["status"] == "CANCELLED" and v["shipment_status"] == "CANCELLED")
 
 
-async def test_payment_timeout_rejects(client: SystemClient, sut: SystemUnderTest,
-                                       pause_service: PauseService) -> None:
+async def test_payment_timeout_rejects(client: SystemClient, sut: SystemUnderTest, pause_service: PauseService) -> None:
     """Payment does not answer `payment.authorize`: REJECTED, and a late authorization is voided."""
     async with pause_service("payment"):
         placed = await client.place_ok(order_body(new_customer("pay-timeout")))
@@ -258,8 +260,9 @@ async def test_cancel_racing_dispatch_keeps_the_invariants(client: SystemClient)
     confirmed = [await client.place_and_confirm(b) for b in bodies]
     outcomes = []
     for placed, order in confirmed:
-        cancel, dispatch = await asyncio.gather(client.cancel(placed["order_id"]),
-                                                client.dispatch(order["shipment_id"]))
+        cancel, dispatch = await asyncio.gather(
+            client.cancel(placed["order_id"]), client.dispatch(order["shipment_id"])
+        )
         assert cancel.status_code in (202, 409) and dispatch.status_code in (200, 409), (cancel.text, dispatch.text)
         final = await _race_outcome(client, placed["order_id"])
         outcomes.append((cancel.status_code, dispatch.status_code, final))

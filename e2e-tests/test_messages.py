@@ -1,6 +1,7 @@
 """The messages on the wire (docs/EVENTS.md): every message of an order's flow, read straight from
 Kafka, is a CloudEvents 1.0 structured-mode document keyed by its aggregate id, in the schema
 version of its type, with the causal chain intact."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,20 @@ AGGREGATE_FIELD = {
     "shipping.events": "shipment_id",
     "shipping.commands": "shipment_id",
 }
-REQUIRED = {"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data",
-            "correlationid", "causationid", "sequence", "schemaversion"}
+REQUIRED = {
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "data",
+    "correlationid",
+    "causationid",
+    "sequence",
+    "schemaversion",
+}
 
 
 def check_envelope(m: TapMessage, order_id: str) -> None:
@@ -92,9 +105,20 @@ async def test_happy_flow_messages_are_cloudevents_with_a_causal_chain(client: S
     await client.wait_order(order_id, {"SHIPPED"})
     expect(await client.deliver(confirmed["shipment_id"], request_id=deliver_req), 200)
     await client.wait_order(order_id, {"DELIVERED"})
-    wanted = {"order.placed", "payment.authorize", "payment.authorized", "shipment.schedule", "shipment.scheduled",
-              "payment.capture", "payment.captured", "order.confirmed", "shipment.dispatched", "order.shipped",
-              "shipment.delivered", "order.delivered"}
+    wanted = {
+        "order.placed",
+        "payment.authorize",
+        "payment.authorized",
+        "shipment.schedule",
+        "shipment.scheduled",
+        "payment.capture",
+        "payment.captured",
+        "order.confirmed",
+        "shipment.dispatched",
+        "order.shipped",
+        "shipment.delivered",
+        "order.delivered",
+    }
     ours = await tap.wait_types(order_id, wanted)
 
     for m in ours:
@@ -141,12 +165,15 @@ async def test_happy_flow_messages_are_cloudevents_with_a_causal_chain(client: S
     assert token not in json.dumps(expect(await client.order_events(order_id), 200))
     # The write side and the wire agree on the facts' ids.
     assert [str(e["event_id"]) for e in expect(await client.order_events(order_id), 200)] == [
-        m.value["id"] for m in sorted((m for m in ours if m.topic == "order.events"), key=lambda m: m.offset)]
+        m.value["id"] for m in sorted((m for m in ours if m.topic == "order.events"), key=lambda m: m.offset)
+    ]
 
 
 async def test_compensation_messages_cover_every_type(client: SystemClient, tap: KafkaTap) -> None:
     """A decline, a shipping failure and a cancel after capture: with the happy flow, every type on the topics."""
-    declined = (await client.place_ok(order_body(new_customer("wire-decline"), payment_token="tok_decline")))["order_id"]
+    declined = (await client.place_ok(order_body(new_customer("wire-decline"), payment_token="tok_decline")))[
+        "order_id"
+    ]
     failed = (await client.place_ok(order_body(new_customer("wire-aq"), country="AQ")))["order_id"]
     placed, _ = await client.place_and_confirm(order_body(new_customer("wire-cancel")))
     cancelled = placed["order_id"]
@@ -156,10 +183,28 @@ async def test_compensation_messages_cover_every_type(client: SystemClient, tap:
     await client.wait_order(cancelled, {"CANCELLED"})
     expected = {
         declined: {"order.placed", "payment.authorize", "payment.declined", "order.rejected"},
-        failed: {"order.placed", "payment.authorize", "payment.authorized", "shipment.schedule", "shipment.failed",
-                 "payment.void", "payment.voided", "order.cancelled"},
-        cancelled: {"order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed",
-                    "shipment.cancel", "shipment.cancelled", "payment.refund", "payment.refunded", "order.cancelled"},
+        failed: {
+            "order.placed",
+            "payment.authorize",
+            "payment.authorized",
+            "shipment.schedule",
+            "shipment.failed",
+            "payment.void",
+            "payment.voided",
+            "order.cancelled",
+        },
+        cancelled: {
+            "order.placed",
+            "payment.authorized",
+            "shipment.scheduled",
+            "payment.captured",
+            "order.confirmed",
+            "shipment.cancel",
+            "shipment.cancelled",
+            "payment.refund",
+            "payment.refunded",
+            "order.cancelled",
+        },
     }
     seen: set[str] = set()
     for order_id, types in expected.items():

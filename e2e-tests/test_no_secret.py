@@ -11,6 +11,7 @@ token did travel through the system, so the search cannot pass by looking in the
 Outbox rows hold each message until it is published, the authorize command included, so the
 search starts only once every database's outbox is empty (polled, never slept on).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,11 @@ async def run_journeys(client: SystemClient, token: str) -> list[str]:
         return str(placed["order_id"])
 
     async def declined() -> str:
-        body = order_body(new_customer("secret-limit"), payment_token=token,
-                          items=[{"sku": "SKU-CAR", "quantity": 1, "unit_price_cents": OVER_LIMIT_CENTS}])
+        body = order_body(
+            new_customer("secret-limit"),
+            payment_token=token,
+            items=[{"sku": "SKU-CAR", "quantity": 1, "unit_price_cents": OVER_LIMIT_CENTS}],
+        )
         placed = await client.place_ok(body, idempotency_key=f"e2e-secret-{uuid.uuid4()}")
         order = await client.wait_order(placed["order_id"], {"REJECTED"})
         assert order["reason"] == "payment_declined:amount_over_limit", order
@@ -138,12 +142,17 @@ async def occurrences_in_database(dsn: str, database: str, token: str) -> list[s
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                  AND n.nspname NOT LIKE 'pg_toast%'
-               GROUP BY c.oid, n.nspname, c.relname ORDER BY 2""")
+               GROUP BY c.oid, n.nspname, c.relname ORDER BY 2"""
+        )
         found = []
         for table in tables:
-            matches = ["strpos(t::text, $1) > 0", *(f"position(convert_to($1, 'UTF8') IN t.{col}) > 0"
-                                                     for col in table["binary"])]
-            count = await conn.fetchval(f"SELECT count(*) FROM {table['name']} AS t WHERE {' OR '.join(matches)}", token)
+            matches = [
+                "strpos(t::text, $1) > 0",
+                *(f"position(convert_to($1, 'UTF8') IN t.{col}) > 0" for col in table["binary"]),
+            ]
+            count = await conn.fetchval(
+                f"SELECT count(*) FROM {table['name']} AS t WHERE {' OR '.join(matches)}", token
+            )
             if count:
                 found.append(f"{database}.{table['name']}: {count} rows")
         return found

@@ -1,5 +1,6 @@
 """Reading the facts back: time travel on the write side, and the query service's read models
 (read-your-writes, timeline, stats, pagination, SSE, rebuild) - all fed only from Kafka."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,15 @@ from client import (
 from streams import SseEvent, sse
 
 HAPPY_TYPES = [
-    "order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed",
-    "shipment.dispatched", "order.shipped", "shipment.delivered", "order.delivered",
+    "order.placed",
+    "payment.authorized",
+    "shipment.scheduled",
+    "payment.captured",
+    "order.confirmed",
+    "shipment.dispatched",
+    "order.shipped",
+    "shipment.delivered",
+    "order.delivered",
 ]
 
 
@@ -184,13 +192,15 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
         order_id = placed["order_id"]
 
         def confirmed(evs: list[SseEvent]) -> bool:
-            return any(e.json().get("type") == "order.confirmed" and e.json().get("correlationid") == order_id
-                       for e in evs)
+            return any(
+                e.json().get("type") == "order.confirmed" and e.json().get("correlationid") == order_id for e in evs
+            )
 
         got = await stream.collect(confirmed, timeout=30)
     ours = [e for e in got if e.json().get("correlationid") == order_id]
     assert sorted(e.json()["type"] for e in ours) == sorted(
-        ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed"])
+        ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed"]
+    )
     assert_each_stream_in_order(ours)
     assert all(e.id is not None and e.id.isdigit() for e in ours)
     assert [int(e.id or 0) for e in ours] == sorted(int(e.id or 0) for e in ours), "ids increase"
@@ -259,6 +269,7 @@ async def test_rebuild_gives_identical_views(client: SystemClient) -> None:
 
 async def _start_rebuild(client: SystemClient) -> str:
     """POST /admin/rebuild; if one is already running (another client), wait for it first."""
+
     async def start() -> str | None:
         resp = await client.rebuild()
         if resp.status_code == 202:

@@ -12,6 +12,7 @@ On a stack whose topics hold messages written by code older than the committed c
 long-lived `make up` stack), a message of a version no longer published fails here too: that
 is what such a stack really carries.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,6 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 ENVELOPE_SCHEMA = "cloudevent"
 DEAD_LETTER_SCHEMA = "dead-letter.v1"
 REPORTED = 60  # at most this many errors are listed in a failure
-
 
 
 def _rfc3339(value: object) -> bool:
@@ -88,10 +88,18 @@ def test_the_committed_schemas_refuse_what_breaks_the_contract() -> None:
     """The check cannot pass vacuously: a broken envelope, broken data, an unknown type and a
     version nobody publishes are all reported."""
     good: dict[str, Any] = {
-        "specversion": "1.0", "id": "3f0e4a5c-1d7b-4b9e-9a57-1f1a3e5d9c10", "source": "/services/payment",
-        "type": "payment.captured", "subject": "p-1", "time": "2026-11-30T00:04:33.430810Z",
-        "datacontenttype": "application/json", "correlationid": "o-1", "causationid": "c-1", "sequence": "2",
-        "schemaversion": "2", "data": {"order_id": "o-1", "payment_id": "p-1", "amount": {"amount_cents": 3000, "currency": "EUR"}},
+        "specversion": "1.0",
+        "id": "3f0e4a5c-1d7b-4b9e-9a57-1f1a3e5d9c10",
+        "source": "/services/payment",
+        "type": "payment.captured",
+        "subject": "p-1",
+        "time": "2026-11-30T00:04:33.430810Z",
+        "datacontenttype": "application/json",
+        "correlationid": "o-1",
+        "causationid": "c-1",
+        "sequence": "2",
+        "schemaversion": "2",
+        "data": {"order_id": "o-1", "payment_id": "p-1", "amount": {"amount_cents": 3000, "currency": "EUR"}},
     }
 
     def check(doc: dict[str, Any], topic: str = "payment.events") -> list[str]:
@@ -101,7 +109,9 @@ def test_the_committed_schemas_refuse_what_breaks_the_contract() -> None:
     assert check({**good, "data": {**good["data"], "amount": {"amount_cents": "3000", "currency": "EUR"}}})
     assert check({**good, "data": {"order_id": "o-1", "payment_id": "p-1", "amount_cents": 3000, "currency": "EUR"}})
     assert check({**good, "time": "yesterday"}) and check({**good, "sequence": "-1"})
-    assert check({**good, "type": "payment.teleported"}) == ["no committed schema docs/schemas/payment.teleported.v2.json"]
+    assert check({**good, "type": "payment.teleported"}) == [
+        "no committed schema docs/schemas/payment.teleported.v2.json"
+    ]
     assert check({**good, "schemaversion": "1"}) == ["no committed schema docs/schemas/payment.captured.v1.json"]
     assert contract_errors(WireMessage("order.events", 0, 0, None, b"\x00 no json"))[1][0].startswith("not JSON")
     assert check({"consumer": "c"}, topic="payment.events.dlq")

@@ -1,4 +1,5 @@
 """Entry point of `python -m infra`."""
+
 from __future__ import annotations
 
 import sys

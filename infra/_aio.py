@@ -1,4 +1,5 @@
 """Run a coroutine to completion from synchronous code, even inside a running event loop."""
+
 from __future__ import annotations
 
 import asyncio

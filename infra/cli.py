@@ -3,6 +3,7 @@
 Configuration comes from the environment (see infra/settings.py): RUN_DIR (default .run),
 KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), PG_USE_EMBEDDED, PG_BIN_DIR, ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"run dir: {_rel(stack.run_dir)}")
     t = time.monotonic()
     stack.start()
-    print(f"kafka     {stack.kafka_bootstrap:<22} (KRaft {kafka_version()}, controller :{stack.controller_port})"
-          f"  ready in {stack.timings.get('kafka_ready_s', 0):.1f}s   log {_rel(stack.kafka.log_path)}")
-    print(f"postgres  127.0.0.1:{stack.pg_port:<12} (dbs {', '.join(DATABASES)}; role app/app)"
-          f"  ready in {stack.timings.get('postgres_ready_s', 0):.1f}s   log {_rel(stack.postgres.log_path)}")
+    print(
+        f"kafka     {stack.kafka_bootstrap:<22} (KRaft {kafka_version()}, controller :{stack.controller_port})"
+        f"  ready in {stack.timings.get('kafka_ready_s', 0):.1f}s   log {_rel(stack.kafka.log_path)}"
+    )
+    print(
+        f"postgres  127.0.0.1:{stack.pg_port:<12} (dbs {', '.join(DATABASES)}; role app/app)"
+        f"  ready in {stack.timings.get('postgres_ready_s', 0):.1f}s   log {_rel(stack.postgres.log_path)}"
+    )
     rc = 0
     if not args.no_services:
         rc = _start_services(stack)
@@ -76,8 +81,7 @@ def _start_services(stack: LocalStack) -> int:
             time.sleep(POLL_S)
         else:
             status = "not healthy yet"
-        print(f"{svc.name:<9} http://127.0.0.1:{svc.port():<8} pid {p.pid() or '-'}  {status}"
-              f"   log {_rel(p.log_path)}")
+        print(f"{svc.name:<9} http://127.0.0.1:{svc.port():<8} pid {p.pid() or '-'}  {status}   log {_rel(p.log_path)}")
         if status == "EXITED":
             print(tail(p.log_path, 20), file=sys.stderr)
             rc = 1
@@ -137,8 +141,7 @@ def cmd_kafka_jars(args: argparse.Namespace) -> int:
     s = InfraSettings()
     t = time.monotonic()
     lib = ensure_jars(s.kafka_lib_dir)
-    print(f"Kafka {kafka_version()} jars in {lib} ({len(list(lib.glob('*.jar')))} jars, "
-          f"{time.monotonic() - t:.1f}s)")
+    print(f"Kafka {kafka_version()} jars in {lib} ({len(list(lib.glob('*.jar')))} jars, {time.monotonic() - t:.1f}s)")
     return 0
 
 
@@ -157,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
-    sub.add_parser("kafka-jars", help="fetch the Kafka broker jars with Maven (once)").set_defaults(
-        func=cmd_kafka_jars)
+    sub.add_parser("kafka-jars", help="fetch the Kafka broker jars with Maven (once)").set_defaults(func=cmd_kafka_jars)
     sub.add_parser("watch", help="print every message on the topics live (see infra/watch.py)", add_help=False)
     if argv is None:
         argv = sys.argv[1:]

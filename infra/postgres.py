@@ -3,6 +3,7 @@
 The server runs from `<run_dir>/postgres` (or its shadow directory when we are root: see
 infra/pg_install.py, which finds the binaries and the OS user that runs them).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -144,9 +145,15 @@ class PostgresServer:
     def process(self) -> ManagedProcess:
         user = self.layout()[3]
         return ManagedProcess(
-            "postgres", self.server_args(), run_dir=self.run_dir, env=self._env(),
-            cwd=self.data_dir.parent, log_path=self.log_path, ports=[self.port],
-            user=user.uid if user else None, group=user.gid if user else None,
+            "postgres",
+            self.server_args(),
+            run_dir=self.run_dir,
+            env=self._env(),
+            cwd=self.data_dir.parent,
+            log_path=self.log_path,
+            ports=[self.port],
+            user=user.uid if user else None,
+            group=user.gid if user else None,
         )
 
     def record(self) -> PidRecord | None:
@@ -166,13 +173,22 @@ class PostgresServer:
             os.chown(pwfile, user.uid, user.gid)
         pwfile.chmod(0o600)
         log_file = self.run_dir / "logs" / "postgres-initdb.log"
-        cmd = [str(bin_dir / "initdb"), "-D", str(data), f"--username={ADMIN_ROLE}",
-               f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-               "--encoding=UTF8", "--locale=C"]
+        cmd = [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            f"--username={ADMIN_ROLE}",
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
+        ]
         try:
             with log_file.open("ab") as out:
-                res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env(),
-                                     cwd=data.parent, **self._run_as_kwargs())  # type: ignore[call-overload]
+                res = subprocess.run(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, env=self._env(), cwd=data.parent, **self._run_as_kwargs()
+                )  # type: ignore[call-overload]
         finally:
             pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
@@ -232,8 +248,9 @@ class PostgresServer:
                 raise RuntimeError(f"PostgreSQL not ready in time:\n{proc.log_tail(40)}")
             if self._status_ready():
                 try:
-                    conn = await asyncpg.connect(host=str(self.socket_dir), port=self.port,
-                                                 user=ADMIN_ROLE, database="postgres", timeout=5)
+                    conn = await asyncpg.connect(
+                        host=str(self.socket_dir), port=self.port, user=ADMIN_ROLE, database="postgres", timeout=5
+                    )
                     break
                 except (TimeoutError, OSError, asyncpg.PostgresError):
                     pass
@@ -248,8 +265,7 @@ class PostgresServer:
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
         verb = "ALTER" if exists else "CREATE"
         await conn.execute(
-            f"{verb} ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-            f"PASSWORD '{APP_PASSWORD}'"
+            f"{verb} ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{APP_PASSWORD}'"
         )
         for db in DATABASES:
             await create_database(conn, db, APP_ROLE)

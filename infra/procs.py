@@ -5,6 +5,7 @@ processes, and a PID alone can be reused by an unrelated process after a crash. 
 only considered alive when a process with that PID *and* that start time still exists and is
 not a zombie. Nothing here ever looks processes up by name.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -140,8 +141,9 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}: "
-                      f"{' '.join(self.argv)}\n".encode())
+            log.write(
+                f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}: {' '.join(self.argv)}\n".encode()
+            )
             log.flush()
             proc = subprocess.Popen(
                 self.argv,

@@ -3,6 +3,7 @@
 One list, in one place: add a row when a service exists. Rows whose module cannot be imported
 yet are skipped, so `make up` works at every stage of the project.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,6 +61,10 @@ SERVICE_ENV: Callable[[LocalStack, ServiceDef], dict[str, str]] = default_servic
 
 def service_process(stack: LocalStack, svc: ServiceDef, cwd: Path | None = None) -> ServiceProcess:
     return ServiceProcess(
-        svc.name, svc.module, run_dir=stack.run_dir, env=SERVICE_ENV(stack, svc),
-        cwd=cwd, ports=[svc.port()],
+        svc.name,
+        svc.module,
+        run_dir=stack.run_dir,
+        env=SERVICE_ENV(stack, svc),
+        cwd=cwd,
+        ports=[svc.port()],
     )

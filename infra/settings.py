@@ -3,6 +3,7 @@
 Every knob has a default matching the README's table of addresses; override any of them with the environment
 variable named in the comment (names are case-insensitive).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

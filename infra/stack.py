@@ -4,6 +4,7 @@ Used by the test session (one stack on free ports in a temp dir) and by `python 
 (the README's ports, run dir `.run/`). Everything it starts is recorded in `<run_dir>/pids/` and
 stopped by exactly that PID; logs go to `<run_dir>/logs/`.
 """
+
 from __future__ import annotations
 
 import socket
@@ -60,8 +61,7 @@ class LocalStack:
         self.kafka_port = kafka_port
         self.controller_port = controller_port
         self.pg_port = pg_port
-        self.kafka = KafkaBroker(self.run_dir, port=kafka_port, controller_port=controller_port,
-                                 settings=self.settings)
+        self.kafka = KafkaBroker(self.run_dir, port=kafka_port, controller_port=controller_port, settings=self.settings)
         self.postgres = PostgresServer(self.run_dir, port=pg_port, settings=self.settings)
         self.timings: dict[str, float] = {}  # seconds each start step took (for reports)
 
@@ -69,8 +69,9 @@ class LocalStack:
     def from_settings(cls, settings: InfraSettings | None = None) -> LocalStack:
         """The `make up` stack: ports and run dir from the environment (KAFKA_PORT, PG_PORT, RUN_DIR)."""
         s = settings or InfraSettings()
-        return cls(s.run_dir, kafka_port=s.kafka_port, controller_port=s.kafka_controller_port,
-                   pg_port=s.pg_port, settings=s)
+        return cls(
+            s.run_dir, kafka_port=s.kafka_port, controller_port=s.kafka_controller_port, pg_port=s.pg_port, settings=s
+        )
 
     # ---- addresses
     @property
@@ -242,6 +243,7 @@ class LocalStack:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -6,6 +6,7 @@ older schema version already upcast). A message that does not decode is shown ra
 reason, never skipped and never fatal; a dead letter shows its origin and error. Colours only
 when stdout is a terminal; Ctrl-C exits cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,11 +127,16 @@ async def watch(bootstrap: str, topics: list[str], order_id: str | None, from_be
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra watch", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra watch", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("topics", nargs="*", help=f"default: all ({', '.join(ALL_TOPICS)})")
     parser.add_argument("--order", help="only messages of this order (correlation id)")
     parser.add_argument("--from-beginning", action="store_true", help="replay each topic from its start")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"))
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"),
+    )
     args = parser.parse_args(argv)
     try:
         asyncio.run(watch(args.bootstrap, args.topics or list(ALL_TOPICS), args.order, args.from_beginning, sys.stdout))

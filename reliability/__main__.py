@@ -1,4 +1,5 @@
 """`python -m reliability audit|chaos|load …` (see each module's --help)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,7 @@
 """Debug entry point: `python -m reliability._taskdump services.order` runs the module with a
 SIGUSR1 handler that prints every asyncio task's await chain to stderr (a hung consumer or a
 stuck commit shows up as the innermost awaited frame). `make chaos` uses it with CHAOS_TASKDUMP=1."""
+
 from __future__ import annotations
 
 import asyncio

@@ -26,6 +26,7 @@ bootstrap address, so proxying Kafka needs a broker listener whose advertised ad
 proxy (see `reliability.chaos.ProxiedKafkaBroker`: a second listener advertised as the proxy
 port, used only by the service under test).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,8 +137,10 @@ class FaultProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._on_client, self.listen_host, self.listen_port)
         self.listen_port = self._server.sockets[0].getsockname()[1]
-        log.info("fault proxy listening", extra={"proxy": self.name, "listen": self.address,
-                                                  "target": f"{self.target_host}:{self.target_port}"})
+        log.info(
+            "fault proxy listening",
+            extra={"proxy": self.name, "listen": self.address, "target": f"{self.target_host}:{self.target_port}"},
+        )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -373,7 +376,8 @@ async def serve_control(proxy: FaultProxy, host: str, port: int) -> asyncio.Serv
             reason = {200: "OK", 404: "Not Found", 422: "Unprocessable Entity"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
             )
             await writer.drain()
         finally:
@@ -394,8 +398,16 @@ async def _main(args: argparse.Namespace) -> None:
     await proxy.start()
     control_host, control_port = _host_port(args.control)
     control = await serve_control(proxy, control_host, control_port)
-    print(json.dumps({"proxy": proxy.address, "control": f"{control_host}:{control.sockets[0].getsockname()[1]}",
-                      "started_at": time.time()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "proxy": proxy.address,
+                "control": f"{control_host}:{control.sockets[0].getsockname()[1]}",
+                "started_at": time.time(),
+            }
+        ),
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:

@@ -11,6 +11,7 @@ share of the accepted orders that the customer cancels shortly after placing the
 `python -m reliability.load --url http://127.0.0.1:8001 --rate 50 --duration 10` prints a
 summary; `reliability.chaos` drives it in-process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,8 +128,11 @@ class LoadResult:
             "by_kind": dict(Counter(a.kind for a in self.placed)),
             "outcomes": dict(outcomes.most_common()),
             "cancels": dict(Counter(str(a.cancel_status) for a in self.attempts if a.cancel_status is not None)),
-            "latency_s": {"p50": pct(0.5), "p99": pct(0.99),
-                          "mean": round(statistics.fmean(latencies), 4) if latencies else None},
+            "latency_s": {
+                "p50": pct(0.5),
+                "p99": pct(0.99),
+                "mean": round(statistics.fmean(latencies), 4) if latencies else None,
+            },
             "duration_s": round(self.duration_s, 3),
             "offered_rate": round(len(self.attempts) / self.duration_s, 2) if self.duration_s else None,
         }
@@ -211,7 +215,9 @@ class OrderLoad:
         for try_no in range(1, self.retries + 2):
             attempt.tries = try_no
             try:
-                response = await client.post(f"{url}/orders", json=body, headers={"Idempotency-Key": attempt.idempotency_key})
+                response = await client.post(
+                    f"{url}/orders", json=body, headers={"Idempotency-Key": attempt.idempotency_key}
+                )
                 attempt.status = response.status_code
                 attempt.error = None
                 if response.status_code == 202:
@@ -235,8 +241,14 @@ class OrderLoad:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    load = OrderLoad(args.url, rate=args.rate, mix=Mix.parse(args.mix), cancel_ratio=args.cancel_ratio,
-                     retries=args.retries, seed=args.seed)
+    load = OrderLoad(
+        args.url,
+        rate=args.rate,
+        mix=Mix.parse(args.mix),
+        cancel_ratio=args.cancel_ratio,
+        retries=args.retries,
+        seed=args.seed,
+    )
     result = await load.run(args.duration)
     print(json.dumps(result.summary(), indent=2))
 

@@ -5,6 +5,7 @@ built in-process (from an HTTP request, by a test, by the saga's simulations) ha
 domain checks the rules it relies on itself. Every check raises InvalidCommand naming the bad
 field, so an API can answer 422 with it.
 """
+
 from __future__ import annotations
 
 import re

@@ -24,6 +24,7 @@ order_id, created_at)`, written in the transaction that creates it, so `GET /<th
 is an index lookup that answers for any id, not only the derived one. The table is the
 service's own: its schema.sql creates it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -223,7 +224,9 @@ class Aggregate(Generic[C, S]):
                 raise InvalidCommand("type", f"{self.name} takes no {delivery.envelope.type}", code="unknown_command")
             return data
 
-        async def handle_one(uow: UnitOfWork, delivery: Delivery, command: C, history: list[Recorded]) -> list[Recorded]:
+        async def handle_one(
+            uow: UnitOfWork, delivery: Delivery, command: C, history: list[Recorded]
+        ) -> list[Recorded]:
             env = delivery.envelope
             try:
                 outcome = await self.execute(uow, command, history=history)
@@ -252,7 +255,7 @@ class Aggregate(Generic[C, S]):
             for delivery, command in zip(deliveries, commands):
                 env = delivery.envelope
                 stream_id = self.stream_of(command)
-                with caused_by(env.correlation_id or env.subject, env.id):
+                with caused_by(env.correlation_id or env.subject, env.id, env.type):
                     histories[stream_id] = await handle_one(uow, delivery, command, histories[stream_id])
 
         return handle

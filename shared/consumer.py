@@ -14,6 +14,7 @@ A batch is first applied whole (fast). If a handler raises, the batch is rolled 
 re-applied one message per savepoint; a message that keeps failing is written to
 `<topic>.dlq` through the outbox, with its error and origin, and the consumer moves on.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -224,7 +225,10 @@ class ConsumerRunner:
                 self._consumer.seek(tp, stored[tp])
 
     async def _process_poll(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+        stop: asyncio.Event,
     ) -> None:
         backoff = self.settings.retry_backoff_s
         while True:

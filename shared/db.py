@@ -1,4 +1,5 @@
 """PostgreSQL connection pools and schema migration for every service database."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -18,9 +19,7 @@ def _encode_json(value: Any) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for type_name in ("jsonb", "json"):
-        await conn.set_type_codec(
-            type_name, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
-        )
+        await conn.set_type_codec(type_name, encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

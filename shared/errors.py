@@ -4,6 +4,7 @@ Each carries a machine-readable `code` (stable, snake_case) so clients and logs 
 parse messages, and `field` (for InvalidCommand) names the offending input, e.g.
 `items[0].quantity` or `shipping_address.country`.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@
 Appending a fact and queueing its publication happen in one statement of one transaction
 (transactional outbox), so there is never a dual write to the database and Kafka.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -144,7 +145,9 @@ class UnitOfWork:
         causation_id: str | None = None,
     ) -> list[Recorded]:
         [recorded] = await self.append_many(
-            [StreamAppend(stream_id, expected_version, events)], correlation_id=correlation_id, causation_id=causation_id
+            [StreamAppend(stream_id, expected_version, events)],
+            correlation_id=correlation_id,
+            causation_id=causation_id,
         )
         return recorded
 
@@ -169,7 +172,7 @@ class UnitOfWork:
     async def send(self, command: Command, *, command_id: str | None = None) -> None:
         """Queue a command for publication on its topic with this transaction's facts."""
         assert command.TOPIC is not None, f"{command.TYPE} has no topic"
-        correlation_id, causation_id = _causal_ids(None, None, fallback=command.target_id)
+        correlation_id, causation_id, causation_type = _causal_ids(None, None, fallback=command.target_id)
         envelope = Envelope(
             id=command_id or str(uuid.uuid4()),
             source=self._store.source,
@@ -179,6 +182,7 @@ class UnitOfWork:
             correlation_id=correlation_id,
             causation_id=causation_id,
             data=command,
+            causation_type=causation_type,
         )
         await self.enqueue(command.TOPIC, command.target_id, encode(envelope))
 
@@ -203,12 +207,16 @@ class UnitOfWork:
         self._queued.clear()
 
 
-def _causal_ids(correlation_id: str | None, causation_id: str | None, *, fallback: str) -> tuple[str, str]:
-    """Explicit ids win; else the message being handled; else the stream starts a new flow."""
+def _causal_ids(correlation_id: str | None, causation_id: str | None, *, fallback: str) -> tuple[str, str, str | None]:
+    """Explicit ids win; else the message being handled; else the stream starts a new flow.
+    The third value is the type of the causing message, known only from the causal context."""
     ctx = current_context()
     correlation = correlation_id or (ctx.correlation_id if ctx else None) or fallback
-    causation = causation_id or (ctx.causation_id if ctx else None) or correlation
-    return correlation, causation
+    if causation_id:
+        return correlation, causation_id, None
+    if ctx is not None:
+        return correlation, ctx.causation_id, ctx.causation_type
+    return correlation, correlation, None
 
 
 class EventStore:
@@ -278,7 +286,7 @@ class EventStore:
         if not appends:
             return [[] for _ in given]
         first = appends[0].stream_id
-        correlation, causation = _causal_ids(correlation_id, causation_id, fallback=first)
+        correlation, causation, causation_type = _causal_ids(correlation_id, causation_id, fallback=first)
         when = occurred_at or utc_now()
         recorded = [
             [
@@ -291,6 +299,7 @@ class EventStore:
                     correlation_id=correlation,
                     causation_id=causation,
                     data=e,
+                    causation_type=causation_type,
                 )
                 for i, e in enumerate(a.events, start=1)
             ]

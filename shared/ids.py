@@ -1,4 +1,5 @@
 """Identity helpers and the causal context that flows from a handled message to its effects."""
+
 from __future__ import annotations
 
 import uuid
@@ -19,6 +20,8 @@ def derived_id(parent_id: str, role: str) -> str:
 class CausalContext:
     correlation_id: str
     causation_id: str
+    #: The type of the message being handled (None for an HTTP request).
+    causation_type: str | None = None
 
 
 _current: ContextVar[CausalContext | None] = ContextVar("causal_context", default=None)
@@ -29,9 +32,10 @@ def current_context() -> CausalContext | None:
 
 
 @contextmanager
-def caused_by(correlation_id: str, causation_id: str) -> Iterator[CausalContext]:
-    """Everything appended or sent inside this block carries these ids (and logs show them)."""
-    ctx = CausalContext(correlation_id=correlation_id, causation_id=causation_id)
+def caused_by(correlation_id: str, causation_id: str, causation_type: str | None = None) -> Iterator[CausalContext]:
+    """Everything appended or sent inside this block carries these ids (and logs show them);
+    `causation_type`: the type of the message being handled, None for an HTTP request."""
+    ctx = CausalContext(correlation_id=correlation_id, causation_id=causation_id, causation_type=causation_type)
     token = _current.set(ctx)
     try:
         yield ctx

@@ -1,4 +1,5 @@
 """aiokafka client construction in one place, so every service uses the same safe settings."""
+
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer

@@ -1,4 +1,5 @@
 """Structured JSON logs; every line carries the correlation id of the message being handled."""
+
 from __future__ import annotations
 
 import logging

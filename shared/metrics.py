@@ -1,4 +1,5 @@
 """Prometheus metrics the kernel records for every service (served at GET /metrics)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram

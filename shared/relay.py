@@ -19,6 +19,7 @@ through short bursts (raising and lowering it costs a commit each) and comes dow
 the relay has been busy for `busy_s`: schema.sql explains why writers must not notify on every
 commit under load.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,7 @@ human `message`, for invalid input the first bad `field` (dotted, e.g. `items.0.
 and the validator's full `detail` list, plus fields particular to a code (e.g. `view_behind`
 names the versions). docs/API.md lists the codes.
 """
+
 from __future__ import annotations
 
 import uuid

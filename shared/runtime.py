@@ -5,6 +5,7 @@ which consumers and background loops it runs; this module owns the lifecycle: po
 migrations, the outbox relay, the consumers, /health, /metrics, JSON logs, error mapping
 and the request body limit.
 """
+
 from __future__ import annotations
 
 import asyncio

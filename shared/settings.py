@@ -1,4 +1,5 @@
 """Configuration through environment variables only, with documented defaults."""
+
 from __future__ import annotations
 
 from pydantic import Field

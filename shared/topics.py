@@ -1,4 +1,5 @@
 """Creating the contract's Kafka topics, idempotently, with explicit partitions and configs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,9 +35,7 @@ async def ensure_topics(bootstrap_servers: str, partitions: int = 6) -> list[str
         existing = set(await admin.list_topics())
         wanted = [s for s in topic_specs(partitions) if s.name not in existing]
         if wanted:
-            await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in wanted]
-            )
+            await admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in wanted])
         return [s.name for s in wanted]
     finally:
         await admin.close()

@@ -3,6 +3,7 @@
 They are started by the project's own infra on free ports in a temporary directory and
 stopped, by PID, when the session ends; a stack the user has running is never touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,9 +54,7 @@ async def new_topic(stack: LocalStack) -> AsyncIterator[NewTopicFactory]:
 
     async def create(prefix: str = "test", partitions: int = 3) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}.events"
-        await admin.create_topics(
-            [NewTopic(name, partitions, 1), NewTopic(name + ".dlq", 1, 1)]
-        )
+        await admin.create_topics([NewTopic(name, partitions, 1), NewTopic(name + ".dlq", 1, 1)])
         return name
 
     try:

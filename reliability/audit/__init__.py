@@ -39,6 +39,7 @@ Modules: `config` (where to look), `snapshot` (what is checked), `reading` (read
 running system), `model` (the write side folded from the logs), `checks` and `topic_checks`
 (pure), `report`, `cli`.
 """
+
 from reliability.audit.checks import check
 from reliability.audit.cli import audit_until_ok, build_parser, main, run_audit, run_cli
 from reliability.audit.config import AuditConfig
@@ -47,6 +48,19 @@ from reliability.audit.report import AuditReport, Violation
 from reliability.audit.snapshot import Snapshot, TopicRecord
 
 __all__ = [
-    "AuditConfig", "AuditReport", "Snapshot", "TopicRecord", "Violation", "audit_until_ok", "build_parser",
-    "check", "collect", "main", "read_topics", "recorded_from_row", "run_audit", "run_cli", "topic_partitions",
+    "AuditConfig",
+    "AuditReport",
+    "Snapshot",
+    "TopicRecord",
+    "Violation",
+    "audit_until_ok",
+    "build_parser",
+    "check",
+    "collect",
+    "main",
+    "read_topics",
+    "recorded_from_row",
+    "run_audit",
+    "run_cli",
+    "topic_partitions",
 ]

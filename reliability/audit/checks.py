@@ -1,4 +1,5 @@
 """The checks over the logs and the views, and `check()`: every check on a snapshot, pure (no I/O)."""
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,11 @@ def check_integrity(audit: Audit) -> None:
         for stream_id, stream in streams(facts).items():
             versions = [e.sequence for e in stream]
             if versions != list(range(1, len(versions) + 1)):
-                audit.add("stream_gap", side.order_of_stream(log, stream_id),
-                          f"{log} stream {stream_id} has versions {versions[:20]}")
+                audit.add(
+                    "stream_gap",
+                    side.order_of_stream(log, stream_id),
+                    f"{log} stream {stream_id} has versions {versions[:20]}",
+                )
     for oid in sorted(audit.expected_orders - set(side.orders)):
         audit.add("lost_order", oid, "placed (202) but not in the order log")
     for oid in sorted(set(side.sagas) - set(side.orders)):
@@ -101,36 +105,52 @@ def check_invariants(audit: Audit) -> None:
         if m.status in FULFILLED:
             captured = [p for p in payments if p.status == PaymentStatus.CAPTURED]
             if len(payments) != 1 or len(captured) != 1:
-                audit.add("payment_not_captured", oid,
-                          f"order is {m.status} but its payments are {[p.status for p in payments]}")
+                audit.add(
+                    "payment_not_captured",
+                    oid,
+                    f"order is {m.status} but its payments are {[p.status for p in payments]}",
+                )
             else:
                 # every fact of the payment (authorization, capture) is for the order's total
-                wrong = [f"{fact_type} {amount.amount_cents} {amount.currency}" for fact_type, amount in captured[0].amounts()
-                         if (amount.amount_cents, amount.currency) != (m.total_cents, m.currency)]
+                wrong = [
+                    f"{fact_type} {amount.amount_cents} {amount.currency}"
+                    for fact_type, amount in captured[0].amounts()
+                    if (amount.amount_cents, amount.currency) != (m.total_cents, m.currency)
+                ]
                 if wrong:
-                    audit.add("payment_amount_mismatch", oid,
-                              f"{'; '.join(wrong)}, order total {m.total_cents} {m.currency}")
+                    audit.add(
+                        "payment_amount_mismatch", oid, f"{'; '.join(wrong)}, order total {m.total_cents} {m.currency}"
+                    )
             if len(shipments) != 1:
                 audit.add("shipment_count", oid, f"order is {m.status} with {len(shipments)} shipments")
             elif not fresh and m.status is not None and shipments[0].status != EXPECTED_SHIPMENT[m.status]:
-                audit.add("shipment_status_mismatch", oid,
-                          f"order is {m.status} but shipment {shipments[0].stream_id} is {shipments[0].status}")
+                audit.add(
+                    "shipment_status_mismatch",
+                    oid,
+                    f"order is {m.status} but shipment {shipments[0].stream_id} is {shipments[0].status}",
+                )
         elif m.status in ENDED_BADLY:
             if not m.reason:
                 audit.add("missing_reason", oid, f"order {m.status} without a reason")
             for p in payments:
                 kept = p.counts[PaymentCaptured.TYPE] - p.counts[PaymentRefunded.TYPE]
                 if kept > 0:
-                    audit.add("money_kept", oid, f"order {m.status} but payment {p.stream_id} is captured and not refunded")
+                    audit.add(
+                        "money_kept", oid, f"order {m.status} but payment {p.stream_id} is captured and not refunded"
+                    )
                 elif p.status == PaymentStatus.AUTHORIZED and not fresh:
-                    audit.add("authorization_held", oid, f"order {m.status} but payment {p.stream_id} is still AUTHORIZED")
+                    audit.add(
+                        "authorization_held", oid, f"order {m.status} but payment {p.stream_id} is still AUTHORIZED"
+                    )
             for sh in shipments:
                 if sh.status in ACTIVE_SHIPMENT and not fresh:
                     audit.add("active_shipment", oid, f"order {m.status} but shipment {sh.stream_id} is {sh.status}")
         elif m.status == OrderStatus.PENDING:
             if m.placed_at is not None and now - m.placed_at > pending_limit:
                 age = (now - m.placed_at).total_seconds()
-                audit.add("stuck_pending", oid, f"PENDING for {age:.0f}s (saga timeout {config.saga_timeout_s}s + slack)")
+                audit.add(
+                    "stuck_pending", oid, f"PENDING for {age:.0f}s (saga timeout {config.saga_timeout_s}s + slack)"
+                )
         saga = side.sagas.get(oid)
         if saga is not None and saga.deadline is not None and now - saga.deadline > slack:
             late = (now - saga.deadline).total_seconds()
@@ -203,8 +223,9 @@ def check_views(audit: Audit) -> None:
         audit.add("view_orphan", oid, "a query view of an order that is not in the order log")
 
 
-def _differences(status: str | None, version: int, total_cents: int | None, currency: str | None,
-                 view: dict[str, Any]) -> list[str]:
+def _differences(
+    status: str | None, version: int, total_cents: int | None, currency: str | None, view: dict[str, Any]
+) -> list[str]:
     return [
         *_diff("status", status, view.get("status")),
         *_diff("version", version, view.get("version")),

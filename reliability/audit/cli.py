@@ -1,4 +1,5 @@
 """Running the audit: once, until it passes, and `python -m reliability audit`."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ async def run_audit(config: AuditConfig, expected_orders: Iterable[str] = ()) ->
     return report
 
 
-async def audit_until_ok(config: AuditConfig, settle_s: float, expected_orders: Iterable[str] = (),
-                         interval_s: float = 2.0) -> AuditReport:
+async def audit_until_ok(
+    config: AuditConfig, settle_s: float, expected_orders: Iterable[str] = (), interval_s: float = 2.0
+) -> AuditReport:
     """Re-run the audit until it passes or `settle_s` went by; the last report."""
     expected = list(expected_orders)
     deadline = time.monotonic() + settle_s
@@ -47,10 +49,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--query-url", help="query service base URL (env AUDIT_QUERY_URL)")
     parser.add_argument("--saga-timeout-s", type=float, help="SAGA_STEP_TIMEOUT_S of the order service (default 30)")
     parser.add_argument("--pending-slack-s", type=float, help="slack beyond the saga timeout (default 30)")
-    parser.add_argument("--grace-s", type=float, help="skip lag-sensitive checks for orders active this recently (default 2)")
+    parser.add_argument(
+        "--grace-s", type=float, help="skip lag-sensitive checks for orders active this recently (default 2)"
+    )
     parser.add_argument("--views", choices=("http", "db", "off"), help="where to read the query views (default http)")
     parser.add_argument("--no-topics", action="store_true", help="skip the Kafka topic checks")
-    parser.add_argument("--settle-s", type=float, default=0.0, help="re-run until it passes or this many seconds went by")
+    parser.add_argument(
+        "--settle-s", type=float, default=0.0, help="re-run until it passes or this many seconds went by"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--limit", type=int, default=200, help="violations printed (default 200)")
     return parser
@@ -64,10 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_cli(args: argparse.Namespace) -> int:
     """Exit 0 if the audit passed, 1 on any violation, 2 if it could not read something."""
     config = AuditConfig.from_env(
-        order_dsn=args.order_dsn, payment_dsn=args.payment_dsn, shipping_dsn=args.shipping_dsn,
-        query_dsn=args.query_dsn, kafka_bootstrap=args.kafka_bootstrap, query_url=args.query_url,
-        saga_timeout_s=args.saga_timeout_s, pending_slack_s=args.pending_slack_s, grace_s=args.grace_s,
-        views=args.views, check_topics=False if args.no_topics else None,
+        order_dsn=args.order_dsn,
+        payment_dsn=args.payment_dsn,
+        shipping_dsn=args.shipping_dsn,
+        query_dsn=args.query_dsn,
+        kafka_bootstrap=args.kafka_bootstrap,
+        query_url=args.query_url,
+        saga_timeout_s=args.saga_timeout_s,
+        pending_slack_s=args.pending_slack_s,
+        grace_s=args.grace_s,
+        views=args.views,
+        check_topics=False if args.no_topics else None,
     )
     try:
         report = asyncio.run(audit_until_ok(config, args.settle_s))

@@ -1,4 +1,5 @@
 """Where the audit looks and how strict it is; the defaults are `make up`'s addresses."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,11 @@ class AuditConfig:
             payment_dsn=dsn("payment"),
             shipping_dsn=dsn("shipping"),
             query_dsn=dsn("query"),
-            kafka_bootstrap=_env("AUDIT_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP_SERVERS",
-                                 default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"),
+            kafka_bootstrap=_env(
+                "AUDIT_KAFKA_BOOTSTRAP",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
+            ),
             query_url=_env("AUDIT_QUERY_URL", default=f"http://127.0.0.1:{os.environ.get('QUERY_PORT', '8004')}"),
             saga_timeout_s=float(_env("AUDIT_SAGA_TIMEOUT_S", "SAGA_STEP_TIMEOUT_S", default="30")),
             pending_slack_s=float(_env("AUDIT_PENDING_SLACK_S", default="30")),

@@ -5,6 +5,7 @@ services' own code: an audit that reused the code it checks would agree with its
 facts are the contract's typed, current-version messages (older versions were upcast when
 they were read), so no check looks at a schema version or a raw field.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -183,7 +184,8 @@ class WriteSide:
             sid: aggregate_model(sid, facts, PAYMENT_STATUS) for sid, facts in streams(logs.get("payment", [])).items()
         }
         self.shipments = {
-            sid: aggregate_model(sid, facts, SHIPMENT_STATUS) for sid, facts in streams(logs.get("shipping", [])).items()
+            sid: aggregate_model(sid, facts, SHIPMENT_STATUS)
+            for sid, facts in streams(logs.get("shipping", [])).items()
         }
         self.payments_of: dict[str, list[AggregateModel]] = defaultdict(list)
         for p in self.payments.values():

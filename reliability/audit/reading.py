@@ -1,6 +1,7 @@
 """Reading a snapshot from a running system: the logs first, then topics and views (which can
 only be ahead of the logs). Log rows are decoded with the contract's codec, which upcasts
 facts written by an older schema version; a row it cannot read stops the audit (exit 2)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -141,7 +142,9 @@ async def topic_partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, i
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
 
 
-async def read_views_http(query_url: str, order_ids: Iterable[str], *, concurrency: int = 16) -> dict[str, dict[str, Any]]:
+async def read_views_http(
+    query_url: str, order_ids: Iterable[str], *, concurrency: int = 16
+) -> dict[str, dict[str, Any]]:
     """The query views: the paginated list, then GET /orders/{id} for any order it lacks."""
     import httpx
 
@@ -214,5 +217,4 @@ async def collect(config: AuditConfig) -> Snapshot:
         views = await read_views_http(config.query_url, order_ids)
     elif config.views == "db":
         views = await read_views_db(config.query_dsn)
-    return Snapshot(taken_at=taken_at, logs=logs, outbox_backlog=backlog, topics=topics, views=views,
-                    late_ids=late)
+    return Snapshot(taken_at=taken_at, logs=logs, outbox_backlog=backlog, topics=topics, views=views, late_ids=late)

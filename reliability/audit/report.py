@@ -1,4 +1,5 @@
 """What the audit finds: violations (each with its order id) and counts, printable and as JSON."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,6 +1,7 @@
 """What the checks look at: the event logs (typed, current-version facts), the raw topic
 records and the query views. `reading.collect()` reads one from a running system; tests build
 their own."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

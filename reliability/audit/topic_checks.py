@@ -12,6 +12,7 @@ Consumers are idempotent by message id, so what one observes is the first occurr
 id: the checks are "the set of ids on the topic equals the set in the log, and first
 occurrences per key are in stream-version order"; duplicates are only counted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -88,14 +89,24 @@ def check_event_topics(audit: Audit) -> None:
             if stored is None and message.id in audit.snapshot.late_ids:
                 continue  # appended after the logs were read
             if stored is None:
-                audit.add("phantom_message", message.data.order_id,
-                          f"{topic} p{r.partition}@{r.offset}: {message.type} {message.id} is in no log")
+                audit.add(
+                    "phantom_message",
+                    message.data.order_id,
+                    f"{topic} p{r.partition}@{r.offset}: {message.type} {message.id} is in no log",
+                )
                 continue
-            if (message.type != stored.type or message.subject != stored.subject
-                    or message.sequence != stored.sequence or key != stored.subject):
-                audit.add("message_mismatch", stored.data.order_id,
-                          f"{topic} p{r.partition}@{r.offset}: {message.type}/{message.subject}/{message.sequence} "
-                          f"key {key} ≠ stored {stored.type}/{stored.subject}/{stored.sequence}")
+            if (
+                message.type != stored.type
+                or message.subject != stored.subject
+                or message.sequence != stored.sequence
+                or key != stored.subject
+            ):
+                audit.add(
+                    "message_mismatch",
+                    stored.data.order_id,
+                    f"{topic} p{r.partition}@{r.offset}: {message.type}/{message.subject}/{message.sequence} "
+                    f"key {key} ≠ stored {stored.type}/{stored.subject}/{stored.sequence}",
+                )
             first[key].append((r.partition, r.offset, message.id))
         for key, parts in partitions_of_key.items():
             if len(parts) > 1:
@@ -104,14 +115,20 @@ def check_event_topics(audit: Audit) -> None:
             versions = [expected[i].sequence for _, _, i in sorted(occurrences) if i in expected]
             if versions != sorted(versions):
                 head = expected.get(occurrences[0][2])
-                audit.add("out_of_order", head.data.order_id if head else None,
-                          f"{topic}: key {key} first occurrences in versions {versions[:20]}")
+                audit.add(
+                    "out_of_order",
+                    head.data.order_id if head else None,
+                    f"{topic}: key {key} first occurrences in versions {versions[:20]}",
+                )
         for fact_id, e in expected.items():
             if fact_id not in seen and not _lagging(audit, e):
                 backlog = audit.snapshot.outbox_backlog.get(log, 0)
-                audit.add("unpublished", e.data.order_id,
-                          f"{e.type} {e.subject} v{e.sequence} ({fact_id}) is not on {topic}"
-                          + (f" (outbox backlog {backlog})" if backlog else ""))
+                audit.add(
+                    "unpublished",
+                    e.data.order_id,
+                    f"{e.type} {e.subject} v{e.sequence} ({fact_id}) is not on {topic}"
+                    + (f" (outbox backlog {backlog})" if backlog else ""),
+                )
         duplicates[topic] = dup
         foreign[topic] = foreign_n
 
@@ -157,15 +174,21 @@ def check_command_topics(audit: Audit) -> None:
             if message.id not in wanted and message.id in audit.snapshot.late_ids:
                 continue  # sent after the logs were read
             if message.id not in wanted:
-                audit.add("phantom_command", message.data.order_id,
-                          f"{topic} p{r.partition}@{r.offset}: {message.type} {message.id} is in no saga")
+                audit.add(
+                    "phantom_command",
+                    message.data.order_id,
+                    f"{topic} p{r.partition}@{r.offset}: {message.type} {message.id} is in no saga",
+                )
                 continue
             first[r.key or message.subject].append((r.partition, r.offset, message.id))
         for key, occurrences in first.items():
             versions = [wanted[i][0].sequence for _, _, i in sorted(occurrences)]
             if versions != sorted(versions):
-                audit.add("out_of_order_command", wanted[occurrences[0][2]][0].data.order_id,
-                          f"{topic}: key {key} first occurrences in saga versions {versions[:20]}")
+                audit.add(
+                    "out_of_order_command",
+                    wanted[occurrences[0][2]][0].data.order_id,
+                    f"{topic}: key {key} first occurrences in saga versions {versions[:20]}",
+                )
         for command_id, (e, step) in wanted.items():
             if command_id not in seen and not _lagging(audit, e):
                 audit.add("unpublished_command", e.data.order_id, f"{step.command_type} {command_id} is not on {topic}")
@@ -188,8 +211,11 @@ def check_dlqs(audit: Audit) -> None:
             original = dead_lettered(r)
             if original is not None and original[0] in known:
                 message_id, message_type, order_id = original
-                audit.add("dead_lettered_real_message", order_id,
-                          f"{dlq}@{r.offset}: real {message_type} {message_id} was dead-lettered")
+                audit.add(
+                    "dead_lettered_real_message",
+                    order_id,
+                    f"{dlq}@{r.offset}: real {message_type} {message_id} was dead-lettered",
+                )
     audit.report.info["dlq"] = counts
 
 

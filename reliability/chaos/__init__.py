@@ -51,11 +51,21 @@ lost an order, duplicated an effect or never recovered.
 Modules: `config` (faults, settings, results), `harness` (the stack and one fault's run),
 `faults` (the injectors), `poison` (poison messages, dead letters, Kafka offsets), `cli`.
 """
+
 from reliability.chaos.cli import build_parser, main, render_table, run_chaos
 from reliability.chaos.config import ALL_FAULTS, DESCRIPTIONS, REDUCED_FAULTS, ChaosConfig, FaultResult
 from reliability.chaos.harness import ChaosHarness, ProxiedKafkaBroker
 
 __all__ = [
-    "ALL_FAULTS", "DESCRIPTIONS", "REDUCED_FAULTS", "ChaosConfig", "ChaosHarness", "FaultResult",
-    "ProxiedKafkaBroker", "build_parser", "main", "render_table", "run_chaos",
+    "ALL_FAULTS",
+    "DESCRIPTIONS",
+    "REDUCED_FAULTS",
+    "ChaosConfig",
+    "ChaosHarness",
+    "FaultResult",
+    "ProxiedKafkaBroker",
+    "build_parser",
+    "main",
+    "render_table",
+    "run_chaos",
 ]

@@ -1,4 +1,5 @@
 """`python -m reliability.chaos` (same as `python -m reliability chaos`)."""
+
 import sys
 
 from reliability.chaos.cli import main

@@ -1,4 +1,5 @@
 """What a chaos run does (faults, load, timings) and what it records per fault."""
+
 from __future__ import annotations
 
 import sys
@@ -15,9 +16,23 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 SERVICE_NAMES = ("order", "payment", "shipping", "query")
 
 ALL_FAULTS = (
-    "kill-order", "kill-payment", "kill-shipping", "kill-query", "kill-order-replica",
-    "kill-kafka", "pg-immediate", "sigstop-payment", "sigstop-shipping", "rewind-offsets", "poison",
-    "pg-latency", "pg-reset", "pg-blackhole", "kafka-latency", "kafka-reset", "kafka-blackhole",
+    "kill-order",
+    "kill-payment",
+    "kill-shipping",
+    "kill-query",
+    "kill-order-replica",
+    "kill-kafka",
+    "pg-immediate",
+    "sigstop-payment",
+    "sigstop-shipping",
+    "rewind-offsets",
+    "poison",
+    "pg-latency",
+    "pg-reset",
+    "pg-blackhole",
+    "kafka-latency",
+    "kafka-reset",
+    "kafka-blackhole",
 )
 #: What `make test` runs (tests/reliability/test_chaos_reduced.py).
 REDUCED_FAULTS = ("kill-order", "kill-kafka", "pg-immediate", "poison")

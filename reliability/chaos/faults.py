@@ -4,6 +4,7 @@ A fault that needs more than the audit to call the system recovered (rewind: red
 messages were dropped as duplicates; poison: every poison message dead-lettered and passed)
 sets `harness.verify`, which the recovery loop calls.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -180,8 +181,9 @@ async def poison(h: ChaosHarness, result: FaultResult) -> None:
             who = found.get((p.topic, p.partition, p.offset), set())
             wanted = expected[p.topic] if p.kind == "garbage" else expected_bad_data(p.topic, query_group)
             if not wanted <= who:
-                missing.append(f"{p.kind}@{p.topic}:{p.partition}:{p.offset} DLQ'd by {sorted(who)}, "
-                               f"expected {sorted(wanted)}")
+                missing.append(
+                    f"{p.kind}@{p.topic}:{p.partition}:{p.offset} DLQ'd by {sorted(who)}, expected {sorted(wanted)}"
+                )
         not_past = await moved_past(h, injected, query_group)
         r.details["poison_not_dead_lettered"] = missing
         r.details["poison_positions_not_past"] = not_past
@@ -200,8 +202,9 @@ async def moved_past(h: ChaosHarness, injected: Sequence[Poison], query_group: s
     for group, db in dbs.items():
         conn = await asyncpg.connect(h.stack.pg_dsn(db), timeout=10)
         try:
-            for row in await conn.fetch("SELECT topic, partition, next_offset FROM consumer_positions "
-                                        "WHERE consumer = $1", group):
+            for row in await conn.fetch(
+                "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = $1", group
+            ):
                 positions[(group, row["topic"], row["partition"])] = row["next_offset"]
         finally:
             await conn.close()

@@ -1,4 +1,5 @@
 """The private stack, its services and proxies, and one fault's run: load, fault, recovery, audit."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,18 +35,29 @@ _LATEST_SQL = """SELECT DISTINCT ON (stream_id) stream_id, type, schema_version,
 class ProxiedKafkaBroker(KafkaBroker):
     """The stack's broker plus a PROXIED listener advertised at a fault proxy's port."""
 
-    def __init__(self, run_dir: Path, *, port: int, controller_port: int, proxied_port: int,
-                 advertised_proxy_port: int, settings: InfraSettings | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        port: int,
+        controller_port: int,
+        proxied_port: int,
+        advertised_proxy_port: int,
+        settings: InfraSettings | None = None,
+    ) -> None:
         super().__init__(run_dir, port=port, controller_port=controller_port, settings=settings)
         self.proxied_port = proxied_port
         self.advertised_proxy_port = advertised_proxy_port
 
     def server_properties(self) -> str:
         props = dict(line.split("=", 1) for line in super().server_properties().splitlines() if "=" in line)
-        props["listeners"] = (f"PLAINTEXT://127.0.0.1:{self.port},PROXIED://127.0.0.1:{self.proxied_port},"
-                              f"CONTROLLER://127.0.0.1:{self.controller_port}")
-        props["advertised.listeners"] = (f"PLAINTEXT://127.0.0.1:{self.port},"
-                                         f"PROXIED://127.0.0.1:{self.advertised_proxy_port}")
+        props["listeners"] = (
+            f"PLAINTEXT://127.0.0.1:{self.port},PROXIED://127.0.0.1:{self.proxied_port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}"
+        )
+        props["advertised.listeners"] = (
+            f"PLAINTEXT://127.0.0.1:{self.port},PROXIED://127.0.0.1:{self.advertised_proxy_port}"
+        )
         props["listener.security.protocol.map"] = "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT"
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -61,12 +73,17 @@ class ChaosHarness:
             run_dir = Path(self._tmp.name)
         else:
             run_dir = config.run_dir
-        (kafka_port, controller_port, pg_port, proxied_kafka_port, kafka_proxy_port,
-         o, p, s, q, replica) = free_ports(10)
+        (kafka_port, controller_port, pg_port, proxied_kafka_port, kafka_proxy_port, o, p, s, q, replica) = free_ports(
+            10
+        )
         self.stack = LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
         self.stack.kafka = ProxiedKafkaBroker(
-            self.stack.run_dir, port=kafka_port, controller_port=controller_port,
-            proxied_port=proxied_kafka_port, advertised_proxy_port=kafka_proxy_port, settings=self.stack.settings,
+            self.stack.run_dir,
+            port=kafka_port,
+            controller_port=controller_port,
+            proxied_port=proxied_kafka_port,
+            advertised_proxy_port=kafka_proxy_port,
+            settings=self.stack.settings,
         )
         self.kafka_proxy_port = kafka_proxy_port
         self.proxied_kafka_port = proxied_kafka_port
@@ -93,8 +110,9 @@ class ChaosHarness:
             self.stack.create_database(db)
         self.timings["stack_s"] = round(time.monotonic() - t, 2)
         self.pg_proxy = ProxyThread("127.0.0.1", self.stack.pg_port, name="pg")
-        self.kafka_proxy = ProxyThread("127.0.0.1", self.proxied_kafka_port, listen_port=self.kafka_proxy_port,
-                                       name="kafka")
+        self.kafka_proxy = ProxyThread(
+            "127.0.0.1", self.proxied_kafka_port, listen_port=self.kafka_proxy_port, name="kafka"
+        )
         common = {"LOG_LEVEL": "WARNING", "RELAY_POLL_INTERVAL_S": "0.2"}
         for name in SERVICE_NAMES:
             self.env[name] = dict(common)
@@ -133,8 +151,15 @@ class ChaosHarness:
     def service(self, name: str) -> ServiceProcess:
         proc = self.stack.service_process(name, cwd=ROOT, env=self.env[name])
         if os.environ.get("CHAOS_TASKDUMP"):  # debugging: SIGUSR1 dumps the service's asyncio tasks
-            return ServiceProcess(name, "reliability._taskdump", run_dir=self.stack.run_dir, env=proc.env,
-                                  args=[proc.module], cwd=ROOT, ports=proc.ports)
+            return ServiceProcess(
+                name,
+                "reliability._taskdump",
+                run_dir=self.stack.run_dir,
+                env=proc.env,
+                args=[proc.module],
+                cwd=ROOT,
+                ports=proc.ports,
+            )
         return proc
 
     def audit_config(self) -> AuditConfig:
@@ -166,8 +191,14 @@ class ChaosHarness:
         urls = [self.stack.service_url("order")]
         if fault == "kill-order-replica":
             urls.append(await self.start_replica())
-        load = OrderLoad(urls, rate=self.config.rate, mix=self.config.mix, cancel_ratio=self.config.cancel_ratio,
-                         seed=self.config.seed, customer_prefix=f"chaos-{fault}")
+        load = OrderLoad(
+            urls,
+            rate=self.config.rate,
+            mix=self.config.mix,
+            cancel_ratio=self.config.cancel_ratio,
+            seed=self.config.seed,
+            customer_prefix=f"chaos-{fault}",
+        )
         stop_load = asyncio.Event()
         load_task = asyncio.create_task(load.run(stop=stop_load))
         started = time.monotonic()
@@ -246,8 +277,10 @@ class ChaosHarness:
         except Exception as exc:
             result.details["outcomes"] = repr(exc)
         state = "recovered" if result.recovery_s is not None else "NOT recovered"
-        log(f"{result.fault}: {state} in {result.recovery_s}s; placed {result.placed}, lost {result.lost}, "
-            f"duplicates {result.duplicates}, violations {result.violations}")
+        log(
+            f"{result.fault}: {state} in {result.recovery_s}s; placed {result.placed}, lost {result.lost}, "
+            f"duplicates {result.duplicates}, violations {result.violations}"
+        )
 
     async def _all_healthy(self) -> bool:
         async with httpx.AsyncClient(timeout=3) as client:
@@ -297,10 +330,15 @@ class ChaosHarness:
 
     async def start_replica(self) -> str:
         svc = next(s for s in SERVICES if s.name == "order")
-        env = {**SERVICE_ENV(self.stack, svc), **self.env["order"], "HTTP_PORT": str(self.replica_port),
-               "ORDER_PORT": str(self.replica_port)}
-        self.replica = ServiceProcess("order-replica", svc.module, run_dir=self.stack.run_dir, env=env, cwd=ROOT,
-                                      ports=[self.replica_port])
+        env = {
+            **SERVICE_ENV(self.stack, svc),
+            **self.env["order"],
+            "HTTP_PORT": str(self.replica_port),
+            "ORDER_PORT": str(self.replica_port),
+        }
+        self.replica = ServiceProcess(
+            "order-replica", svc.module, run_dir=self.stack.run_dir, env=env, cwd=ROOT, ports=[self.replica_port]
+        )
         self.replica.start()
         url = f"http://127.0.0.1:{self.replica_port}"
         deadline = time.monotonic() + 90

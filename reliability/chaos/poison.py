@@ -1,5 +1,6 @@
 """Poison messages and Kafka offsets: what the `poison` and `rewind-offsets` faults write to Kafka,
 and who must dead-letter what."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """`python -m services.order`: serve the order service (HTTP_PORT, default 8001)."""
+
 from __future__ import annotations
 
 from services.order.app import create_app

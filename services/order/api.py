@@ -13,6 +13,7 @@ Choices made here:
 * Cancel answers 202 with the order as it is *now* (still PENDING/CONFIRMED): the order becomes
   CANCELLED once the saga's compensations are confirmed. Repeating an accepted cancel is 202.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -149,7 +150,12 @@ async def cancel_order(
     if status is None:  # pragma: no cover - handlers checked the order exists
         raise NotFound("order_not_found", f"order {order_id} does not exist")
     return CancelAcceptedView.model_validate(
-        {"order_id": order_id, "status": str(status), "version": accepted.order.version, "saga_step": accepted.saga.step}
+        {
+            "order_id": order_id,
+            "status": str(status),
+            "version": accepted.order.version,
+            "saga_step": accepted.saga.step,
+        }
     )
 
 

@@ -1,4 +1,5 @@
 """Composition of the order service on the kernel (shared/runtime.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +43,9 @@ Order facts are published on `{ORDER_EVENTS}`; the saga's own facts stay private
 
 def definition(settings: OrderSettings) -> ServiceDefinition:
     def consumers(store: EventStore) -> list[ConsumerSpec]:
-        return [ConsumerSpec(name=handlers.SAGA_CONSUMER, topics=handlers.REPLY_TOPICS, handler=handlers.handle_replies)]
+        return [
+            ConsumerSpec(name=handlers.SAGA_CONSUMER, topics=handlers.REPLY_TOPICS, handler=handlers.handle_replies)
+        ]
 
     return ServiceDefinition(
         name="order",

@@ -6,6 +6,7 @@ a scheduler that was down simply fires late. Every replica runs this loop; `FOR 
 LOCKED` keeps them off each other's sagas, and correctness does not depend on it anyway: a
 timeout before the deadline, or a second one for the same deadline, decides nothing.
 """
+
 from __future__ import annotations
 
 import asyncio

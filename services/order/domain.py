@@ -13,6 +13,7 @@ instead of raising, so a retried saga step or a redelivered message has no secon
   * RejectOrder on REJECTED / CancelOrder on CANCELLED with the same reason → [].
 Anything else outside the allowed transitions raises IllegalTransition (409).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

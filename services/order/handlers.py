@@ -25,6 +25,7 @@ up to CONFLICT_ATTEMPTS times, then answers 409).
 but which has no row (a log restored without its index) is adopted, i.e. given its row, the
 first time a reply or a cancel reaches it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -199,7 +200,7 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
             log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
             continue
         order_state, saga_state = sagas[order_id]
-        with caused_by(order_id, delivery.envelope.id):
+        with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
             decision = saga.decide(reply, saga_state, utc_now())
             order_state = await _write_decision(uow, order_state, saga_state, decision)
         if not decision.is_empty:
@@ -240,7 +241,7 @@ async def time_out_next(store: EventStore, now: datetime, skip: Sequence[str] = 
         try:
             async with uow.savepoint():  # a failure leaves the row (and the outbox) as it was
                 order_state, saga_state, history = await _load(uow, order_id)
-                with caused_by(order_id, _deadline_cause(order_id, history)):
+                with caused_by(order_id, _deadline_cause(order_id, history), SagaDeadlineSet.TYPE):
                     decision = saga.decide(saga.StepTimedOut(), saga_state, now)
                     await _persist(uow, order_state, saga_state, decision)
                     if decision.is_empty:  # the index disagreed with the saga: realign it
@@ -248,11 +249,13 @@ async def time_out_next(store: EventStore, now: datetime, skip: Sequence[str] = 
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
             raise
         except Exception as exc:
-            log.warning("saga timeout failed; retried on the next pass", extra={"order_id": order_id, "error": repr(exc)})
+            log.warning(
+                "saga timeout failed; retried on the next pass", extra={"order_id": order_id, "error": repr(exc)}
+            )
             return TimeoutPass(order_id, ok=False)
     SAGA_TRIGGERS.labels(trigger="timeout", outcome=_outcome(decision)).inc()
     if not decision.is_empty:
-        with caused_by(order_id, _deadline_cause(order_id, history)):
+        with caused_by(order_id, _deadline_cause(order_id, history), SagaDeadlineSet.TYPE):
             log.info(
                 "saga step timed out",
                 extra={"order_id": order_id, "saga_step": decision.state.step, "awaiting": list(saga_state.awaiting)},

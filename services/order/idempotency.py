@@ -6,6 +6,7 @@ order, with the answer it will give; a concurrent request with the same key wait
 primary key, then reads the committed answer. "Same body" is the same JSON value: key order
 and spacing do not matter (`body_fingerprint`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,12 @@ class Placed:
     replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "status": self.status, "version": self.version, "total_cents": self.total_cents}
+        return {
+            "order_id": self.order_id,
+            "status": self.status,
+            "version": self.version,
+            "total_cents": self.total_cents,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 Everything is folded from the log on every read (the write side's own view; the query service
 keeps the read models).
 """
+
 from __future__ import annotations
 
 from services.order import domain, saga

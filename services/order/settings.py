@@ -1,4 +1,5 @@
 """The order service's configuration: environment variables with documented defaults."""
+
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field

@@ -4,6 +4,7 @@ Views are rendered here from the domain's states, never by the domain itself. Re
 are strict: unknown fields, wrong JSON types (`"2"` for 2, `2.0`, `true`) and out-of-range
 numbers are 422 naming the field.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -123,7 +124,9 @@ class OrderAccepted(BaseModel):
     """The order was placed; the saga now drives it (watch GET /orders/{id} or /sagas/{id})."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"order_id": ORDER_ID_EXAMPLE, "status": "PENDING", "version": 1, "total_cents": 4950}]}
+        json_schema_extra={
+            "examples": [{"order_id": ORDER_ID_EXAMPLE, "status": "PENDING", "version": 1, "total_cents": 4950}]
+        }
     )
 
     order_id: str
@@ -196,7 +199,9 @@ class CancelAcceptedView(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"order_id": ORDER_ID_EXAMPLE, "status": "CONFIRMED", "version": 2, "saga_step": "compensating"}]
+            "examples": [
+                {"order_id": ORDER_ID_EXAMPLE, "status": "CONFIRMED", "version": 2, "saga_step": "compensating"}
+            ]
         }
     )
 

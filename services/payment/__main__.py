@@ -1,4 +1,5 @@
 """`python -m services.payment`: serve the payment service (HTTP_PORT, default 8002)."""
+
 from __future__ import annotations
 
 from services.payment.app import create_app

@@ -3,6 +3,7 @@
 The REST view is not the event contract: it shows the amount as flat `amount_cents` and
 `currency`, as it always has, whatever shape the facts carry it in.
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Path, Query, Request
@@ -42,9 +43,7 @@ class PaymentView(BaseModel):
     amount_cents: int = Field(description="integer minor units")
     currency: str = Field(description="ISO-4217")
     version: int = Field(description="number of facts in the payment's stream")
-    reason: str | None = Field(
-        default=None, description="why it was declined, voided or refunded (absent otherwise)"
-    )
+    reason: str | None = Field(default=None, description="why it was declined, voided or refunded (absent otherwise)")
 
     @classmethod
     def of(cls, state: PaymentState) -> PaymentView:

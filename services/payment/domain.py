@@ -23,6 +23,7 @@ authorize never reached us and we refuse the void with NotFound and record nothi
 recorded for a refused void, so a later authorize is not blocked by a tombstone; the saga keeps
 watching the payment's stream and voids any late authorization itself.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -122,10 +123,14 @@ def decide(command: PaymentCommand, state: PaymentState, *, limit_cents: int) ->
         payment_id, order_id = command.payment_id, command.order_id
         amount = Money(amount_cents=command.amount_cents, currency=command.currency)
         if command.payment_token == DECLINING_TOKEN:
-            return [PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_CARD_DECLINED)]
+            return [
+                PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_CARD_DECLINED)
+            ]
         if command.amount_cents > limit_cents:
             return [
-                PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_AMOUNT_OVER_LIMIT)
+                PaymentDeclined(
+                    payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_AMOUNT_OVER_LIMIT
+                )
             ]
         return [PaymentAuthorized(payment_id=payment_id, order_id=order_id, amount=amount)]
 

@@ -5,6 +5,7 @@ reads. Every command goes through the kernel's `Aggregate`: read → fold → de
 one transaction; a duplicate is answered again with the recorded fact, a refusal is logged and
 counted, and a message that is not a payment command is dead-lettered.
 """
+
 from __future__ import annotations
 
 from functools import partial

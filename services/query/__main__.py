@@ -1,4 +1,5 @@
 """`python -m services.query`: serve the query service (HTTP_PORT, default 8004)."""
+
 from __future__ import annotations
 
 from services.query.app import create_app

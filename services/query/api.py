@@ -5,6 +5,7 @@ query), so a rebuild's switch is seen by the next request of every replica at on
 bodies are this service's own REST shapes, not the message contract: they are rendered here
 from the read models.
 """
+
 from __future__ import annotations
 
 import base64
@@ -66,9 +67,9 @@ class OrderSummary(BaseModel):
             shipment_id=m.shipment_id,
             total_cents=m.total_cents,
             currency=m.currency,
-            items=None if m.items is None else [
-                Item(sku=i.sku, quantity=i.quantity, unit_price_cents=i.unit_price_cents) for i in m.items
-            ],
+            items=None
+            if m.items is None
+            else [Item(sku=i.sku, quantity=i.quantity, unit_price_cents=i.unit_price_cents) for i in m.items],
             version=m.version,
             updated_at=m.updated_at,
         )
@@ -197,8 +198,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def get_order(
     request: Request,
     order_id: str,
-    min_version: Annotated[int | None, Query(ge=1, description="wait until the view has applied this order version")] = None,
-    wait_s: Annotated[float | None, Query(ge=0, description="how long to wait for min_version (default MIN_VERSION_TIMEOUT_S)")] = None,
+    min_version: Annotated[
+        int | None, Query(ge=1, description="wait until the view has applied this order version")
+    ] = None,
+    wait_s: Annotated[
+        float | None, Query(ge=0, description="how long to wait for min_version (default MIN_VERSION_TIMEOUT_S)")
+    ] = None,
 ) -> Any:
     """404 `order_not_found` until a fact of the order's own stream has been applied."""
     ctx = context_of(request)

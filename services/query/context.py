@@ -1,4 +1,5 @@
 """What the query service's routes share besides the kernel Runtime (set on `app.state.query`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

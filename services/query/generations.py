@@ -5,6 +5,7 @@ Each generation has its own schema `views_g<N>` and its own consumer name (= Kaf
 inbox and stored-position key). Batches hold the generation lock shared; starting a rebuild
 and switching take it exclusively, so no batch is ever half on either side of a switch.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -86,7 +87,9 @@ def _generation(r: asyncpg.Record) -> Generation:
     )
 
 
-_GEN_COLUMNS = "generation, state, consumer, rebuild_id, target_offsets, created_at, caught_up_at, switched_at, retired_at"
+_GEN_COLUMNS = (
+    "generation, state, consumer, rebuild_id, target_offsets, created_at, caught_up_at, switched_at, retired_at"
+)
 
 
 async def begin_batch(conn: asyncpg.Connection, generation: int) -> str | None:
@@ -120,7 +123,9 @@ async def generation_by_rebuild(conn: asyncpg.Connection, rebuild_id: uuid.UUID)
 
 async def positions(conn: asyncpg.Connection, consumer: str) -> Offsets:
     """The consumer's next offsets as stored with its views (the kernel's consumer_positions)."""
-    rows = await conn.fetch("SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = $1", consumer)
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM consumer_positions WHERE consumer = $1", consumer
+    )
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 

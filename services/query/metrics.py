@@ -1,4 +1,5 @@
 """Prometheus metrics of the query service (served by the kernel at GET /metrics)."""
+
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram

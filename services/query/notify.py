@@ -5,6 +5,7 @@ Every batch transaction NOTIFYs `query_views` (delivered at commit, to every rep
 or a generation switch NOTIFYs `query_generations` for the supervisor. Waiters also use a
 timeout, so a lost listener connection degrades to polling, never to a hang.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -24,6 +24,7 @@ fold gives the same model. The rules, field by field:
 `services/query/store.py` applies the same rules in SQL (`ON CONFLICT DO UPDATE`), and an
 integration test checks that SQL and this module agree.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -265,9 +266,7 @@ def _shipment(received: Received, fact: ShipmentFact, status: ShipmentStatus | N
     )
 
 
-def fold(
-    facts: Iterable[Received], models: Mapping[str, OrderReadModel] | None = None
-) -> dict[str, OrderReadModel]:
+def fold(facts: Iterable[Received], models: Mapping[str, OrderReadModel] | None = None) -> dict[str, OrderReadModel]:
     """Apply facts to models (by order id); the result does not depend on the facts' order."""
     out = {k: msgspec.structs.replace(v) for k, v in (models or {}).items()}  # never mutate the caller's
     for received in facts:

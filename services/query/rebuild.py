@@ -12,6 +12,7 @@ Design (see also views.sql, generations.py and supervisor.py):
 The projection is order-independent and idempotent, and the contract codec upcasts every
 older fact on the topics, so the rebuilt views equal the incrementally built ones.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -165,14 +166,16 @@ async def list_generations(request: Request) -> Any:
     out = []
     async with pool_of(request).acquire() as conn:
         for g in await generations.generations(conn):
-            out.append({
-                "generation": g.generation,
-                "state": g.state,
-                "consumer": g.consumer,
-                "rebuild_id": g.rebuild_id,
-                "created_at": g.created_at,
-                "switched_at": g.switched_at,
-                "retired_at": g.retired_at,
-                "positions": generations.offsets_by_topic(await generations.positions(conn, g.consumer)),
-            })
+            out.append(
+                {
+                    "generation": g.generation,
+                    "state": g.state,
+                    "consumer": g.consumer,
+                    "rebuild_id": g.rebuild_id,
+                    "created_at": g.created_at,
+                    "switched_at": g.switched_at,
+                    "retired_at": g.retired_at,
+                    "positions": generations.offsets_by_topic(await generations.positions(conn, g.consumer)),
+                }
+            )
     return out

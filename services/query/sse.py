@@ -8,6 +8,7 @@ Idle streams get a `: keep-alive` comment every SSE_KEEPALIVE_S. A stream ends a
 SSE_MAX_STREAM_S (an EventSource reconnects and resumes by itself); that bounds how long a
 graceful shutdown of the server waits for open streams.
 """
+
 from __future__ import annotations
 
 import time

@@ -9,6 +9,7 @@ that bypassed the inbox into a loud failure (retry, then DLQ) instead of a dupli
 The timeline keeps each fact's data in the contract's current version (`schema_version` says
 which); rows written at an older version are upcast by the contract codec when read.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -52,8 +53,17 @@ class _TimelineRow(msgspec.Struct, gc=False):
 
 def _timeline_row(f: Received) -> _TimelineRow:
     return _TimelineRow(
-        f.id, f.data.TYPE, f.source, f.subject, f.time, f.sequence, f.data.order_id,
-        f.correlation_id, f.causation_id, f.data.VERSION, f.data,
+        f.id,
+        f.data.TYPE,
+        f.source,
+        f.subject,
+        f.time,
+        f.sequence,
+        f.data.order_id,
+        f.correlation_id,
+        f.causation_id,
+        f.data.VERSION,
+        f.data,
     )
 
 

@@ -9,6 +9,7 @@ consumer and the rebuilt generation's consumer simply carries on as the live one
 The kernel's `ServiceDefinition.consumers` are fixed at start-up, which is why this is a
 background loop that owns its runners instead.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,8 +74,9 @@ class GenerationSupervisor:
                 stopping = asyncio.ensure_future(stop.wait())
                 woken = asyncio.ensure_future(waiter.wait())
                 try:
-                    await asyncio.wait({stopping, woken}, timeout=self.settings.generation_poll_s,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stopping, woken}, timeout=self.settings.generation_poll_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     stopping.cancel()
                     woken.cancel()
@@ -112,7 +114,9 @@ class GenerationSupervisor:
             if not generations.reached(position, generation.target):
                 return False  # cheap check first: the switch itself pauses every batch briefly
             return await generations.try_switch(
-                conn, generation.generation, self.settings.topics,
+                conn,
+                generation.generation,
+                self.settings.topics,
                 timedelta(seconds=self.settings.rebuild_switch_grace_s),
             )
 
@@ -135,8 +139,10 @@ class GenerationSupervisor:
             runners.append(runner)
             tasks.append(asyncio.create_task(runner.run(stop), name=f"consumer:{generation.consumer}:{member}"))
         self.runners[generation.generation] = _Running(runners, stop, tasks)
-        log.info("view consumers started", extra={"generation": generation.generation,
-                                                   "consumer": generation.consumer, "members": len(runners)})
+        log.info(
+            "view consumers started",
+            extra={"generation": generation.generation, "consumer": generation.consumer, "members": len(runners)},
+        )
 
     async def _stop(self, number: int) -> None:
         running = self.runners.pop(number, None)
@@ -148,6 +154,7 @@ class GenerationSupervisor:
             task.cancel()
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.warning("view consumer ended with an error",
-                            extra={"generation": number, "error": repr(task.exception())})
+                log.warning(
+                    "view consumer ended with an error", extra={"generation": number, "error": repr(task.exception())}
+                )
         log.info("view consumers stopped", extra={"generation": number})

@@ -1,4 +1,5 @@
 """`python -m services.shipping`: serve the shipping service (HTTP_PORT, default 8003)."""
+
 from __future__ import annotations
 
 from services.shipping.app import create_app

@@ -3,6 +3,7 @@
 Dispatch and deliver answer **200 with the shipment's new state**: the fact is committed
 before the response (the write side is synchronous; only other services' views lag).
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -19,7 +20,13 @@ _SHIPMENT_EXAMPLE: dict[str, JsonValue] = {
     "shipment_id": "2d7e0a4b-13c9-5f7e-9b1a-6c8d2e4f0a13",
     "order_id": "5f0c6b2e-0c1a-4b7a-a3c5-7e9d1f2b3c4d",
     "status": "SCHEDULED",
-    "address": {"name": "Ada Lovelace", "line1": "12 St James's Sq", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"},
+    "address": {
+        "name": "Ada Lovelace",
+        "line1": "12 St James's Sq",
+        "city": "London",
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+    },
     "version": 1,
 }
 

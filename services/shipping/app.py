@@ -1,4 +1,5 @@
 """Composition of the shipping service on the kernel (shared/runtime.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path

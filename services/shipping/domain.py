@@ -18,6 +18,7 @@ no answer on Kafka).
     FAILED) → IllegalTransition; unknown shipment → NotFound, recording nothing (a defensive
     cancel that overtook nothing: commands keyed by shipment_id keep their order).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -6,6 +6,7 @@ deliver are HTTP commands. Both go through the kernel's `Aggregate`: read → fo
 append in one transaction, deciding again a few times when a concurrent writer wins the race
 (then 409).
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -6,6 +6,7 @@ needs to know about it: its CloudEvents `type`, its schema `VERSION` and the `TO
 carries it (None for a fact that never leaves its service's log). Field constraints become
 the JSON Schema of the message; fields holding personal data are marked `x-personal-data`.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

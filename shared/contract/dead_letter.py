@@ -1,4 +1,5 @@
 """The value a consumer writes to `<topic>.dlq` for a message it could not process."""
+
 from __future__ import annotations
 
 import msgspec

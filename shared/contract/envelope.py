@@ -5,6 +5,7 @@ attributes `correlationid`, `causationid`, `sequence` (the stream version; "0" f
 command) and `schemaversion`. Decoding validates the data against the contract and upcasts
 an older schema version: `Envelope.data` is always the current version of its message.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -46,6 +47,12 @@ class Envelope(Generic[M]):
     correlation_id: str
     causation_id: str
     data: M
+    #: The CloudEvents type of the message whose handling produced this one; None when a request
+    #: (or nothing the system sent) caused it. Lets a reader know whether to expect the cause.
+    causation_type: str | None = None
+    #: W3C trace context (distributed-tracing extension); None when tracing is off.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def type(self) -> str:
@@ -60,8 +67,9 @@ class Envelope(Generic[M]):
         return uuid.UUID(self.id)
 
 
-class _CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """The wire form. Extension attribute values are strings, as CloudEvents requires."""
+class _CloudEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The wire form. Extension attribute values are strings, as CloudEvents requires; an
+    attribute that is absent decodes as "" (and "" is never written)."""
 
     specversion: str
     id: str
@@ -69,11 +77,14 @@ class _CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     subject: str
     time: datetime
-    datacontenttype: str = JSON_CONTENT_TYPE
+    datacontenttype: str = ""
     correlationid: str = ""
     causationid: str = ""
-    sequence: str = "0"
-    schemaversion: str = "1"
+    causationtype: str = ""
+    sequence: str = ""
+    schemaversion: str = ""
+    traceparent: str = ""
+    tracestate: str = ""
     data: msgspec.Raw
 
 
@@ -123,10 +134,14 @@ def encode(envelope: Envelope[Message], *, data: bytes | None = None) -> bytes:
             subject=envelope.subject,
             time=envelope.time,
             data=msgspec.Raw(data if data is not None else encode_data(message)),
+            datacontenttype=JSON_CONTENT_TYPE,
             correlationid=envelope.correlation_id,
             causationid=envelope.causation_id,
+            causationtype=envelope.causation_type or "",
             sequence=str(envelope.sequence),
             schemaversion=str(message.VERSION),
+            traceparent=envelope.traceparent or "",
+            tracestate=envelope.tracestate or "",
         )
     )
 
@@ -142,7 +157,7 @@ def decode(raw: bytes | None) -> Envelope[Message]:
     if wire.specversion != CLOUDEVENTS_SPEC_VERSION:
         raise MessageFormatError(f"unsupported specversion {wire.specversion!r}")
     try:
-        sequence, schema_version = int(wire.sequence), int(wire.schemaversion)
+        sequence, schema_version = int(wire.sequence or 0), int(wire.schemaversion or 1)
     except ValueError as exc:
         raise MessageFormatError(f"bad attribute: {exc}") from None
     if sequence < 0:
@@ -156,4 +171,7 @@ def decode(raw: bytes | None) -> Envelope[Message]:
         correlation_id=wire.correlationid,
         causation_id=wire.causationid,
         data=decode_data(wire.type, schema_version, wire.data),
+        causation_type=wire.causationtype or None,
+        traceparent=wire.traceparent or None,
+        tracestate=wire.tracestate or None,
     )

@@ -1,4 +1,5 @@
 """Facts of the Order aggregate, published on `order.events` (key: order id)."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -4,6 +4,7 @@ Version 2 of every payment fact carries the amount as one `Money` value; version
 flat `amount_cents` and `currency` fields. Facts written as version 1 are never rewritten:
 `_money_from_flat_fields` upcasts them when they are read.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar

@@ -78,6 +78,15 @@ ENVELOPE_ATTRIBUTES: dict[str, dict[str, Any]] = {
     "datacontenttype": {"description": "The media type of `data`.", "const": JSON_CONTENT_TYPE},
     "correlationid": {"description": "Extension: the order the message belongs to (the order id)."},
     "causationid": {"description": "Extension: the id of the message that caused this one."},
+    "causationtype": {
+        "description": "Extension (optional): the `type` of the message that caused this one; absent when an "
+        "HTTP request caused it. A reader that consumes that type can wait for the cause before showing the effect."
+    },
+    "traceparent": {
+        "description": "Extension (optional): W3C trace context (CloudEvents distributed tracing); absent "
+        "when tracing is off."
+    },
+    "tracestate": {"description": "Extension (optional): W3C trace state, with `traceparent`."},
     "sequence": {
         "description": 'Extension: the fact\'s version in its stream (1, 2, ...) as decimal digits; "0" for a command.',
         "pattern": "^[0-9]+$",

@@ -1,4 +1,5 @@
 """Every message of the contract by its type name, and which service sends and receives each topic."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,10 +70,30 @@ SERVICES = ("order", "payment", "shipping", "query")
 
 _SOURCE_CHANNELS = (
     Channel(ORDER_EVENTS, "Facts of the Order aggregate. Kept forever.", "order id", ("order",), ("query",)),
-    Channel(PAYMENT_EVENTS, "Facts of the Payment aggregate. Kept forever.", "payment id", ("payment",), ("order", "query")),
-    Channel(SHIPPING_EVENTS, "Facts of the Shipment aggregate. Kept forever.", "shipment id", ("shipping",), ("order", "query")),
-    Channel(PAYMENT_COMMANDS, "Commands the saga sends the payment service. Kept a week.", "payment id", ("order",), ("payment",)),
-    Channel(SHIPPING_COMMANDS, "Commands the saga sends the shipping service. Kept a week.", "shipment id", ("order",), ("shipping",)),
+    Channel(
+        PAYMENT_EVENTS, "Facts of the Payment aggregate. Kept forever.", "payment id", ("payment",), ("order", "query")
+    ),
+    Channel(
+        SHIPPING_EVENTS,
+        "Facts of the Shipment aggregate. Kept forever.",
+        "shipment id",
+        ("shipping",),
+        ("order", "query"),
+    ),
+    Channel(
+        PAYMENT_COMMANDS,
+        "Commands the saga sends the payment service. Kept a week.",
+        "payment id",
+        ("order",),
+        ("payment",),
+    ),
+    Channel(
+        SHIPPING_COMMANDS,
+        "Commands the saga sends the shipping service. Kept a week.",
+        "shipment id",
+        ("order",),
+        ("shipping",),
+    ),
 )
 
 CHANNELS: tuple[Channel, ...] = _SOURCE_CHANNELS + tuple(

@@ -7,6 +7,7 @@ by every later version of the saga, so its facts are versioned and upcast like p
 version 1 copied the whole command, the payment token included, into a fact kept forever.
 `_command_named_not_copied` upcasts version 1 facts and drops the copy when they are read.
 """
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -1,4 +1,5 @@
 """The shipping service's commands (`shipping.commands`) and facts (`shipping.events`), key: shipment id."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -1,4 +1,5 @@
 """The names of the Kafka topics. Every topic's key is the id of the aggregate its message is about."""
+
 from __future__ import annotations
 
 ORDER_EVENTS = "order.events"

@@ -3,6 +3,7 @@
 Upcasters are declared beside the message they evolve (`@upcaster(type, from_version=N)`) and
 chained by the codec when it reads an older fact, from the database or from Kafka alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -2,6 +2,7 @@
 
 It proves the benchmark runs from a fresh clone; its figures are not asserted (machines are
 noisy), only that every figure the issue asks for is there and consistent."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,20 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_short_bench_run_writes_every_figure(tmp_path: Path) -> None:
-    env = {**os.environ, "BENCH_RATES": "5", "BENCH_STEP_S": "3", "BENCH_WARMUP_S": "2", "BENCH_RESULTS_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "BENCH_RATES": "5",
+        "BENCH_STEP_S": "3",
+        "BENCH_WARMUP_S": "2",
+        "BENCH_RESULTS_DIR": str(tmp_path),
+    }
     run = subprocess.run(
-        [sys.executable, "-m", "bench.system", "--quick"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "bench.system", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "saturation:" in run.stdout and "floor:" in run.stdout  # the summary table was printed

@@ -1,5 +1,6 @@
 """The benchmark's own arithmetic: the outcome mix, percentiles, the saturation headline, the
 load generator's connection reuse, and the codec benchmark comparing like with like."""
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,9 @@ def test_percentiles_and_summary() -> None:
 def _step(rate: float, completed: float, keeps_up: bool, p99: float) -> dict[str, Any]:
     latency = {"p50": p99 / 2, "p95": p99 * 0.9, "p99": p99, "max": p99}
     return {
-        "rate_per_s": rate, "completed_sagas_per_s": completed, "keeps_up": keeps_up,
+        "rate_per_s": rate,
+        "completed_sagas_per_s": completed,
+        "keeps_up": keeps_up,
         "latency": {"placed_to_confirmed_write_ms": latency, "placed_to_confirmed_query_ms": latency},
     }
 

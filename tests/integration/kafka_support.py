@@ -1,4 +1,5 @@
 """Test helpers that read topics directly, outside any consumer group."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Helpers for the order service and saga journey tests: run the apps, place orders, poll."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,13 @@ from shared.contract import Envelope, Fact, encode, utc_now
 from tests.integration.kafka_support import produce
 from tests.integration.service_support import running, scratch_database
 
-ADDRESS = {"name": "Ada Lovelace", "line1": "12 St James's Sq", "city": "London", "postal_code": "SW1Y 4JH", "country": "GB"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "line1": "12 St James's Sq",
+    "city": "London",
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
 
 
 def order_body(**overrides: Any) -> dict[str, Any]:
@@ -51,10 +58,15 @@ def order_settings(stack: LocalStack, dsn: str, **overrides: Any) -> OrderSettin
 
 
 @asynccontextmanager
-async def order_service(stack: LocalStack, dsn: str | None = None, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def order_service(
+    stack: LocalStack, dsn: str | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """The order app in-process on `dsn` (a scratch database if None)."""
     if dsn is None:
-        async with scratch_database(stack, "order") as fresh, running(create_app(order_settings(stack, fresh, **overrides))) as http:
+        async with (
+            scratch_database(stack, "order") as fresh,
+            running(create_app(order_settings(stack, fresh, **overrides))) as http,
+        ):
             yield http
     else:
         async with running(create_app(order_settings(stack, dsn, **overrides))) as http:
@@ -78,7 +90,11 @@ async def reaches(client: httpx.AsyncClient, url: str, timeout_s: float = 30.0, 
     last: Any = None
     while time.monotonic() < deadline:
         response = await client.get(url)
-        last = response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
+        last = (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
+        )
         if response.status_code == 200 and all(last.get(k) == v for k, v in expected.items()):
             body: dict[str, Any] = last
             return body

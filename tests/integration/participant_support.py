@@ -1,4 +1,5 @@
 """Helpers for the payment and shipping service tests: send commands, watch their answers."""
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,9 @@ async def send(stack: LocalStack, topic: str, *messages: tuple[str, bytes, str])
     await produce(stack.kafka_bootstrap, topic, [(key, value) for key, value, _ in messages])
 
 
-async def facts_about(stack: LocalStack, topic: str, subject: str, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+async def facts_about(
+    stack: LocalStack, topic: str, subject: str, count: int, timeout_s: float = 60.0
+) -> list[dict[str, Any]]:
     """The CloudEvents on `topic` about `subject`, in topic order, once there are `count` of them."""
 
     def mine(seen: list[Any]) -> list[dict[str, Any]]:

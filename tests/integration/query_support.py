@@ -1,4 +1,5 @@
 """The query service under test: its app on the session's stack, its HTTP client and database."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
@@ -56,6 +57,7 @@ class Query:
         target = await end_offsets(self.bootstrap, self.topics)
         conn = await asyncpg.connect(self.dsn)
         try:
+
             async def done() -> bool:
                 [current] = await generations.generations(conn, ["current"])
                 return generations.reached(await generations.positions(conn, current.consumer), target)
@@ -89,14 +91,16 @@ async def query_service(
 ) -> AsyncIterator[Query]:
     """A query service with a scratch database, reading `topics`."""
     async with scratch_database(stack, prefix) as dsn:
-        app = create_app(QuerySettings(
-            database_url=dsn,
-            kafka_bootstrap_servers=stack.kafka_bootstrap,
-            query_topics=",".join(topics),
-            generation_poll_s=0.1,
-            rebuild_switch_grace_s=2.0,
-            **settings,
-        ))
+        app = create_app(
+            QuerySettings(
+                database_url=dsn,
+                kafka_bootstrap_servers=stack.kafka_bootstrap,
+                query_topics=",".join(topics),
+                generation_poll_s=0.1,
+                rebuild_switch_grace_s=2.0,
+                **settings,
+            )
+        )
         async with running(app) as client:
             yield Query(app, client, dsn, stack.kafka_bootstrap, topics)
 

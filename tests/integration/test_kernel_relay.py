@@ -3,6 +3,7 @@
 The facts are contract facts (payment.captured) published on each test's own topic, so that no
 other test's messages mix in: `fact_on(topic)` is payment.captured with that topic as its TOPIC.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,7 +55,9 @@ def happened(topic: str) -> Happened:
     class OnTheTestTopic(PaymentCaptured, frozen=True, kw_only=True):
         TOPIC: ClassVar[str | None] = topic
 
-    return lambda order_id: OnTheTestTopic(order_id=order_id, payment_id="p", amount=Money(amount_cents=1, currency="EUR"))
+    return lambda order_id: OnTheTestTopic(
+        order_id=order_id, payment_id="p", amount=Money(amount_cents=1, currency="EUR")
+    )
 
 
 class _Rollback(Exception):
@@ -253,7 +256,9 @@ async def test_a_relay_in_the_writers_process_is_woken_by_their_commit_without_a
     # It never stops lingering and never polls within the test: only the local bell can wake it.
     settings = RelaySettings(poll_interval_s=3600, linger_s=3600, linger_poll_s=3600)
     stop = asyncio.Event()
-    relay = OutboxRelay(fresh_database, stack.kafka_bootstrap, name="t", settings=settings, local_bell=store.outbox_written)
+    relay = OutboxRelay(
+        fresh_database, stack.kafka_bootstrap, name="t", settings=settings, local_bell=store.outbox_written
+    )
     task = asyncio.create_task(relay.run(stop))
     try:
         await wait_for(lambda: relay.is_leader)

@@ -1,4 +1,5 @@
 """Event store against the real PostgreSQL: optimistic concurrency, immutability, typed reads."""
+
 from __future__ import annotations
 
 import asyncio
@@ -133,8 +134,17 @@ async def insert_as_stored(store: EventStore, rows: list[dict[str, Any]]) -> Non
                                    correlation_id, causation_id, data)
                VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb)""",
             [
-                (r["event_id"], r["stream_id"], r["version"], r["type"], r["schema_version"],
-                 datetime.fromisoformat(r["occurred_at"]), r["correlation_id"], r["causation_id"], json.dumps(r["data"]))
+                (
+                    r["event_id"],
+                    r["stream_id"],
+                    r["version"],
+                    r["type"],
+                    r["schema_version"],
+                    datetime.fromisoformat(r["occurred_at"]),
+                    r["correlation_id"],
+                    r["causation_id"],
+                    json.dumps(r["data"]),
+                )
                 for r in rows
             ],
         )
@@ -153,25 +163,42 @@ async def test_v1_payment_facts_stored_by_the_previous_code_are_read_as_v2_struc
         assert fact.data.amount == Money(amount_cents=row["data"]["amount_cents"], currency=row["data"]["currency"])
         assert (fact.data.order_id, fact.data.payment_id) == (row["data"]["order_id"], row["data"]["payment_id"])
         assert (fact.subject, fact.sequence, fact.correlation_id, fact.causation_id) == (
-            row["stream_id"], row["version"], row["correlation_id"], row["causation_id"])
+            row["stream_id"],
+            row["version"],
+            row["correlation_id"],
+            row["causation_id"],
+        )
     one = rows[0]["stream_id"]
     assert await store.read(one) == streams[one]
     async with store.pool.acquire() as conn:
         stored = await conn.fetch("SELECT schema_version, data FROM events")
-    assert all(r["schema_version"] == 1 and "amount_cents" in r["data"] and "amount" not in r["data"] for r in stored), (
-        "the stored facts themselves are never rewritten"
-    )
+    assert all(
+        r["schema_version"] == 1 and "amount_cents" in r["data"] and "amount" not in r["data"] for r in stored
+    ), "the stored facts themselves are never rewritten"
     # A stream read as v2 keeps being appended to as v2, after its v1 facts.
     [later] = await store.append(one, len(streams[one]), [happened(1)])
     assert [e.data.VERSION for e in await store.read(one)] == [2] * later.sequence
 
 
-async def test_a_stored_fact_that_no_longer_keeps_the_contract_is_an_error_not_a_silent_default(store: EventStore) -> None:
-    await insert_as_stored(store, [{
-        "event_id": "00000000-0000-0000-0000-000000000001", "stream_id": "s", "version": 1,
-        "type": PaymentCaptured.TYPE, "schema_version": 1, "occurred_at": "2026-11-30T00:04:33+00:00",
-        "correlation_id": "c", "causation_id": "c", "data": {"order_id": "o", "payment_id": "p", "currency": "EUR"},
-    }])
+async def test_a_stored_fact_that_no_longer_keeps_the_contract_is_an_error_not_a_silent_default(
+    store: EventStore,
+) -> None:
+    await insert_as_stored(
+        store,
+        [
+            {
+                "event_id": "00000000-0000-0000-0000-000000000001",
+                "stream_id": "s",
+                "version": 1,
+                "type": PaymentCaptured.TYPE,
+                "schema_version": 1,
+                "occurred_at": "2026-11-30T00:04:33+00:00",
+                "correlation_id": "c",
+                "causation_id": "c",
+                "data": {"order_id": "o", "payment_id": "p", "currency": "EUR"},
+            }
+        ],
+    )
     with pytest.raises(MessageFormatError, match="does not match its schema"):
         await store.read("s")
 
@@ -240,12 +267,23 @@ async def test_queued_commands_keep_their_place_among_appended_facts_on_their_ow
         await uow.append("s", 1, [happened(2)])
         await uow.send(RefundPayment(order_id="o", payment_id="d", reason="r"), command_id="cmd-4")
     assert await _outbox(store) == [
-        ("a", CAPTURE), ("s", CAPTURED), ("b", VoidPayment.TYPE), ("c", CancelShipment.TYPE), ("s", CAPTURED), ("d", REFUND),
+        ("a", CAPTURE),
+        ("s", CAPTURED),
+        ("b", VoidPayment.TYPE),
+        ("c", CancelShipment.TYPE),
+        ("s", CAPTURED),
+        ("d", REFUND),
     ]
     async with store.pool.acquire() as conn:
         rows = await conn.fetch("SELECT topic, value FROM outbox ORDER BY id")
     assert [r["topic"] for r in rows] == [
-        PAYMENT_COMMANDS, PAYMENT_EVENTS, PAYMENT_COMMANDS, SHIPPING_COMMANDS, PAYMENT_EVENTS, PAYMENT_COMMANDS]
+        PAYMENT_COMMANDS,
+        PAYMENT_EVENTS,
+        PAYMENT_COMMANDS,
+        SHIPPING_COMMANDS,
+        PAYMENT_EVENTS,
+        PAYMENT_COMMANDS,
+    ]
     refund = decode(bytes(rows[-1]["value"]))
     assert (refund.id, refund.subject, refund.sequence, refund.is_command) == ("cmd-4", "d", 0, True)
     assert refund.data == RefundPayment(order_id="o", payment_id="d", reason="r")
@@ -303,22 +341,30 @@ async def test_append_many_writes_several_streams_and_the_queue_in_one_statement
     async with store.transaction() as uow:
         await uow.send(CapturePayment(order_id="o", payment_id="x"))
         a, empty, b = await uow.append_many(
-            [StreamAppend("a", 0, [happened(1), happened(2)]), StreamAppend("c", 0, []), StreamAppend("b", 1, [happened(2)])]
+            [
+                StreamAppend("a", 0, [happened(1), happened(2)]),
+                StreamAppend("c", 0, []),
+                StreamAppend("b", 1, [happened(2)]),
+            ]
         )
     assert ([e.sequence for e in a], empty, [e.sequence for e in b]) == ([1, 2], [], [2])
     assert await _outbox(store) == [
         ("b", CAPTURED),  # the first append, before the transaction
-        ("x", CAPTURE), ("a", CAPTURED), ("a", CAPTURED), ("b", CAPTURED),
+        ("x", CAPTURE),
+        ("a", CAPTURED),
+        ("a", CAPTURED),
+        ("b", CAPTURED),
     ]
     async with store.pool.acquire() as conn:
         before = await conn.fetchval("SELECT count(*) FROM outbox")
     with pytest.raises(ConcurrencyConflict):
         async with store.transaction() as uow:
             await uow.send(VoidPayment(order_id="o", payment_id="y", reason="lost"))
-            await uow.append_many([StreamAppend("a", 2, [happened(3)]), StreamAppend("b", 1, [happened(3)])])  # b is at 2
+            await uow.append_many(
+                [StreamAppend("a", 2, [happened(3)]), StreamAppend("b", 1, [happened(3)])]
+            )  # b is at 2
     assert [e.sequence for e in await store.read("a")] == [1, 2], "one stale stream: nothing is appended"
     async with store.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM outbox") == before
     with pytest.raises(ValueError, match="once per statement"):
         await store.append_many([StreamAppend("d", 0, [happened(1)]), StreamAppend("d", 1, [happened(2)])])
-

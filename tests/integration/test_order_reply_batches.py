@@ -1,5 +1,6 @@
 """The saga's reply consumer handles a whole batch in one transaction: several replies about one
 order decide in turn on the state the earlier ones left, and the deadline index follows."""
+
 from __future__ import annotations
 
 import uuid
@@ -56,8 +57,14 @@ def reply(order_id: str, kind: type[PaymentFact] | type[ShipmentScheduled], offs
         fact = kind(order_id=order_id, shipment_id=shipment_id, address=Address(**ADDRESS))
         topic, source, subject = SHIPPING_EVENTS, "/services/shipping", shipment_id
     envelope: Envelope[Message] = Envelope(
-        id=str(uuid.uuid4()), source=source, subject=subject, sequence=1, time=utc_now(),
-        correlation_id=order_id, causation_id=order_id, data=fact,
+        id=str(uuid.uuid4()),
+        source=source,
+        subject=subject,
+        sequence=1,
+        time=utc_now(),
+        correlation_id=order_id,
+        causation_id=order_id,
+        data=fact,
     )
     return Delivery(envelope, topic, 0, offset)
 
@@ -81,7 +88,11 @@ async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: Even
         outbox = [decode(bytes(r["value"])) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
         index = await conn.fetchrow("SELECT deadline, saga_version FROM saga_deadlines WHERE order_id = $1", order_id)
     assert [e.type for e in outbox] == [  # a transaction's commands are queued before its facts
-        "payment.authorize", "order.placed", "shipment.schedule", "payment.capture", "order.confirmed",
+        "payment.authorize",
+        "order.placed",
+        "shipment.schedule",
+        "payment.capture",
+        "order.confirmed",
     ]
     assert [e.causation_id for e in outbox if e.type == "payment.capture"] == [batch[2].envelope.id]
     assert index is not None and index["saga_version"] == state.version and index["deadline"] == state.deadline

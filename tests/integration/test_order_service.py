@@ -5,6 +5,7 @@ No payment or shipping service runs here: where a test needs a participant's ans
 the fact on `payment.events` itself. Topics are shared with the whole session, so everything
 read from Kafka is filtered by this test's order ids.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,7 +68,9 @@ async def service(stack: LocalStack) -> AsyncIterator[Service]:
         yield Service(client, dsn)
 
 
-async def messages_about(stack: LocalStack, topic: str, order_id: str, count: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+async def messages_about(
+    stack: LocalStack, topic: str, order_id: str, count: int, timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
     """The CloudEvents on `topic` correlated with `order_id`, once there are `count` of them."""
 
     def mine(seen: list[Any]) -> list[dict[str, Any]]:
@@ -75,7 +78,9 @@ async def messages_about(stack: LocalStack, topic: str, order_id: str, count: in
 
     seen = await read_topic(stack.kafka_bootstrap, topic, until=lambda s: len(mine(s)) >= count, timeout_s=timeout_s)
     found = mine(seen)
-    assert len(found) >= count, f"expected {count} messages about {order_id} on {topic}, saw {[m['type'] for m in found]}"
+    assert len(found) >= count, (
+        f"expected {count} messages about {order_id} on {topic}, saw {[m['type'] for m in found]}"
+    )
     return found
 
 
@@ -87,7 +92,9 @@ async def test_place_answers_202_appends_order_placed_and_sends_authorize(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     request_id = f"req-{uuid.uuid4()}"
-    response = await service.client.post("/orders", json=order_body(payment_token="tok_secret"), headers={"X-Request-ID": request_id})
+    response = await service.client.post(
+        "/orders", json=order_body(payment_token="tok_secret"), headers={"X-Request-ID": request_id}
+    )
 
     assert response.status_code == 202, response.text
     body = response.json()
@@ -324,7 +331,9 @@ async def test_an_authorized_payment_makes_the_saga_schedule_the_shipment(servic
     order_id = await place(service.client)
     payment_id = derived_id(order_id, "payment")
     reply_id = await publish_fact(
-        stack, PaymentAuthorized(order_id=order_id, payment_id=payment_id, amount=TOTAL), stream_id=payment_id,
+        stack,
+        PaymentAuthorized(order_id=order_id, payment_id=payment_id, amount=TOTAL),
+        stream_id=payment_id,
         source=PAYMENT_SOURCE,
     )
 

@@ -2,6 +2,7 @@
 tests/fixtures/v1), loaded as stored: it answers as the previous code did, shows none of the
 payment tokens the old `saga.step_requested` facts copied, and its old sagas go on correctly,
 appending current facts after the old ones."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,17 @@ async def load_v1_order_database(dsn: str) -> None:
                                    correlation_id, causation_id, data)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
             [
-                (r.event_id, r.stream_id, r.version, r.type, r.schema_version, r.occurred_at,
-                 r.correlation_id, r.causation_id, r.raw_data)
+                (
+                    r.event_id,
+                    r.stream_id,
+                    r.version,
+                    r.type,
+                    r.schema_version,
+                    r.occurred_at,
+                    r.correlation_id,
+                    r.causation_id,
+                    r.raw_data,
+                )
                 for r in v1.order_rows()
             ],
         )
@@ -93,8 +103,14 @@ def order_as_of(order_id: str, version: int) -> dict[str, Any]:
     with only its first N facts applied."""
     answers = recorded(order_id)
     view = {k: v for k, v in answers["GET /orders/{id}"].items() if k not in ("payment_id", "shipment_id", "reason")}
-    statuses = {"order.placed": "PENDING", "order.confirmed": "CONFIRMED", "order.shipped": "SHIPPED",
-                "order.delivered": "DELIVERED", "order.rejected": "REJECTED", "order.cancelled": "CANCELLED"}
+    statuses = {
+        "order.placed": "PENDING",
+        "order.confirmed": "CONFIRMED",
+        "order.shipped": "SHIPPED",
+        "order.delivered": "DELIVERED",
+        "order.rejected": "REJECTED",
+        "order.cancelled": "CANCELLED",
+    }
     for event in answers["GET /orders/{id}/events"][:version]:
         view["status"] = statuses[event["type"]]
         for field in ("payment_id", "shipment_id", "reason"):
@@ -130,7 +146,8 @@ async def test_old_orders_and_sagas_answer_as_recorded_without_the_token(old: Ol
         if shown["type"] == SagaStepRequested.TYPE:  # v2: names the command, copies nothing
             assert "command" not in shown["data"]
             assert (shown["data"]["command_type"], shown["data"]["command_id"]) == (
-                was["data"]["command"]["type"], was["data"]["command"]["command_id"]
+                was["data"]["command"]["type"],
+                was["data"]["command"]["command_id"],
             )
 
     for answer in (order, events, *past, view):
@@ -150,11 +167,21 @@ async def test_an_old_confirmed_order_goes_on_to_delivered(old: OldDatabase, sta
     shipment_id = derived_id(order_id, "shipment")
     old_saga_version = recorded(order_id)["GET /sagas/{id}"]["version"]
 
-    await publish_fact(stack, ShipmentDispatched(order_id=order_id, shipment_id=shipment_id), stream_id=shipment_id,
-                       version=2, source=SHIPPING_SOURCE)
+    await publish_fact(
+        stack,
+        ShipmentDispatched(order_id=order_id, shipment_id=shipment_id),
+        stream_id=shipment_id,
+        version=2,
+        source=SHIPPING_SOURCE,
+    )
     await reaches(old.client, f"/orders/{order_id}", timeout_s=STEP_S, status="SHIPPED", version=3)
-    await publish_fact(stack, ShipmentDelivered(order_id=order_id, shipment_id=shipment_id), stream_id=shipment_id,
-                       version=3, source=SHIPPING_SOURCE)
+    await publish_fact(
+        stack,
+        ShipmentDelivered(order_id=order_id, shipment_id=shipment_id),
+        stream_id=shipment_id,
+        version=3,
+        source=SHIPPING_SOURCE,
+    )
     delivered = await reaches(old.client, f"/orders/{order_id}", timeout_s=STEP_S, status="DELIVERED", version=4)
 
     assert {k: v for k, v in delivered.items() if k not in ("status", "version")} == {
@@ -183,7 +210,9 @@ async def test_an_old_confirmed_order_is_cancelled_and_refunded(old: OldDatabase
     assert cancel.status_code == 202, cancel.text
     assert cancel.json() == {"order_id": order_id, "status": "CONFIRMED", "version": 2, "saga_step": "compensating"}
     seen = await read_topic(
-        stack.kafka_bootstrap, SHIPPING_COMMANDS, timeout_s=STEP_S,
+        stack.kafka_bootstrap,
+        SHIPPING_COMMANDS,
+        timeout_s=STEP_S,
         until=lambda s: any(m.value.get("correlationid") == order_id for m in s),
     )
     [cancel_shipment] = {m.value["id"]: m.value for m in seen if m.value.get("correlationid") == order_id}.values()
@@ -191,11 +220,16 @@ async def test_an_old_confirmed_order_is_cancelled_and_refunded(old: OldDatabase
     # Its deterministic id is the saga version of the step fact, counted after the old facts.
     view = (await old.client.get(f"/sagas/{order_id}")).json()
     [step] = [e for e in view["events"] if e["type"] == SagaStepRequested.TYPE and e["version"] > old_saga_version]
-    assert cancel_shipment["id"] == step["data"]["command_id"] == derived_id(order_id, f"saga-command:{step['version']}")
+    assert (
+        cancel_shipment["id"] == step["data"]["command_id"] == derived_id(order_id, f"saga-command:{step['version']}")
+    )
 
     await publish_fact(
-        stack, ShipmentCancelled(order_id=order_id, shipment_id=shipment_id, reason="cancelled_by_customer"),
-        stream_id=shipment_id, version=2, source=SHIPPING_SOURCE,
+        stack,
+        ShipmentCancelled(order_id=order_id, shipment_id=shipment_id, reason="cancelled_by_customer"),
+        stream_id=shipment_id,
+        version=2,
+        source=SHIPPING_SOURCE,
     )
     refunding = await reaches(old.client, f"/sagas/{order_id}", timeout_s=STEP_S, awaiting=["payment.refund"])
     # The restored saga got its deadline index row, which follows the saga like any other's.
@@ -204,9 +238,18 @@ async def test_an_old_confirmed_order_is_cancelled_and_refunded(old: OldDatabase
     assert index["deadline"] == datetime.fromisoformat(refunding["deadline"])
     # The payment service answers as the previous code wrote its facts (v1: flat amount).
     await publish_v1_fact(
-        stack, PAYMENT_EVENTS, "payment.refunded", payment_id, 3,
-        {"payment_id": payment_id, "order_id": order_id, "amount_cents": total, "currency": currency,
-         "reason": "cancelled_by_customer"},
+        stack,
+        PAYMENT_EVENTS,
+        "payment.refunded",
+        payment_id,
+        3,
+        {
+            "payment_id": payment_id,
+            "order_id": order_id,
+            "amount_cents": total,
+            "currency": currency,
+            "reason": "cancelled_by_customer",
+        },
         source="/services/payment",
     )
     cancelled = await reaches(old.client, f"/orders/{order_id}", timeout_s=STEP_S, status="CANCELLED")

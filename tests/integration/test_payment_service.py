@@ -4,6 +4,7 @@ Every test runs its own app on a scratch database, produces commands onto the re
 `payment.commands` topic with fresh order ids, and checks both the REST state and the facts
 the relay published to `payment.events` (a topic shared with the rest of the session).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -82,10 +83,14 @@ class Flow:
         return self.command("payment.capture", {"payment_id": self.payment_id, "order_id": self.order_id})
 
     def void(self, reason: str = "shipping_failed:destination_not_served") -> tuple[str, bytes, str]:
-        return self.command("payment.void", {"payment_id": self.payment_id, "order_id": self.order_id, "reason": reason})
+        return self.command(
+            "payment.void", {"payment_id": self.payment_id, "order_id": self.order_id, "reason": reason}
+        )
 
     def refund(self, reason: str = "cancelled_by_customer") -> tuple[str, bytes, str]:
-        return self.command("payment.refund", {"payment_id": self.payment_id, "order_id": self.order_id, "reason": reason})
+        return self.command(
+            "payment.refund", {"payment_id": self.payment_id, "order_id": self.order_id, "reason": reason}
+        )
 
     def command(self, kind: str, data: dict[str, Any], command_id: uuid.UUID | None = None) -> tuple[str, bytes, str]:
         return command_message(kind, self.payment_id, data, correlation_id=self.order_id, command_id=command_id)
@@ -128,7 +133,9 @@ async def test_authorize_publishes_authorized_with_causal_ids_and_serves_the_sta
     assert_fact(fact, flow, "payment.authorized", caused_by=authorize[2], sequence=1)
     assert fact["schemaversion"] == "2"
     assert fact["data"] == {
-        "payment_id": flow.payment_id, "order_id": flow.order_id, "amount": {"amount_cents": LIMIT, "currency": "EUR"}
+        "payment_id": flow.payment_id,
+        "order_id": flow.order_id,
+        "amount": {"amount_cents": LIMIT, "currency": "EUR"},
     }
     assert "payment_token" not in fact["data"]
 
@@ -156,7 +163,9 @@ async def test_decline_token_and_amount_over_limit_are_declined_with_reasons(
         assert fact["data"]["reason"] == reason
 
 
-async def test_capture_refund_and_void_follow_the_payment_lifecycle(client: httpx.AsyncClient, stack: LocalStack) -> None:
+async def test_capture_refund_and_void_follow_the_payment_lifecycle(
+    client: httpx.AsyncClient, stack: LocalStack
+) -> None:
     kept, dropped = Flow(), Flow()
     commands = [kept.authorize(), kept.capture(), kept.refund("cancelled_by_customer")]
     voiding = [dropped.authorize(), dropped.void("shipping_failed:destination_not_served")]
@@ -204,7 +213,10 @@ async def test_a_retried_command_is_answered_again_with_the_recorded_fact(
     await send(stack, COMMANDS, retry, capture, capture_retry)
     facts = await facts_about(stack, EVENTS, flow.payment_id, 4)
     assert [f["type"] for f in facts] == [
-        "payment.authorized", "payment.authorized", "payment.captured", "payment.captured"
+        "payment.authorized",
+        "payment.authorized",
+        "payment.captured",
+        "payment.captured",
     ]
     assert facts[1] == original  # the same envelope: same id, same causal ids, same time
     assert facts[3] == facts[2]
@@ -428,7 +440,9 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_i
             assert refunded == {**payment, "status": "REFUNDED", "version": 3, "reason": "cancelled_by_customer"}
             events = (await client.get(f"/payments/{payment_id}/events")).json()
             assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
-                ("payment.authorized", 1, 2), ("payment.captured", 2, 2), ("payment.refunded", 3, 2)
+                ("payment.authorized", 1, 2),
+                ("payment.captured", 2, 2),
+                ("payment.refunded", 3, 2),
             ]
             assert events[2]["data"] == {
                 "payment_id": payment_id,
@@ -437,7 +451,9 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_i
                 "reason": "cancelled_by_customer",
             }
             assert events[2]["causation_id"] == refund[2]
-            [published] = [f for f in await facts_about(stack, EVENTS, payment_id, 1) if f["id"] == events[2]["event_id"]]
+            [published] = [
+                f for f in await facts_about(stack, EVENTS, payment_id, 1) if f["id"] == events[2]["event_id"]
+            ]
             assert (published["sequence"], published["schemaversion"]) == ("3", "2")
 
             async with connected(dsn) as conn:
@@ -449,6 +465,8 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_i
                 total = await conn.fetchval("SELECT count(*) FROM events")
             # The v1 rows are never rewritten: only the new fact is written as v2.
             assert [(r["version"], r["schema_version"], r["flat"]) for r in stored] == [
-                (1, 1, True), (2, 1, True), (3, 2, False)
+                (1, 1, True),
+                (2, 1, True),
+                (3, 2, False),
             ]
             assert total == len(rows) + 1

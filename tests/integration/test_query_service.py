@@ -4,6 +4,7 @@ SSE with resume, poison facts, and rebuild-by-replay giving the same tables.
 The event topics are shared by the whole test session, so every test uses its own order ids
 (and customer ids / currencies) and only looks at those.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,6 +48,7 @@ def expected_summary(envs: list[Received]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- views
 
+
 async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates_change_nothing(query: Query) -> None:
     j = happy(customer_id=f"cust-{uuid.uuid4().hex[:8]}")
     shipping = [e for e in j.facts if isinstance(e.data, ShipmentFact)]
@@ -69,8 +71,10 @@ async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates
 
 
 async def test_unknown_orders_are_404_and_facts_before_the_order_stream_do_not_make_it_known(query: Query) -> None:
-    for unknown in (await query.client.get(f"/orders/{uuid.uuid4()}"),
-                    await query.client.get(f"/orders/{uuid.uuid4()}/timeline")):
+    for unknown in (
+        await query.client.get(f"/orders/{uuid.uuid4()}"),
+        await query.client.get(f"/orders/{uuid.uuid4()}/timeline"),
+    ):
         assert unknown.status_code == 404
         assert unknown.json()["code"] == "order_not_found" and unknown.json()["message"]
     # An id PostgreSQL cannot even store (NUL) is refused by the kernel's input guard, never a 500.
@@ -148,16 +152,23 @@ async def test_stats_count_by_status_and_revenue_is_captured_minus_refunded(quer
     refunded = cancelled_after_capture(currency=currency, total_cents=300)
     await query.publish(kept.facts + refunded.facts)
     # Payments arrive on their own topic: wait for them too, not only for the orders' status.
-    await query.order_when(refunded.order_id, lambda v: v["status"] == "CANCELLED" and v["payment_status"] == "REFUNDED")
+    await query.order_when(
+        refunded.order_id, lambda v: v["status"] == "CANCELLED" and v["payment_status"] == "REFUNDED"
+    )
     await query.order_when(kept.order_id, lambda v: v["status"] == "DELIVERED" and v["payment_status"] == "CAPTURED")
     stats = (await query.client.get("/stats")).json()
-    assert stats["revenue_by_currency"][currency] == {"captured_cents": 1300, "refunded_cents": 300, "revenue_cents": 1000}
+    assert stats["revenue_by_currency"][currency] == {
+        "captured_cents": 1300,
+        "refunded_cents": 300,
+        "revenue_cents": 1000,
+    }
     assert stats["orders_total"] == sum(stats["orders_by_status"].values())
     assert stats["orders_by_status"]["DELIVERED"] >= 1 and stats["orders_by_status"]["CANCELLED"] >= 1
     assert stats["payments_by_status"]["REFUNDED"] >= 1 and stats["shipments_by_status"]["CANCELLED"] >= 1
 
 
 # ---------------------------------------------------------------- read your writes
+
 
 async def test_min_version_waits_for_the_view_then_answers(query: Query) -> None:
     j = happy()
@@ -194,12 +205,22 @@ async def test_min_version_not_reached_in_time_is_a_clear_504(query: Query) -> N
 
 # ---------------------------------------------------------------- server-sent events
 
+
 @asynccontextmanager
 async def served(app: FastAPI) -> AsyncIterator[str]:
     """The already-started app behind a real HTTP server (ASGITransport buffers whole bodies)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=2))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
     task = asyncio.create_task(server.serve())
     await wait_for(lambda: server.started, timeout_s=10)
     try:
@@ -266,8 +287,12 @@ async def test_stream_sends_facts_as_they_arrive_and_resumes_after_last_event_id
         assert [doc["id"] for _, doc in live] == [j.facts[4].id]
         assert keepalives >= 1
 
-    for headers, params in [({"Last-Event-ID": "yesterday"}, {}), ({"Last-Event-ID": str(2**70)}, {}),
-                            ({}, {"last_event_id": str(2**70)}), ({}, {"order_id": "a\x00b"})]:
+    for headers, params in [
+        ({"Last-Event-ID": "yesterday"}, {}),
+        ({"Last-Event-ID": str(2**70)}, {}),
+        ({}, {"last_event_id": str(2**70)}),
+        ({}, {"order_id": "a\x00b"}),
+    ]:
         bad = await query.client.get("/stream", headers=headers, params=params)
         assert bad.status_code == 422, (headers, params)
 
@@ -280,13 +305,24 @@ def _sse_clients(query: Query) -> float:
 
 # ---------------------------------------------------------------- poison
 
+
 async def test_a_fact_naming_no_order_goes_to_the_dlq_and_the_next_fact_is_applied(query: Query) -> None:
     orphan_id = str(uuid.uuid4())
-    orphan = orjson.dumps({  # as an outside producer would write it: no order_id in its data
-        "specversion": "1.0", "id": orphan_id, "source": "/test", "type": "order.placed", "subject": "?",
-        "time": happy().clock.isoformat(), "correlationid": "", "causationid": "", "sequence": "1",
-        "schemaversion": "1", "data": {"customer_id": "nobody"},
-    })
+    orphan = orjson.dumps(
+        {  # as an outside producer would write it: no order_id in its data
+            "specversion": "1.0",
+            "id": orphan_id,
+            "source": "/test",
+            "type": "order.placed",
+            "subject": "?",
+            "time": happy().clock.isoformat(),
+            "correlationid": "",
+            "causationid": "",
+            "sequence": "1",
+            "schemaversion": "1",
+            "data": {"customer_id": "nobody"},
+        }
+    )
     j = happy()
     await produce(query.bootstrap, ORDER_EVENTS, [("?", orphan)])
     await query.publish(j.facts[:1])
@@ -300,6 +336,7 @@ async def test_a_fact_naming_no_order_goes_to_the_dlq_and_the_next_fact_is_appli
 
 
 # ---------------------------------------------------------------- rebuild
+
 
 async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_and_switches(query: Query) -> None:
     j = cancelled_after_capture()
@@ -341,7 +378,9 @@ async def test_rebuild_replays_into_fresh_tables_equal_to_the_incremental_ones_a
     # And the SSE feed holds each fact once, whichever generation applied it first.
     conn = await asyncpg.connect(query.dsn)
     try:
-        ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM fact_feed WHERE order_id = $1", j.order_id)]
+        ids = [
+            r["event_id"] for r in await conn.fetch("SELECT event_id FROM fact_feed WHERE order_id = $1", j.order_id)
+        ]
     finally:
         await conn.close()
     assert sorted(ids) == sorted(e.id for e in j.facts)

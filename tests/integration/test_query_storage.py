@@ -1,6 +1,7 @@
 """The query service's storage against a real PostgreSQL, without the service: the SQL upsert
 is the pure projection's merge, and the generation switch waits for its conditions, then flips
 atomically."""
+
 from __future__ import annotations
 
 import random
@@ -69,14 +70,17 @@ async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_
                     await conn.execute(
                         """INSERT INTO consumer_positions VALUES ($1, 'order.events', 0, $2)
                            ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset""",
-                        consumer, offset,
+                        consumer,
+                        offset,
                     )
 
                 # Only the rebuilt views know these facts so far (the live ones lag behind).
                 async with conn.transaction():
                     await store.apply_batch(conn, new.generation, project(j.facts[:3]), feed=False)
                 hour, nothing = timedelta(hours=1), timedelta(0)
-                assert not await generations.try_switch(conn, new.generation, ["order.events"], nothing)  # target not reached
+                assert not await generations.try_switch(
+                    conn, new.generation, ["order.events"], nothing
+                )  # target not reached
                 await position(new.consumer, 5)
                 await position(old.consumer, 7)  # the current views are further along
                 assert not await generations.try_switch(conn, new.generation, ["order.events"], hour)
@@ -91,7 +95,10 @@ async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_
                 assert [orjson.loads(i.document)["id"] for i in fed] == [e.id for e in j.facts[:3]]
                 assert await generations.drop_retired(conn, keep=1) == []
                 assert await generations.drop_retired(conn, keep=0) == [old.generation]
-                assert await conn.fetchval("SELECT count(*) FROM consumer_positions WHERE consumer = $1", old.consumer) == 0
+                assert (
+                    await conn.fetchval("SELECT count(*) FROM consumer_positions WHERE consumer = $1", old.consumer)
+                    == 0
+                )
                 assert not await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", store.schema_of(old.generation)
                 )

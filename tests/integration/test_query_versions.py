@@ -6,6 +6,7 @@ topics. Today's service builds from them the views the previous service answered
 tests/fixtures/v1/expected.json), and a log that mixes v1 and v2 messages of the same journeys
 gives, rebuilt, the very rows an all-v2 log gives.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

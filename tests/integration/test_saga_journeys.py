@@ -6,6 +6,7 @@ order, payment and shipment.
 Participant timeouts are simulated by not running that participant (its commands wait on
 Kafka, unanswered). Everything is awaited by bounded polling, never by sleeping.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,10 @@ STEP_S = 45.0
 async def payment_service(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]:
     async with scratch_database(stack, "payment") as dsn:
         settings = PaymentSettings(
-            database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap, relay_poll_interval_s=0.1, db_pool_max_size=10
+            database_url=dsn,
+            kafka_bootstrap_servers=stack.kafka_bootstrap,
+            relay_poll_interval_s=0.1,
+            db_pool_max_size=10,
         )
         async with running(create_payment_app(settings)) as client:
             yield client
@@ -49,7 +53,10 @@ async def payment_service(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]
 async def shipping_service(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]:
     async with scratch_database(stack, "shipping") as dsn:
         settings = ShippingSettings(
-            database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap, relay_poll_interval_s=0.1, db_pool_max_size=10
+            database_url=dsn,
+            kafka_bootstrap_servers=stack.kafka_bootstrap,
+            relay_poll_interval_s=0.1,
+            db_pool_max_size=10,
         )
         async with running(create_shipping_app(settings)) as client:
             yield client
@@ -76,7 +83,9 @@ class System:
 
     async def shipment_of(self, order_id: str, **expected: Any) -> dict[str, Any]:
         assert self.shipping is not None
-        return await reaches(self.shipping, f"/shipments/{derived_id(order_id, 'shipment')}", timeout_s=STEP_S, **expected)
+        return await reaches(
+            self.shipping, f"/shipments/{derived_id(order_id, 'shipment')}", timeout_s=STEP_S, **expected
+        )
 
     async def shipping_action(self, order_id: str, action: str) -> httpx.Response:
         assert self.shipping is not None
@@ -91,7 +100,9 @@ class System:
 
     async def saga_settles(self, order_id: str) -> dict[str, Any]:
         """The saga has finished: completed and awaiting nothing (no deadline left)."""
-        return await reaches(self.order, f"/sagas/{order_id}", timeout_s=STEP_S, completed=True, awaiting=[], deadline=None)
+        return await reaches(
+            self.order, f"/sagas/{order_id}", timeout_s=STEP_S, completed=True, awaiting=[], deadline=None
+        )
 
 
 @asynccontextmanager
@@ -133,13 +144,24 @@ async def test_happy_path_through_delivered(stack: LocalStack) -> None:
         delivered = await s.order_reaches(order_id, status="DELIVERED")
 
         assert "reason" not in delivered and delivered["version"] == 4
-        assert await s.order_event_types(order_id) == ["order.placed", "order.confirmed", "order.shipped", "order.delivered"]
+        assert await s.order_event_types(order_id) == [
+            "order.placed",
+            "order.confirmed",
+            "order.shipped",
+            "order.delivered",
+        ]
         assert_one_flow((await s.order.get(f"/orders/{order_id}/events")).json(), order_id)
         view = await s.saga_settles(order_id)
         assert view["step"] == "completed" and view["timeouts"] == 0 and view["anomalies"] == []
         assert [h for h in view["history"] if "." in h and not h.startswith("order:")] == [
-            "payment.authorize", "payment.authorized", "shipment.schedule", "shipment.scheduled",
-            "payment.capture", "payment.captured", "shipment.dispatched", "shipment.delivered",
+            "payment.authorize",
+            "payment.authorized",
+            "shipment.schedule",
+            "shipment.scheduled",
+            "payment.capture",
+            "payment.captured",
+            "shipment.dispatched",
+            "shipment.delivered",
         ]
         await s.payment_of(order_id, status="CAPTURED")  # still: exactly one captured payment
         await s.shipment_of(order_id, status="DELIVERED")
@@ -305,17 +327,24 @@ async def test_two_order_replicas_on_one_database_drive_each_saga_once(stack: Lo
                FROM events WHERE type = 'saga.step_requested' GROUP BY 1, 2""",
         )
         assert rows and all(r["n"] == 1 for r in rows), [dict(r) for r in rows if r["n"] != 1]
-        per_order = await fetch(dsn, "SELECT stream_id, array_agg(type ORDER BY version) AS types FROM events "
-                                     "WHERE stream_id = ANY($1::text[]) GROUP BY 1", [*order_ids, declined])
+        per_order = await fetch(
+            dsn,
+            "SELECT stream_id, array_agg(type ORDER BY version) AS types FROM events "
+            "WHERE stream_id = ANY($1::text[]) GROUP BY 1",
+            [*order_ids, declined],
+        )
         types = {r["stream_id"]: r["types"] for r in per_order}
         for i, order_id in enumerate(order_ids):
             expected = ["order.placed", "order.confirmed"] + (["order.shipped"] if i < 3 else [])
             assert types[order_id] == expected
         assert types[declined] == ["order.placed", "order.rejected"]
         # Each reply was applied once (the inbox and the saga both deduplicate).
-        replies = await fetch(dsn, "SELECT data->>'reply_id' AS id, count(*) AS n FROM events "
-                                   "WHERE type = 'saga.reply_received' GROUP BY 1")
+        replies = await fetch(
+            dsn,
+            "SELECT data->>'reply_id' AS id, count(*) AS n FROM events WHERE type = 'saga.reply_received' GROUP BY 1",
+        )
         assert all(r["n"] == 1 for r in replies)
+
         # Both replicas are real consumers: the group splits the reply partitions between them
         # (a member joining mid-test triggers a rebalance, hence the bounded wait).
         def assigned(app: FastAPI) -> int:
@@ -330,7 +359,10 @@ async def test_two_order_replicas_on_one_database_drive_each_saga_once(stack: Lo
 
 async def test_two_order_replicas_fire_each_deadline_once(stack: LocalStack) -> None:
     async with scratch_database(stack, "order") as dsn, shipping_service(stack):
-        async with order_service(stack, dsn, saga_step_timeout_s=1.5) as a, order_service(stack, dsn, saga_step_timeout_s=1.5) as b:
+        async with (
+            order_service(stack, dsn, saga_step_timeout_s=1.5) as a,
+            order_service(stack, dsn, saga_step_timeout_s=1.5) as b,
+        ):
             order_ids = await asyncio.gather(*(place((a, b)[i % 2], order_body()) for i in range(8)))
 
             for order_id in order_ids:

@@ -4,6 +4,7 @@ Every test runs its own app on a scratch database, produces commands onto the re
 `shipping.commands` topic with fresh order ids, and checks the REST state and the facts the
 relay published to `shipping.events` (a topic shared with the rest of the session).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,14 +58,22 @@ class Flow:
     def __init__(self, country: str = "GB") -> None:
         self.order_id = str(uuid.uuid4())
         self.shipment_id = derived_id(self.order_id, "shipment")
-        self.address = {"name": "Ada Lovelace", "line1": "12 St James's Sq", "city": "London", "postal_code": "SW1Y 4JH", "country": country}
+        self.address = {
+            "name": "Ada Lovelace",
+            "line1": "12 St James's Sq",
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country": country,
+        }
 
     def schedule(self, command_id: uuid.UUID | None = None) -> tuple[str, bytes, str]:
         data = {"shipment_id": self.shipment_id, "order_id": self.order_id, "address": self.address}
         return self.command("shipment.schedule", data, command_id)
 
     def cancel(self, reason: str = "cancelled_by_customer") -> tuple[str, bytes, str]:
-        return self.command("shipment.cancel", {"shipment_id": self.shipment_id, "order_id": self.order_id, "reason": reason})
+        return self.command(
+            "shipment.cancel", {"shipment_id": self.shipment_id, "order_id": self.order_id, "reason": reason}
+        )
 
     def command(self, kind: str, data: dict[str, Any], command_id: uuid.UUID | None = None) -> tuple[str, bytes, str]:
         return command_message(kind, self.shipment_id, data, correlation_id=self.order_id, command_id=command_id)
@@ -103,11 +112,15 @@ async def test_schedule_publishes_scheduled_and_serves_the_state(client: httpx.A
     assert_fact(fact, flow, "shipment.scheduled", caused_by=schedule[2], sequence=1)
     assert fact["data"]["address"] == flow.address
     events = (await client.get(f"{flow.url}/events")).json()
-    assert [(e["event_id"], e["type"], e["causation_id"]) for e in events] == [(fact["id"], "shipment.scheduled", schedule[2])]
+    assert [(e["event_id"], e["type"], e["causation_id"]) for e in events] == [
+        (fact["id"], "shipment.scheduled", schedule[2])
+    ]
     assert (await client.get("/shipments", params={"order_id": flow.order_id})).json() == [state]
 
 
-async def test_unserved_destinations_fail_with_destination_not_served(client: httpx.AsyncClient, stack: LocalStack) -> None:
+async def test_unserved_destinations_fail_with_destination_not_served(
+    client: httpx.AsyncClient, stack: LocalStack
+) -> None:
     antarctica, new_zealand = Flow(country="AQ"), Flow(country="NZ")
     await send(stack, COMMANDS, antarctica.schedule(), new_zealand.schedule())
     for flow in (antarctica, new_zealand):
@@ -115,7 +128,11 @@ async def test_unserved_destinations_fail_with_destination_not_served(client: ht
         assert (state["reason"], state["version"]) == ("destination_not_served", 1)
         [fact] = await facts_about(stack, EVENTS, flow.shipment_id, 1)
         assert fact["type"] == "shipment.failed"
-        assert fact["data"] == {"shipment_id": flow.shipment_id, "order_id": flow.order_id, "reason": "destination_not_served"}
+        assert fact["data"] == {
+            "shipment_id": flow.shipment_id,
+            "order_id": flow.order_id,
+            "reason": "destination_not_served",
+        }
         # A failed shipment cannot be dispatched.
         assert (await client.post(f"{flow.url}/dispatch")).status_code == 409
 
@@ -181,7 +198,9 @@ async def test_cancel_then_a_retried_cancel_is_re_answered_and_dispatch_is_refus
     assert len((await client.get(f"{flow.url}/events")).json()) == 2
 
 
-async def test_duplicates_retries_and_refusals_of_schedule_and_cancel(client: httpx.AsyncClient, stack: LocalStack) -> None:
+async def test_duplicates_retries_and_refusals_of_schedule_and_cancel(
+    client: httpx.AsyncClient, stack: LocalStack
+) -> None:
     shipped, never = Flow(), Flow()
     cancel_refused = refused_count("shipment", "shipment.cancel", "shipment_already_dispatched")
     unknown_refused = refused_count("shipment", "shipment.cancel", "shipment_not_found")
@@ -239,7 +258,9 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(s
     expected = v1_expected()["orders"]
     async with scratch_database(stack, "shipping") as dsn:
         rows = await restore_v1_log(dsn, SCHEMA, "shipping_events", "shipment_by_order")
-        async with running(create_app(ShippingSettings(database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap))) as client:
+        async with running(
+            create_app(ShippingSettings(database_url=dsn, kafka_bootstrap_servers=stack.kafka_bootstrap))
+        ) as client:
             for order_id, order in expected.items():
                 answers = order["shipping_service"]
                 listed = (await client.get("/shipments", params={"order_id": order_id})).json()
@@ -260,7 +281,8 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(s
             assert dispatched.json() == {**shipment, "status": "DISPATCHED", "version": 2}
             events = (await client.get(f"{url}/events")).json()
             assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
-                ("shipment.scheduled", 1, 1), ("shipment.dispatched", 2, ShipmentDispatched.VERSION)
+                ("shipment.scheduled", 1, 1),
+                ("shipment.dispatched", 2, ShipmentDispatched.VERSION),
             ]
             assert events[1]["data"] == {"shipment_id": shipment["shipment_id"], "order_id": order_id}
             assert events[1]["correlation_id"] == order_id and events[1]["causation_id"] == "req-v1-dispatch"

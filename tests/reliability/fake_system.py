@@ -5,6 +5,7 @@
 on its topic, the query view), as the contract's typed messages; tests then break one thing
 and expect exactly that violation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,15 @@ def consistent_system() -> FakeSystem:
 
 def config(**overrides: Any) -> AuditConfig:
     base = AuditConfig(
-        order_dsn="-", payment_dsn="-", shipping_dsn="-", query_dsn="-", kafka_bootstrap="-", query_url="-",
-        saga_timeout_s=5.0, pending_slack_s=10.0, grace_s=0.0,
+        order_dsn="-",
+        payment_dsn="-",
+        shipping_dsn="-",
+        query_dsn="-",
+        kafka_bootstrap="-",
+        query_url="-",
+        saga_timeout_s=5.0,
+        pending_slack_s=10.0,
+        grace_s=0.0,
     )
     return dataclasses.replace(base, **overrides)
 
@@ -107,13 +115,21 @@ class FakeSystem:
         self.clock += timedelta(milliseconds=10)
         return self.clock
 
-    def append(self, log: str, stream_id: str, fact: Fact, *, publish: bool = True,
-               at: datetime | None = None) -> Recorded:
+    def append(
+        self, log: str, stream_id: str, fact: Fact, *, publish: bool = True, at: datetime | None = None
+    ) -> Recorded:
         """Record `fact` at the stream's next version and publish it on its topic (if it has one)."""
         self._versions[stream_id] += 1
-        e: Recorded = Envelope(id=str(uuid.uuid4()), source=SOURCES[log], subject=stream_id,
-                               sequence=self._versions[stream_id], time=at or self.tick(),
-                               correlation_id=fact.order_id, causation_id=str(uuid.uuid4()), data=fact)
+        e: Recorded = Envelope(
+            id=str(uuid.uuid4()),
+            source=SOURCES[log],
+            subject=stream_id,
+            sequence=self._versions[stream_id],
+            time=at or self.tick(),
+            correlation_id=fact.order_id,
+            causation_id=str(uuid.uuid4()),
+            data=fact,
+        )
         self.logs[log].append(e)
         if publish and fact.TOPIC is not None:
             self.republish(e)
@@ -138,17 +154,34 @@ class FakeSystem:
     def command(self, command: Command, *, publish: bool = True) -> Recorded:
         """The saga records sending `command`, and sends it."""
         command_id = str(uuid.uuid4())
-        e = self.saga(SagaStepRequested(order_id=command.order_id, command_type=command.TYPE,
-                                        target_id=command.target_id, command_id=command_id,
-                                        requested_at=self.clock))
+        e = self.saga(
+            SagaStepRequested(
+                order_id=command.order_id,
+                command_type=command.TYPE,
+                target_id=command.target_id,
+                command_id=command_id,
+                requested_at=self.clock,
+            )
+        )
         if publish:
-            self.republish(Envelope(id=command_id, source=SOURCES["order"], subject=command.target_id, sequence=0,
-                                    time=e.time, correlation_id=command.order_id, causation_id=e.id, data=command))
+            self.republish(
+                Envelope(
+                    id=command_id,
+                    source=SOURCES["order"],
+                    subject=command.target_id,
+                    sequence=0,
+                    time=e.time,
+                    correlation_id=command.order_id,
+                    causation_id=e.id,
+                    data=command,
+                )
+            )
         return e
 
     def reply(self, order_id: str, reply: Recorded) -> Recorded:
-        return self.saga(SagaReplyReceived(order_id=order_id, reply_type=reply.type, reply_id=reply.id,
-                                           received_at=self.clock))
+        return self.saga(
+            SagaReplyReceived(order_id=order_id, reply_type=reply.type, reply_id=reply.id, received_at=self.clock)
+        )
 
     # ------------------------------------------------------------------ a whole order
 
@@ -156,24 +189,52 @@ class FakeSystem:
         """One order driven to `outcome` (PENDING, CONFIRMED, SHIPPED, DELIVERED, REJECTED, CANCELLED)."""
         oid = str(uuid.uuid4())
         pid, sid = f"pay-{oid}", f"shp-{oid}"
-        self.append("order", oid, OrderPlaced(
-            order_id=oid, customer_id="c-1", items=(OrderLine(sku="s", quantity=1, unit_price_cents=total),),
-            currency="EUR", total_cents=total, shipping_address=ADDRESS), at=placed_at)
-        self.saga(SagaStarted(order_id=oid, payment_id=pid, shipment_id=sid, amount_cents=total, currency="EUR",
-                              shipping_address=ADDRESS, step_timeout_s=5.0))
-        view: dict[str, Any] = {"order_id": oid, "status": "PENDING", "version": 1, "total_cents": total,
-                                "currency": "EUR", "payment_status": None, "shipment_status": None}
+        self.append(
+            "order",
+            oid,
+            OrderPlaced(
+                order_id=oid,
+                customer_id="c-1",
+                items=(OrderLine(sku="s", quantity=1, unit_price_cents=total),),
+                currency="EUR",
+                total_cents=total,
+                shipping_address=ADDRESS,
+            ),
+            at=placed_at,
+        )
+        self.saga(
+            SagaStarted(
+                order_id=oid,
+                payment_id=pid,
+                shipment_id=sid,
+                amount_cents=total,
+                currency="EUR",
+                shipping_address=ADDRESS,
+                step_timeout_s=5.0,
+            )
+        )
+        view: dict[str, Any] = {
+            "order_id": oid,
+            "status": "PENDING",
+            "version": 1,
+            "total_cents": total,
+            "currency": "EUR",
+            "payment_status": None,
+            "shipment_status": None,
+        }
         self.views[oid] = view
-        self.command(AuthorizePayment(order_id=oid, payment_id=pid, amount_cents=total, currency="EUR",
-                                      payment_token="tok_visa"))
+        self.command(
+            AuthorizePayment(order_id=oid, payment_id=pid, amount_cents=total, currency="EUR", payment_token="tok_visa")
+        )
         if outcome == "PENDING":
             deadline = (placed_at or self.clock) + timedelta(seconds=5)
             self.saga(SagaDeadlineSet(order_id=oid, deadline=deadline, awaiting=(pid,)))
             return oid
         amount = money(total)
         if outcome == "REJECTED":
-            declined = self.append("payment", pid, PaymentDeclined(order_id=oid, payment_id=pid, amount=amount,
-                                                                   reason="card_declined"))
+            declined = self.append(
+                "payment", pid, PaymentDeclined(order_id=oid, payment_id=pid, amount=amount, reason="card_declined")
+            )
             self.reply(oid, declined)
             self.append("order", oid, OrderRejected(order_id=oid, reason="payment_declined:card_declined"))
             self.saga(SagaCompleted(order_id=oid, status=OrderStatus.REJECTED))
@@ -182,25 +243,45 @@ class FakeSystem:
         self.reply(oid, self.append("payment", pid, PaymentAuthorized(order_id=oid, payment_id=pid, amount=amount)))
         self.command(ScheduleShipment(order_id=oid, shipment_id=sid, address=ADDRESS))
         if outcome == "CANCELLED":
-            self.reply(oid, self.append("shipping", sid, ShipmentFailed(order_id=oid, shipment_id=sid,
-                                                                        reason="destination_not_served")))
+            self.reply(
+                oid,
+                self.append(
+                    "shipping", sid, ShipmentFailed(order_id=oid, shipment_id=sid, reason="destination_not_served")
+                ),
+            )
             self.command(VoidPayment(order_id=oid, payment_id=pid, reason="x"))
-            self.reply(oid, self.append("payment", pid, PaymentVoided(order_id=oid, payment_id=pid, amount=amount,
-                                                                      reason="x")))
+            self.reply(
+                oid, self.append("payment", pid, PaymentVoided(order_id=oid, payment_id=pid, amount=amount, reason="x"))
+            )
             self.append("order", oid, OrderCancelled(order_id=oid, reason="shipping_failed:destination_not_served"))
             self.saga(SagaCompleted(order_id=oid, status=OrderStatus.CANCELLED))
-            view.update(status="CANCELLED", version=2, payment_status="VOIDED", shipment_status="FAILED",
-                        payment_id=pid, shipment_id=sid)
+            view.update(
+                status="CANCELLED",
+                version=2,
+                payment_status="VOIDED",
+                shipment_status="FAILED",
+                payment_id=pid,
+                shipment_id=sid,
+            )
             return oid
         self.reply(oid, self.append("shipping", sid, ShipmentScheduled(order_id=oid, shipment_id=sid, address=ADDRESS)))
         self.command(CapturePayment(order_id=oid, payment_id=pid))
         self.reply(oid, self.append("payment", pid, PaymentCaptured(order_id=oid, payment_id=pid, amount=amount)))
         self.append("order", oid, OrderConfirmed(order_id=oid, payment_id=pid, shipment_id=sid))
-        self.saga(SagaOrderCommandIssued(order_id=oid, command="confirm", status=OrderStatus.CONFIRMED,
-                                         payment_id=pid, shipment_id=sid))
+        self.saga(
+            SagaOrderCommandIssued(
+                order_id=oid, command="confirm", status=OrderStatus.CONFIRMED, payment_id=pid, shipment_id=sid
+            )
+        )
         self.saga(SagaDeadlineSet(order_id=oid, deadline=None))
-        view.update(status="CONFIRMED", version=2, payment_status="CAPTURED", shipment_status="SCHEDULED",
-                    payment_id=pid, shipment_id=sid)
+        view.update(
+            status="CONFIRMED",
+            version=2,
+            payment_status="CAPTURED",
+            shipment_status="SCHEDULED",
+            payment_id=pid,
+            shipment_id=sid,
+        )
         if outcome == "CONFIRMED":
             return oid
         self.reply(oid, self.append("shipping", sid, ShipmentDispatched(order_id=oid, shipment_id=sid)))

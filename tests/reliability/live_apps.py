@@ -5,6 +5,7 @@ stack as in production. The write services run without their consumers and backg
 (nothing but the requests themselves can append to their logs), so "a rejected request
 appended nothing" is measured exactly by counting `events` rows around each request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -83,8 +84,9 @@ class LiveApps:
             dsn = self._create_db(name)
             app = _app(name, dsn, self.stack.kafka_bootstrap)
             port = free_port()
-            config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio",
-                                    lifespan="on", access_log=False)
+            config = uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", lifespan="on", access_log=False
+            )
             server = uvicorn.Server(config)
             thread = threading.Thread(target=server.run, name=f"fuzz-{name}", daemon=True)
             thread.start()

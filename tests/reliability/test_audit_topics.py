@@ -1,5 +1,6 @@
 """The audit's topic checks on fabricated snapshots: each event topic holds exactly its log's
 published facts, each command topic exactly the sagas' commands, no real message in a DLQ."""
+
 from __future__ import annotations
 
 import base64
@@ -64,16 +65,30 @@ def test_a_fact_never_published(system: FakeSystem) -> None:
 
 def _refund(oid: str, message_id: str) -> Envelope[Fact]:
     """A refund fact of the order's payment that no log recorded."""
-    return Envelope(id=message_id, source="/services/payment", subject=f"pay-{oid}", sequence=3, time=NOW,
-                    correlation_id=oid, causation_id=oid,
-                    data=PaymentRefunded(order_id=oid, payment_id=f"pay-{oid}", amount=money(), reason="x"))
+    return Envelope(
+        id=message_id,
+        source="/services/payment",
+        subject=f"pay-{oid}",
+        sequence=3,
+        time=NOW,
+        correlation_id=oid,
+        causation_id=oid,
+        data=PaymentRefunded(order_id=oid, payment_id=f"pay-{oid}", amount=money(), reason="x"),
+    )
 
 
 def _refund_command(oid: str, command_id: str, payment_id: str | None = None) -> Envelope[RefundPayment]:
     payment_id = payment_id or f"pay-{oid}"
-    return Envelope(id=command_id, source="/services/order", subject=payment_id, sequence=0, time=NOW,
-                    correlation_id=oid, causation_id=oid,
-                    data=RefundPayment(order_id=oid, payment_id=payment_id, reason="x"))
+    return Envelope(
+        id=command_id,
+        source="/services/order",
+        subject=payment_id,
+        sequence=0,
+        time=NOW,
+        correlation_id=oid,
+        causation_id=oid,
+        data=RefundPayment(order_id=oid, payment_id=payment_id, reason="x"),
+    )
 
 
 def test_a_fact_on_the_topic_that_no_log_has(system: FakeSystem) -> None:
@@ -125,10 +140,13 @@ def test_a_key_split_across_partitions(system: FakeSystem) -> None:
 
 def test_foreign_messages_are_counted_not_violations(system: FakeSystem) -> None:
     system.publish("order.events", "poison", b"\xff\xfe garbage")
-    system.publish("payment.commands", "poison", orjson.dumps({"id": "1", "source": "/chaos/poison", "type": "x",
-                                                               "subject": "y"}))
+    system.publish(
+        "payment.commands", "poison", orjson.dumps({"id": "1", "source": "/chaos/poison", "type": "x", "subject": "y"})
+    )
     # a well-formed CloudEvent of the owning service whose data breaks the contract
-    placed = encode(system.fact(system.order("CONFIRMED"), OrderPlaced)).replace(b'"total_cents":3000', b'"total_cents":-1')
+    placed = encode(system.fact(system.order("CONFIRMED"), OrderPlaced)).replace(
+        b'"total_cents":3000', b'"total_cents":-1'
+    )
     system.publish("order.events", "poison", placed)
     report = check(system.snapshot(), config())
     assert report.ok, report.render()
@@ -138,11 +156,15 @@ def test_foreign_messages_are_counted_not_violations(system: FakeSystem) -> None
 
 def test_commands_on_their_topics(system: FakeSystem) -> None:
     oid = system.order("CONFIRMED")
-    capture = next(e.data for e in system.events_of(f"saga-{oid}")
-                   if isinstance(e.data, SagaStepRequested) and e.data.command_type == CapturePayment.TYPE)
+    capture = next(
+        e.data
+        for e in system.events_of(f"saga-{oid}")
+        if isinstance(e.data, SagaStepRequested) and e.data.command_type == CapturePayment.TYPE
+    )
     assert isinstance(capture, SagaStepRequested)
-    system.topics[PAYMENT_COMMANDS] = [r for r in system.topics[PAYMENT_COMMANDS]
-                                       if capture.command_id.encode() not in (r.value or b"")]
+    system.topics[PAYMENT_COMMANDS] = [
+        r for r in system.topics[PAYMENT_COMMANDS] if capture.command_id.encode() not in (r.value or b"")
+    ]
     only(check(system.snapshot(), config()), "unpublished_command", oid)
 
     s = FakeSystem()
@@ -152,11 +174,15 @@ def test_commands_on_their_topics(system: FakeSystem) -> None:
 
 
 def _dlq_entry(original: bytes) -> bytes:
-    return msgspec.json.encode(DeadLetter(
-        consumer="order.saga", error="boom", failed_at=NOW.isoformat(),
-        origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=0, offset=1, key="k"),
-        value_base64=base64.b64encode(original).decode(),
-    ))
+    return msgspec.json.encode(
+        DeadLetter(
+            consumer="order.saga",
+            error="boom",
+            failed_at=NOW.isoformat(),
+            origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=0, offset=1, key="k"),
+            value_base64=base64.b64encode(original).decode(),
+        )
+    )
 
 
 def test_dead_letter_queues(system: FakeSystem) -> None:

@@ -1,5 +1,6 @@
 """The audit's checks on fabricated snapshots: a consistent system passes; each broken thing is
 reported as exactly the violation it is, with its order id (topics: test_audit_topics.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,8 @@ def test_captured_amount_must_be_the_order_total(system: FakeSystem) -> None:
     oid = s.order("CONFIRMED", total=5000)
     captured = s.fact(f"pay-{oid}", PaymentCaptured)
     s.logs["payment"][s.logs["payment"].index(captured)] = dataclasses.replace(
-        captured, data=msgspec.structs.replace(captured.data, amount=money(4999)))
+        captured, data=msgspec.structs.replace(captured.data, amount=money(4999))
+    )
     report = check(s.snapshot(topics=False), config())
     only(report, "payment_amount_mismatch", oid)
     assert "payment.captured 4999 EUR" in report.violations[0].message
@@ -95,7 +97,9 @@ def test_two_captures_are_a_duplicate_effect(system: FakeSystem) -> None:
 
 def test_confirmed_order_needs_exactly_one_shipment(system: FakeSystem) -> None:
     oid = system.order("CONFIRMED")
-    system.append("shipping", f"shp2-{oid}", ShipmentScheduled(order_id=oid, shipment_id=f"shp2-{oid}", address=ADDRESS))
+    system.append(
+        "shipping", f"shp2-{oid}", ShipmentScheduled(order_id=oid, shipment_id=f"shp2-{oid}", address=ADDRESS)
+    )
     report = check(system.snapshot(views=False), config())
     assert checks_of(report) == {"shipment_count", "duplicate_shipment"}, report.render()
     assert {v.order_id for v in report.violations} == {oid}
@@ -117,21 +121,28 @@ def test_cancelled_order_that_kept_the_money(system: FakeSystem) -> None:
     system.views[oid].update(status="CANCELLED", version=3, shipment_status="CANCELLED")
     only(check(system.snapshot(), config()), "money_kept", oid)
     # refunded: the invariant holds again
-    system.append("payment", f"pay-{oid}", PaymentRefunded(order_id=oid, payment_id=f"pay-{oid}", amount=money(),
-                                                           reason="cancelled_by_customer"))
+    system.append(
+        "payment",
+        f"pay-{oid}",
+        PaymentRefunded(order_id=oid, payment_id=f"pay-{oid}", amount=money(), reason="cancelled_by_customer"),
+    )
     system.views[oid]["payment_status"] = "REFUNDED"
     assert check(system.snapshot(), config()).ok
 
 
 def test_cancelled_order_with_an_active_shipment_or_a_held_authorization(system: FakeSystem) -> None:
     oid = system.order("CANCELLED")
-    system.append("shipping", f"shp2-{oid}", ShipmentScheduled(order_id=oid, shipment_id=f"shp2-{oid}", address=ADDRESS))
+    system.append(
+        "shipping", f"shp2-{oid}", ShipmentScheduled(order_id=oid, shipment_id=f"shp2-{oid}", address=ADDRESS)
+    )
     report = check(system.snapshot(views=False), config())
     assert checks_of(report) == {"active_shipment", "duplicate_shipment"}, report.render()
 
     s = FakeSystem()
     oid = s.order("REJECTED")
-    s.append("payment", f"pay-late-{oid}", PaymentAuthorized(order_id=oid, payment_id=f"pay-late-{oid}", amount=money()))
+    s.append(
+        "payment", f"pay-late-{oid}", PaymentAuthorized(order_id=oid, payment_id=f"pay-late-{oid}", amount=money())
+    )
     report = check(s.snapshot(views=False), config())
     assert checks_of(report) == {"authorization_held", "duplicate_payment"}, report.render()
 
@@ -176,16 +187,29 @@ def test_a_reply_applied_twice_by_the_saga(system: FakeSystem) -> None:
 @pytest.mark.parametrize(
     ("log", "stream", "fact", "expected"),
     [
-        ("order", "{oid}", lambda oid: OrderConfirmed(order_id=oid, payment_id=f"pay-{oid}", shipment_id=f"shp-{oid}"),
-         "duplicate_order_event"),
-        ("shipping", "shp-{oid}", lambda oid: ShipmentScheduled(order_id=oid, shipment_id=f"shp-{oid}", address=ADDRESS),
-         "duplicate_shipment_event"),
-        ("order", "saga-{oid}", lambda oid: SagaCompleted(order_id=oid, status=OrderStatus.DELIVERED),
-         "duplicate_saga_event"),
+        (
+            "order",
+            "{oid}",
+            lambda oid: OrderConfirmed(order_id=oid, payment_id=f"pay-{oid}", shipment_id=f"shp-{oid}"),
+            "duplicate_order_event",
+        ),
+        (
+            "shipping",
+            "shp-{oid}",
+            lambda oid: ShipmentScheduled(order_id=oid, shipment_id=f"shp-{oid}", address=ADDRESS),
+            "duplicate_shipment_event",
+        ),
+        (
+            "order",
+            "saga-{oid}",
+            lambda oid: SagaCompleted(order_id=oid, status=OrderStatus.DELIVERED),
+            "duplicate_saga_event",
+        ),
     ],
 )
-def test_a_fact_recorded_twice(system: FakeSystem, log: str, stream: str, fact: Callable[[str], Fact],
-                               expected: str) -> None:
+def test_a_fact_recorded_twice(
+    system: FakeSystem, log: str, stream: str, fact: Callable[[str], Fact], expected: str
+) -> None:
     oid = system.order("DELIVERED")
     system.append(log, stream.format(oid=oid), fact(oid))
     report = check(system.snapshot(topics=False, views=False), config())
@@ -292,8 +316,17 @@ def test_cli_exit_codes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
 
 
 def test_config_defaults_follow_make_up_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AUDIT_ORDER_DSN", "AUDIT_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP_SERVERS", "AUDIT_QUERY_URL",
-                 "PG_PORT", "KAFKA_PORT", "QUERY_PORT", "SAGA_STEP_TIMEOUT_S", "AUDIT_SAGA_TIMEOUT_S"):
+    for name in (
+        "AUDIT_ORDER_DSN",
+        "AUDIT_KAFKA_BOOTSTRAP",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "AUDIT_QUERY_URL",
+        "PG_PORT",
+        "KAFKA_PORT",
+        "QUERY_PORT",
+        "SAGA_STEP_TIMEOUT_S",
+        "AUDIT_SAGA_TIMEOUT_S",
+    ):
         monkeypatch.delenv(name, raising=False)
     c = audit.AuditConfig.from_env()
     assert c.order_dsn == "postgresql://app:app@127.0.0.1:5432/order"

@@ -7,6 +7,7 @@ version 1 payment facts and `saga.step_requested` facts), must find them clean, 
 mix of old and current versions (some orders' facts re-encoded by today's codec, as after an
 upgrade); a deliberately broken copy must be flagged as exactly what was broken.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,17 @@ V1 = Path(__file__).resolve().parent.parent / "fixtures" / "v1"
 LOG_FILES = {"order": "order_events.jsonl", "payment": "payment_events.jsonl", "shipping": "shipping_events.jsonl"}
 EXPECTED: dict[str, Any] = json.loads((V1 / "expected.json").read_text())
 ORDER_IDS = sorted(EXPECTED["orders"])
-CONFIG = AuditConfig(order_dsn="-", payment_dsn="-", shipping_dsn="-", query_dsn="-", kafka_bootstrap="-",
-                     query_url="-", saga_timeout_s=30.0, pending_slack_s=30.0, grace_s=0.0)
+CONFIG = AuditConfig(
+    order_dsn="-",
+    payment_dsn="-",
+    shipping_dsn="-",
+    query_dsn="-",
+    kafka_bootstrap="-",
+    query_url="-",
+    saga_timeout_s=30.0,
+    pending_slack_s=30.0,
+    grace_s=0.0,
+)
 
 Rows = dict[str, list[dict[str, Any]]]  # log → rows of its `events` table, as captured
 Messages = list[dict[str, Any]]  # topic messages, as captured
@@ -56,17 +66,25 @@ def snapshot_of(rows: Rows, messages: Messages) -> Snapshot:
     """What `reading.collect()` would have read from that stack: the rows go through the same
     decoding as the database's, the messages are the raw bytes, the views the query's answers."""
     logs = {
-        log: [recorded_from_row(log, {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"]),
-                                      "data": json.dumps(r["data"])})
-              for r in sorted(log_rows, key=lambda r: r["position"])]
+        log: [
+            recorded_from_row(
+                log, {**r, "occurred_at": datetime.fromisoformat(r["occurred_at"]), "data": json.dumps(r["data"])}
+            )
+            for r in sorted(log_rows, key=lambda r: r["position"])
+        ]
         for log, log_rows in rows.items()
     }
     topics: dict[str, list[TopicRecord]] = defaultdict(list)
     for m in messages:
         topics[m["topic"]].append(TopicRecord(m["topic"], m["partition"], m["offset"], m["key"], m["value"].encode()))
     views = {oid: dict(o["query_service"]["GET /orders/{id}"]) for oid, o in EXPECTED["orders"].items()}
-    return Snapshot(taken_at=datetime.fromisoformat(EXPECTED["captured_at"].replace("Z", "+00:00")), logs=logs,
-                    outbox_backlog={log: 0 for log in LOG_FILES}, topics=dict(topics), views=views)
+    return Snapshot(
+        taken_at=datetime.fromisoformat(EXPECTED["captured_at"].replace("Z", "+00:00")),
+        logs=logs,
+        outbox_backlog={log: 0 for log in LOG_FILES},
+        topics=dict(topics),
+        views=views,
+    )
 
 
 def audit(rows: Rows, messages: Messages) -> AuditReport:
@@ -75,9 +93,18 @@ def audit(rows: Rows, messages: Messages) -> AuditReport:
 
 def assert_clean(report: AuditReport) -> None:
     assert report.ok, report.render()
-    journeys = Counter({"confirmed": "CONFIRMED", "delivered": "DELIVERED", "shipped": "SHIPPED",
-                        "declined": "REJECTED", "over_limit": "REJECTED", "unserved": "CANCELLED",
-                        "cancelled_after_confirmed": "CANCELLED"}[o["journey"]] for o in EXPECTED["orders"].values())
+    journeys = Counter(
+        {
+            "confirmed": "CONFIRMED",
+            "delivered": "DELIVERED",
+            "shipped": "SHIPPED",
+            "declined": "REJECTED",
+            "over_limit": "REJECTED",
+            "unserved": "CANCELLED",
+            "cancelled_after_confirmed": "CANCELLED",
+        }[o["journey"]]
+        for o in EXPECTED["orders"].values()
+    )
     info = report.info
     assert info["orders"] == 21 and info["orders_by_status"] == dict(sorted(journeys.items()))
     assert info["events"] == {"order": 360, "payment": 40, "shipping": 32}
@@ -135,8 +162,11 @@ def test_a_mix_of_old_and_current_versions_is_clean() -> None:
     wire = Counter(json.loads(m["value"])["schemaversion"] for m in messages if m["topic"] == PAYMENT_EVENTS)
     assert wire["1"] > 0 and wire[str(PaymentCaptured.VERSION)] > 0, wire
     # nothing of the payment token is left in a re-encoded saga fact
-    assert not any("payment_token" in json.dumps(r["data"]) for r in rows["order"]
-                   if r["schema_version"] == SagaStepRequested.VERSION)
+    assert not any(
+        "payment_token" in json.dumps(r["data"])
+        for r in rows["order"]
+        if r["schema_version"] == SagaStepRequested.VERSION
+    )
     assert_clean(audit(rows, messages))
 
 

@@ -6,6 +6,7 @@ recovery and the full audit (`reliability.audit`). Every fault must lose no ackn
 duplicate no effect, and recover (all orders settled, audit clean) within the timeout.
 The full run is `make chaos` (all faults, 50 orders/s).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,16 @@ from shared.contract import MESSAGES, MessageFormatError, decode
 async def test_reduced_chaos_run(tmp_path: Path) -> None:
     out = tmp_path / "chaos-reduced.json"
     config = ChaosConfig(
-        rate=5.0, pre_s=2.0, fault_s=3.0, post_s=2.0, saga_timeout_s=5.0, recovery_timeout_s=120.0,
-        faults=REDUCED_FAULTS, cancel_ratio=0.05, out=out, seed=7,
+        rate=5.0,
+        pre_s=2.0,
+        fault_s=3.0,
+        post_s=2.0,
+        saga_timeout_s=5.0,
+        recovery_timeout_s=120.0,
+        faults=REDUCED_FAULTS,
+        cancel_ratio=0.05,
+        out=out,
+        seed=7,
     )
     report = await run_chaos(config)
     results = [FaultResult(**{k: v for k, v in f.items() if k != "ok"}) for f in report["faults"]]
@@ -70,10 +79,11 @@ def test_every_fault_has_an_injector_and_a_description() -> None:
 
 
 def test_the_proxied_broker_advertises_the_proxy_only_on_its_own_listener(tmp_path: Path) -> None:
-    broker = ProxiedKafkaBroker(tmp_path, port=9100, controller_port=9101, proxied_port=9102, advertised_proxy_port=9103)
+    broker = ProxiedKafkaBroker(
+        tmp_path, port=9100, controller_port=9101, proxied_port=9102, advertised_proxy_port=9103
+    )
     props = dict(line.split("=", 1) for line in broker.server_properties().splitlines())
-    assert props["listeners"] == ("PLAINTEXT://127.0.0.1:9100,PROXIED://127.0.0.1:9102,"
-                                  "CONTROLLER://127.0.0.1:9101")
+    assert props["listeners"] == ("PLAINTEXT://127.0.0.1:9100,PROXIED://127.0.0.1:9102,CONTROLLER://127.0.0.1:9101")
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9100,PROXIED://127.0.0.1:9103"
     assert "PROXIED:PLAINTEXT" in props["listener.security.protocol.map"]
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9101"

@@ -33,6 +33,7 @@ send drops the producer and makes a new one).
 Fixed in shared/consumer.py: offset commits are bounded and a dead metadata task or a commit
 that never returns makes the runner replace its Kafka client (stored positions keep it exact).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,18 @@ def test_uvloop_raises_on_a_write_to_a_reset_connection_that_still_looks_open() 
 
 def _fact(n: int) -> bytes:
     """The n-th fact of one stream (version n + 1): any contract fact will do."""
-    return encode(Envelope(id=str(uuid.uuid4()), source="/test", subject="s", sequence=n + 1, time=utc_now(),
-                           correlation_id="s", causation_id="s", data=ShipmentDispatched(order_id="s", shipment_id="s")))
+    return encode(
+        Envelope(
+            id=str(uuid.uuid4()),
+            source="/test",
+            subject="s",
+            sequence=n + 1,
+            time=utc_now(),
+            correlation_id="s",
+            causation_id="s",
+            data=ShipmentDispatched(order_id="s", shipment_id="s"),
+        )
+    )
 
 
 @pytest.fixture
@@ -109,9 +120,14 @@ async def test_the_consumer_survives_a_metadata_refresh_that_hits_a_reset_connec
     async def handler(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
         handled.extend(d.envelope.sequence - 1 for d in deliveries)
 
-    runner = ConsumerRunner(name=f"wedge-{uuid.uuid4().hex[:8]}", topics=[topic], store=store,
-                            bootstrap_servers=stack.kafka_bootstrap, handler=handler,
-                            settings=ConsumerSettings(retry_backoff_s=0.2))
+    runner = ConsumerRunner(
+        name=f"wedge-{uuid.uuid4().hex[:8]}",
+        topics=[topic],
+        store=store,
+        bootstrap_servers=stack.kafka_bootstrap,
+        handler=handler,
+        settings=ConsumerSettings(retry_backoff_s=0.2),
+    )
     stop = asyncio.Event()
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
     await producer.start()
@@ -148,7 +164,11 @@ async def test_the_consumer_survives_a_metadata_refresh_that_hits_a_reset_connec
 
         async def client_send(self: AIOKafkaClient, node_id: Any, request: Any, **kwargs: Any) -> Any:
             kind = next((k for k in failures if type(request).__name__.startswith(k)), None)
-            if kind is not None and failures[kind] and (kind == "OffsetCommitRequest" or not failures["OffsetCommitRequest"]):
+            if (
+                kind is not None
+                and failures[kind]
+                and (kind == "OffsetCommitRequest" or not failures["OffsetCommitRequest"])
+            ):
                 failures[kind] = 0
                 raise NodeNotReadyError(f"node {node_id} not ready")
             return await original_client_send(self, node_id, request, **kwargs)

@@ -14,6 +14,7 @@ Recommended fix (kernel, `shared/runtime.py`, `build_app`): an exception handler
 
 Fixed: `shared/runtime.py` maps `shared.consumer.TRANSIENT_ERRORS` to 503 with Retry-After.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,9 @@ BODY = {
 
 
 @pytest.mark.integration
-async def test_order_service_answers_503_while_its_database_is_unreachable(stack: LocalStack, fresh_database: str) -> None:
+async def test_order_service_answers_503_while_its_database_is_unreachable(
+    stack: LocalStack, fresh_database: str
+) -> None:
     proxy = ProxyThread("127.0.0.1", stack.pg_port, name="pg-outage")
     dsn = fresh_database.replace(f":{stack.pg_port}/", f":{proxy.port}/")
     app = _app("order", dsn, stack.kafka_bootstrap)

@@ -1,4 +1,5 @@
 """The TCP fault proxy against a local echo server: pass, latency, reset, blackhole, control API."""
+
 from __future__ import annotations
 
 import asyncio

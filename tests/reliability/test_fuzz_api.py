@@ -14,6 +14,7 @@ For the write services the `events` rows are counted before and after each reque
 ≥ 300, or any GET, must leave the count unchanged. Accepted odd unicode must round-trip.
 Bounded: a few hundred requests in total.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,15 @@ class Probe:
     def count(self) -> int | None:
         return self.apps.events(self.service) if self.service in WRITE_SERVICES else None
 
-    def check(self, what: str, method: str, status: int, before: int | None, after: int | None,
-              allowed: tuple[int, ...] | None = None) -> None:
+    def check(
+        self,
+        what: str,
+        method: str,
+        status: int,
+        before: int | None,
+        after: int | None,
+        allowed: tuple[int, ...] | None = None,
+    ) -> None:
         self.sent += 1
         # the query service documents 504 `view_behind` for a min_version not reached in time
         documented = status == 504 and self.service == "query" and "min_version=" in what
@@ -77,8 +85,9 @@ class Probe:
         if before is not None and after is not None and after != before and (status >= 300 or method == "GET"):
             self.problems.append(f"{after - before} event(s) appended by a {status} {method}: {what}")
 
-    def send(self, method: str, path: str, *, allowed: tuple[int, ...] | None = None,
-             **kwargs: Any) -> httpx.Response | None:
+    def send(
+        self, method: str, path: str, *, allowed: tuple[int, ...] | None = None, **kwargs: Any
+    ) -> httpx.Response | None:
         before = self.count()
         try:
             response = self.client.request(method, path, **kwargs)
@@ -107,7 +116,8 @@ class Probe:
 
     def assert_clean(self) -> None:
         assert not self.problems, f"{len(self.problems)} problem(s) in {self.sent} requests:\n" + "\n".join(
-            self.problems[:30])
+            self.problems[:30]
+        )
 
 
 def _short(kwargs: dict[str, Any]) -> str:
@@ -132,16 +142,21 @@ def test_openapi_fuzz(apps: LiveApps, service: str, mode: GenerationMode) -> Non
     try:
         for op in operations:
 
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=op.as_strategy(generation_mode=mode))
             def fuzz(case: schemathesis.Case[Any]) -> None:
                 before = probe.count()
                 response = case.call(base_url=live.url, timeout=30)
-                # called right below, within this iteration: `op` is the current one
-                probe.check(case.as_curl_command(), op.method.upper(), response.status_code, before,  # noqa: B023
-                            probe.count())
+                # runs within this iteration (fuzz() is called right below): `op` is the current one
+                method = op.method.upper()  # noqa: B023
+                probe.check(case.as_curl_command(), method, response.status_code, before, probe.count())
 
             try:
                 fuzz()
@@ -183,13 +198,58 @@ VALID_ORDER: dict[str, Any] = {
 }
 
 ODD_TEXT = [
-    "\u0000", "a\u0000b", "\ud800", "x\udfffy", "\u202eevil", "a\u200db", "😀" * 40, "e\u0301", "\ufeffbom",
-    "\uffff", "\U0010ffff", "\u3000", "\t\n", "' OR 1=1 --", "%00", "<script>", "ﷺ" * 30,
+    "\u0000",
+    "a\u0000b",
+    "\ud800",
+    "x\udfffy",
+    "\u202eevil",
+    "a\u200db",
+    "😀" * 40,
+    "e\u0301",
+    "\ufeffbom",
+    "\uffff",
+    "\U0010ffff",
+    "\u3000",
+    "\t\n",
+    "' OR 1=1 --",
+    "%00",
+    "<script>",
+    "ﷺ" * 30,
 ]
-ODD_NUMBERS = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1.5", "1.0", "-1", "0", "true", "null", '"1"',
-               str(2**63), str(2**63 - 1), str(2**64), "9" * 400, "1e2", "-0"]
-ODD_IDS = ["%00", "a%00b", "x" * 4000, "%E2%80%AE%F0%9F%98%80", "..%2F..%2Fetc%2Fpasswd", "%FF%FE", "%20", "null",
-           "1e400", "%ED%A0%80", "saga-x", "'%3B--"]
+ODD_NUMBERS = [
+    "1e400",
+    "-1e400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1.5",
+    "1.0",
+    "-1",
+    "0",
+    "true",
+    "null",
+    '"1"',
+    str(2**63),
+    str(2**63 - 1),
+    str(2**64),
+    "9" * 400,
+    "1e2",
+    "-0",
+]
+ODD_IDS = [
+    "%00",
+    "a%00b",
+    "x" * 4000,
+    "%E2%80%AE%F0%9F%98%80",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%FF%FE",
+    "%20",
+    "null",
+    "1e400",
+    "%ED%A0%80",
+    "saga-x",
+    "'%3B--",
+]
 
 
 def _json_with(path: tuple[Any, ...], raw_value: str) -> bytes:
@@ -204,9 +264,15 @@ def _json_with(path: tuple[Any, ...], raw_value: str) -> bytes:
 
 
 STRING_FIELDS: list[tuple[Any, ...]] = [
-    ("customer_id",), ("currency",), ("payment_token",), ("items", 0, "sku"),
-    ("shipping_address", "name"), ("shipping_address", "line1"), ("shipping_address", "city"),
-    ("shipping_address", "postal_code"), ("shipping_address", "country"),
+    ("customer_id",),
+    ("currency",),
+    ("payment_token",),
+    ("items", 0, "sku"),
+    ("shipping_address", "name"),
+    ("shipping_address", "line1"),
+    ("shipping_address", "city"),
+    ("shipping_address", "postal_code"),
+    ("shipping_address", "country"),
 ]
 NUMBER_FIELDS: list[tuple[Any, ...]] = [("items", 0, "quantity"), ("items", 0, "unit_price_cents")]
 
@@ -219,23 +285,45 @@ def test_order_bad_bodies(apps: LiveApps) -> None:
         # sizes: declared and chunked bodies over MAX_BODY_BYTES
         big = json.dumps({**VALID_ORDER, "customer_id": "x" * (MAX_BODY_BYTES + 10)}).encode()
         p.send_oversized("POST", "/orders", content=big, headers=headers, allowed=(413,))
-        p.send_oversized("POST", "/orders", content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
-                         headers=headers, allowed=rejected)
+        p.send_oversized(
+            "POST",
+            "/orders",
+            content=iter([big[i : i + 8192] for i in range(0, len(big), 8192)]),
+            headers=headers,
+            allowed=rejected,
+        )
         p.send_oversized("POST", "/orders", content=b" " * (MAX_BODY_BYTES + 1), headers=headers, allowed=(413,))
         nested = b"[" * 20000 + b"]" * 20000
         p.send("POST", "/orders", content=nested, headers=headers, allowed=(422,))
         # content types
         valid = json.dumps(VALID_ORDER).encode()
-        for content_type in ("text/plain", "application/xml", "application/x-www-form-urlencoded",
-                             "multipart/form-data; boundary=x", "application/json; charset=utf-16", "", "*/*"):
+        for content_type in (
+            "text/plain",
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=utf-16",
+            "",
+            "*/*",
+        ):
             p.send("POST", "/orders", content=valid, headers={"Content-Type": content_type})
         p.send("POST", "/orders", content=b"<order/>", headers={"Content-Type": "application/xml"}, allowed=(422,))
         p.send("POST", "/orders", data={"customer_id": "c"}, allowed=(422,))
         p.send("POST", "/orders", files={"f": ("a.json", valid)}, allowed=(422,))
         # broken JSON
-        for body in (b"", b"null", b"[]", b"{}", b'"text"', b"{\"customer_id\":", b"\xff\xfe\xfd",
-                     b"\xef\xbb\xbf" + valid, valid + b"garbage", b'{"customer_id": "a", "customer_id": 1}',
-                     valid.replace(b"EUR", b"EU\\R")):
+        for body in (
+            b"",
+            b"null",
+            b"[]",
+            b"{}",
+            b'"text"',
+            b'{"customer_id":',
+            b"\xff\xfe\xfd",
+            b"\xef\xbb\xbf" + valid,
+            valid + b"garbage",
+            b'{"customer_id": "a", "customer_id": 1}',
+            valid.replace(b"EUR", b"EU\\R"),
+        ):
             p.send("POST", "/orders", content=body, headers=headers, allowed=(202, 422))
         # odd numbers in integer fields
         for field in NUMBER_FIELDS:
@@ -257,12 +345,28 @@ def test_order_bad_bodies(apps: LiveApps) -> None:
                         p.problems.append(f"{field} {text!r} stored as {_get(stored, field)!r}")
         # headers
         for key in ("é" * 3, "k" * 201, "-"):
-            p.send("POST", "/orders", json=VALID_ORDER, headers={"Idempotency-Key": key.encode("latin-1")},
-                   allowed=(202, 422))
+            p.send(
+                "POST",
+                "/orders",
+                json=VALID_ORDER,
+                headers={"Idempotency-Key": key.encode("latin-1")},
+                allowed=(202, 422),
+            )
         p.send("POST", "/orders", json=VALID_ORDER, headers={"Idempotency-Key": "fuzz-same"}, allowed=(202,))
-        p.send("POST", "/orders", json={**VALID_ORDER, "customer_id": "other"}, headers={"Idempotency-Key": "fuzz-same"},
-               allowed=(422,))
-        p.send("POST", "/orders", json=VALID_ORDER, headers={"X-Request-ID": ("\u00e9" * 500).encode("latin-1")}, allowed=(202,))
+        p.send(
+            "POST",
+            "/orders",
+            json={**VALID_ORDER, "customer_id": "other"},
+            headers={"Idempotency-Key": "fuzz-same"},
+            allowed=(422,),
+        )
+        p.send(
+            "POST",
+            "/orders",
+            json=VALID_ORDER,
+            headers={"X-Request-ID": ("\u00e9" * 500).encode("latin-1")},
+            allowed=(202,),
+        )
     finally:
         p.close()
     p.assert_clean()
@@ -274,9 +378,19 @@ def test_order_bad_bodies(apps: LiveApps) -> None:
         ("order", ["/orders/{id}", "/orders/{id}/events", "/sagas/{id}", "/orders/{id}?as_of_version={n}"]),
         ("payment", ["/payments/{id}", "/payments/{id}/events", "/payments?order_id={id}"]),
         ("shipping", ["/shipments/{id}", "/shipments/{id}/events", "/shipments?order_id={id}"]),
-        ("query", ["/orders/{id}", "/orders/{id}/timeline", "/orders/{id}?min_version={n}&wait_s=0",
-                   "/orders?customer_id={id}&limit=5", "/orders?cursor={id}", "/orders?status={id}",
-                   "/orders?limit={n}", "/orders/{id}?min_version=1&wait_s={n}"]),
+        (
+            "query",
+            [
+                "/orders/{id}",
+                "/orders/{id}/timeline",
+                "/orders/{id}?min_version={n}&wait_s=0",
+                "/orders?customer_id={id}&limit=5",
+                "/orders?cursor={id}",
+                "/orders?status={id}",
+                "/orders?limit={n}",
+                "/orders/{id}?min_version=1&wait_s={n}",
+            ],
+        ),
     ],
 )
 def test_odd_ids_and_query_strings(apps: LiveApps, service: str, paths: list[str]) -> None:
@@ -306,10 +420,16 @@ def test_odd_ids_in_commands(apps: LiveApps, service: str, paths: list[str]) -> 
         for template in paths:
             for odd in ODD_IDS:
                 p.send("POST", template.replace("{id}", odd), allowed=(404, 422))
-                p.send("POST", template.replace("{id}", odd), content=b"\x00" * 100,
-                       headers={"Content-Type": "application/json"}, allowed=(404, 413, 422))
-            p.send_oversized("POST", template.replace("{id}", "x"), content=b"x" * (MAX_BODY_BYTES + 1),
-                             allowed=(404, 413))
+                p.send(
+                    "POST",
+                    template.replace("{id}", odd),
+                    content=b"\x00" * 100,
+                    headers={"Content-Type": "application/json"},
+                    allowed=(404, 413, 422),
+                )
+            p.send_oversized(
+                "POST", template.replace("{id}", "x"), content=b"x" * (MAX_BODY_BYTES + 1), allowed=(404, 413)
+            )
     finally:
         p.close()
     p.assert_clean()

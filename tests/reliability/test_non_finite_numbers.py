@@ -5,6 +5,7 @@ pydantic then (correctly) refuses the float for an integer field, but FastAPI's 
 handler echoes the bad `input` back and rendering `inf`/`nan` as JSON raises, so the client got
 a 500 (or a dropped connection). No database is needed: validation runs before the handler.
 """
+
 from __future__ import annotations
 
 import json

@@ -20,6 +20,7 @@ DELIVERED order has a capture of its total; a REJECTED order never had money cap
 `settle` (every message delivered, every deadline fired, nothing left to do) the saga's
 invariants hold for every order, and any further redelivery or timer decides nothing.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -129,14 +130,22 @@ class SagaMachine(RuleBasedStateMachine):
         self._apply(side, decision)
         return decision
 
-    def _answer(self, logs: dict[str, list[Recorded]], stream_id: str, facts: list[Fact], answer: Recorded | None) -> None:
+    def _answer(
+        self, logs: dict[str, list[Recorded]], stream_id: str, facts: list[Fact], answer: Recorded | None
+    ) -> None:
         queue = self.reply_queues.setdefault(stream_id, deque())
         log = logs.setdefault(stream_id, [])
         if facts:
             for fact in facts:
                 event = Envelope(
-                    id=str(uuid.UUID(int=next(self._ids))), source="/test", subject=stream_id, sequence=len(log) + 1,
-                    time=self.now, correlation_id=fact.order_id, causation_id=fact.order_id, data=fact,
+                    id=str(uuid.UUID(int=next(self._ids))),
+                    source="/test",
+                    subject=stream_id,
+                    sequence=len(log) + 1,
+                    time=self.now,
+                    correlation_id=fact.order_id,
+                    causation_id=fact.order_id,
+                    data=fact,
                 )
                 log.append(event)
                 queue.append(saga.ReplyReceived(event.id, fact))
@@ -160,7 +169,9 @@ class SagaMachine(RuleBasedStateMachine):
                 )
             except DomainError:
                 return
-            self._answer(self.shipment_logs, command.shipment_id, list(shipment_facts), ship.find_answer(command, history))
+            self._answer(
+                self.shipment_logs, command.shipment_id, list(shipment_facts), ship.find_answer(command, history)
+            )
 
     def _deliver(self, reply: saga.ReplyReceived) -> None:
         side = self.orders.get(reply.fact.order_id)
@@ -180,15 +191,21 @@ class SagaMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @initialize(token=st.sampled_from(["tok_ok", "tok_ok", "tok_decline"]), country=st.sampled_from(["DE", "DE", "AQ"]),
-                limit=st.sampled_from([pay.DEFAULT_LIMIT_CENTS, pay.DEFAULT_LIMIT_CENTS, 3000]))
+    @initialize(
+        token=st.sampled_from(["tok_ok", "tok_ok", "tok_decline"]),
+        country=st.sampled_from(["DE", "DE", "AQ"]),
+        limit=st.sampled_from([pay.DEFAULT_LIMIT_CENTS, pay.DEFAULT_LIMIT_CENTS, 3000]),
+    )
     def first_order(self, token: str, country: str, limit: int) -> None:
         self.limit_cents = limit
         self.place(token, country, 2)
 
     @precondition(lambda self: len(self.orders) < MAX_ORDERS)
-    @rule(token=st.sampled_from(["tok_ok", "tok_ok", "tok_decline"]), country=st.sampled_from(["DE", "DE", "AQ"]),
-          quantity=st.integers(1, 3))
+    @rule(
+        token=st.sampled_from(["tok_ok", "tok_ok", "tok_decline"]),
+        country=st.sampled_from(["DE", "DE", "AQ"]),
+        quantity=st.integers(1, 3),
+    )
     def place(self, token: str, country: str, quantity: int) -> None:
         order_id = f"order-{len(self.orders) + 1}"
         address = Address(name="Ada", line1="1 Main St", city="Berlin", postal_code="10115", country=country)
@@ -386,7 +403,11 @@ class SagaMachine(RuleBasedStateMachine):
                 assert len(captured) == len(refunded), (side.order_id, side.order.status, payment)
 
     def _check_settled(self, side: OrderSide) -> None:
-        order_state, payment, shipment = side.order, pay.fold(self._payment_of(side)), ship.fold(self._shipment_of(side))
+        order_state, payment, shipment = (
+            side.order,
+            pay.fold(self._payment_of(side)),
+            ship.fold(self._shipment_of(side)),
+        )
         assert order_state.status is not OrderStatus.PENDING, side.order_id
         assert side.saga.deadline is None and side.saga.awaiting == ()
         assert side.saga.completed == (order_state.status in o.FINAL_STATUSES)
@@ -394,8 +415,11 @@ class SagaMachine(RuleBasedStateMachine):
         assert side.saga.order_status is order_state.status
         if order_state.status in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
             assert payment.status is PaymentStatus.CAPTURED and payment.amount_cents == side.total_cents
-            expected = {OrderStatus.CONFIRMED: ShipmentStatus.SCHEDULED, OrderStatus.SHIPPED: ShipmentStatus.DISPATCHED,
-                        OrderStatus.DELIVERED: ShipmentStatus.DELIVERED}[order_state.status]
+            expected = {
+                OrderStatus.CONFIRMED: ShipmentStatus.SCHEDULED,
+                OrderStatus.SHIPPED: ShipmentStatus.DISPATCHED,
+                OrderStatus.DELIVERED: ShipmentStatus.DELIVERED,
+            }[order_state.status]
             assert shipment.status is expected, (order_state.status, shipment.status)
         else:
             assert order_state.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
@@ -409,7 +433,9 @@ class SagaMachine(RuleBasedStateMachine):
 
 
 SagaMachine.TestCase.settings = settings(
-    max_examples=120, stateful_step_count=50, deadline=None,
+    max_examples=120,
+    stateful_step_count=50,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestSagaStateMachine = SagaMachine.TestCase

@@ -7,6 +7,7 @@ context / Dockerfile / target exists, every `depends_on` condition is valid and 
 the topic job runs the code that creates every topic of the contract (`shared.topics`), and every
 topic name the code mentions is one of those. `docker compose config` is used too when it is installed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,23 +48,117 @@ DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_complete
 TOP_LEVEL_KEYS = {"version", "name", "include", "services", "networks", "volumes", "secrets", "configs", "models"}
 # Service keys of the Compose Specification (a subset would do: anything else is a typo).
 SERVICE_KEYS = {
-    "annotations", "attach", "build", "blkio_config", "cap_add", "cap_drop", "cgroup", "cgroup_parent",
-    "command", "configs", "container_name", "cpu_count", "cpu_percent", "cpu_shares", "cpu_quota",
-    "cpu_period", "cpu_rt_period", "cpu_rt_runtime", "cpus", "cpuset", "credential_spec", "depends_on",
-    "deploy", "develop", "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname",
-    "entrypoint", "env_file", "environment", "expose", "extends", "external_links", "extra_hosts",
-    "gpus", "group_add", "healthcheck", "hostname", "image", "init", "ipc", "isolation", "labels",
-    "links", "logging", "mac_address", "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit",
-    "network_mode", "networks", "oom_kill_disable", "oom_score_adj", "pid", "pids_limit", "platform",
-    "ports", "post_start", "pre_stop", "privileged", "profiles", "pull_policy", "read_only", "restart",
-    "runtime", "scale", "secrets", "security_opt", "shm_size", "stdin_open", "stop_grace_period",
-    "stop_signal", "storage_opt", "sysctls", "tmpfs", "tty", "ulimits", "user", "userns_mode", "uts",
-    "volumes", "volumes_from", "working_dir",
+    "annotations",
+    "attach",
+    "build",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "deploy",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "pull_policy",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes",
+    "volumes_from",
+    "working_dir",
 }
 BUILD_KEYS = {
-    "context", "dockerfile", "dockerfile_inline", "args", "ssh", "labels", "cache_from", "cache_to",
-    "no_cache", "additional_contexts", "network", "pull", "target", "shm_size", "extra_hosts",
-    "isolation", "privileged", "secrets", "tags", "ulimits", "platforms", "entitlements",
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "args",
+    "ssh",
+    "labels",
+    "cache_from",
+    "cache_to",
+    "no_cache",
+    "additional_contexts",
+    "network",
+    "pull",
+    "target",
+    "shm_size",
+    "extra_hosts",
+    "isolation",
+    "privileged",
+    "secrets",
+    "tags",
+    "ulimits",
+    "platforms",
+    "entitlements",
 }
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
 RESTART_POLICIES = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
@@ -87,7 +182,9 @@ def services() -> dict[str, dict[str, Any]]:
     return cast(dict[str, dict[str, Any]], svcs)
 
 
-_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
+_VAR = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
+)
 
 
 def interpolate(value: str) -> str:
@@ -154,7 +251,8 @@ def settings_class(service: str) -> type[ServiceSettings]:
     """The ServiceSettings subclass defined in services/<service>/settings.py."""
     module = importlib.import_module(f"services.{service}.settings")
     found = [
-        obj for obj in vars(module).values()
+        obj
+        for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, ServiceSettings) and obj.__module__ == module.__name__
     ]
     assert len(found) == 1, f"services/{service}/settings.py should define one ServiceSettings subclass, found {found}"
@@ -179,7 +277,9 @@ def env_names(cls: type[ServiceSettings]) -> set[str]:
     return names
 
 
-def settings_from(cls: type[ServiceSettings], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> ServiceSettings:
+def settings_from(
+    cls: type[ServiceSettings], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch
+) -> ServiceSettings:
     """Instantiate `cls` the way the container would: from exactly `env` (nothing leaks in from
     the environment running the tests)."""
     import os
@@ -302,7 +402,8 @@ def test_compose_parses_and_has_a_valid_structure() -> None:
         if "image" in svc and "build" not in svc:
             image = str(svc["image"])
             assert re.match(r"^[\w./-]+:[\w.-]+$", image) and not image.endswith(":latest"), (
-                f"{name}: image {image!r} must be pinned to a tag")
+                f"{name}: image {image!r} must be pinned to a tag"
+            )
         if isinstance(svc.get("build"), dict):
             assert set(svc["build"]) <= BUILD_KEYS, f"{name}: unknown build keys {set(svc['build']) - BUILD_KEYS}"
         if "restart" in svc:
@@ -319,8 +420,8 @@ def test_compose_parses_and_has_a_valid_structure() -> None:
             assert isinstance(hc, dict) and set(hc) <= HEALTHCHECK_KEYS, f"{name}: healthcheck keys {hc}"
             test = hc.get("test")
             assert isinstance(test, str) or (
-                isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL", "NONE")), (
-                f"{name}: healthcheck test must be a string or [CMD|CMD-SHELL|NONE, ...]")
+                isinstance(test, list) and test and test[0] in ("CMD", "CMD-SHELL", "NONE")
+            ), f"{name}: healthcheck test must be a string or [CMD|CMD-SHELL|NONE, ...]"
             for key in ("interval", "timeout", "start_period", "start_interval"):
                 if key in hc:
                     assert DURATION.match(str(hc[key])), f"{name}: healthcheck {key} {hc[key]!r}"
@@ -347,7 +448,8 @@ def test_depends_on_conditions_are_valid_and_satisfiable() -> None:
                 assert str(target.get("restart", "no")) == "no", f"{dep} is a one-shot job: restart must be 'no'"
             if "profiles" in target:
                 assert set(svc.get("profiles") or []) & set(target["profiles"]), (
-                    f"{name} depends on {dep}, which only starts with profile {target['profiles']}")
+                    f"{name} depends on {dep}, which only starts with profile {target['profiles']}"
+                )
     # No cycles.
     graph = {n: set(depends_on(s)) for n, s in svcs.items()}
     done: set[str] = set()
@@ -392,7 +494,9 @@ def test_docker_compose_config_accepts_the_file_when_the_cli_is_installed() -> N
         pytest.skip("`docker compose` is not installed here; the structural checks above still ran")
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE_FILE), "--profile", "ui", "config", "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
 
@@ -417,7 +521,9 @@ def test_every_build_context_dockerfile_and_target_exists() -> None:
         dockerfile = dockerfile_of(svc)
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
         if isinstance(build, dict) and "target" in build:
-            assert build["target"] in dockerfile_stages(dockerfile), f"{name}: no stage {build['target']} in {dockerfile}"
+            assert build["target"] in dockerfile_stages(dockerfile), (
+                f"{name}: no stage {build['target']} in {dockerfile}"
+            )
 
 
 def test_one_image_per_service_running_its_module() -> None:
@@ -467,7 +573,13 @@ def test_healthcheck_resolves_the_port_like_the_service(service: str, monkeypatc
     health = load_script("healthcheck.py")
     cls = settings_class(service)
     alias = f"{service.upper()}_PORT"
-    for env in ({}, {"HTTP_PORT": "9101"}, {alias: "9102"}, {"HTTP_PORT": "9103", alias: "9104"}, {alias.lower(): "9105"}):
+    for env in (
+        {},
+        {"HTTP_PORT": "9101"},
+        {alias: "9102"},
+        {"HTTP_PORT": "9103", alias: "9104"},
+        {alias.lower(): "9105"},
+    ):
         with monkeypatch.context() as m:
             settings = settings_from(cls, env, m)
             port = int(health.resolve_port(service, PORTS[service]))
@@ -488,7 +600,9 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
     for src in sources:
         path = context / src
         assert path.exists(), f"COPY {src}: not in the build context"
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        files = (
+            [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
         for f in files:
             rel = f.relative_to(context).as_posix()
             assert not dockerignore_excludes(rel), f".dockerignore drops {rel}, which the Dockerfile copies"
@@ -500,10 +614,17 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
     # (transitively) is copied too.
     copied = {s.strip("/").split("/")[0] for s in sources}
     needed = closure_of_project_imports(
-        {"services", "shared"} | imports_of_project(ROOT / "docker") | (copied & project_packages()))
+        {"services", "shared"} | imports_of_project(ROOT / "docker") | (copied & project_packages())
+    )
     assert needed <= copied, f"the services import {sorted(needed - copied)}, which the image lacks"
-    for junk in (".venv/bin/python", ".git/HEAD", ".run/logs/kafka.log", "tests/conftest.py",
-                 "shared/__pycache__/x.cpython-311.pyc", "bench/kernel.py"):
+    for junk in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".run/logs/kafka.log",
+        "tests/conftest.py",
+        "shared/__pycache__/x.cpython-311.pyc",
+        "bench/kernel.py",
+    ):
         assert dockerignore_excludes(junk), f".dockerignore should keep {junk} out of the build context"
 
 
@@ -558,7 +679,8 @@ def test_service_environment_validates_and_points_at_the_compose_services(
     assert settings.http_port == PORTS[service]
     published = ports(svcs[service])
     assert [(p.host, p.container) for p in published] == [(PORTS[service], settings.http_port)], (
-        f"{service}: publish {PORTS[service]} -> HTTP_PORT {settings.http_port}, got {published}")
+        f"{service}: publish {PORTS[service]} -> HTTP_PORT {settings.http_port}, got {published}"
+    )
     dsn = urlsplit(settings.database_url)
     own_db = {s.name: s.database for s in SERVICES}[service]
     assert (dsn.hostname, dsn.port or 5432, dsn.path.lstrip("/")) == ("postgres", 5432, own_db), settings.database_url
@@ -596,7 +718,9 @@ def kafka_listeners() -> tuple[dict[str, str], dict[str, str]]:
 def internal_bootstrap() -> set[str]:
     """Advertised addresses reachable on the compose network (host = the kafka service)."""
     _, advertised = kafka_listeners()
-    return {addr for addr in advertised.values() if addr.split(":")[0] in ("kafka", services()["kafka"].get("hostname"))}
+    return {
+        addr for addr in advertised.values() if addr.split(":")[0] in ("kafka", services()["kafka"].get("hostname"))
+    }
 
 
 def test_kafka_is_a_pinned_4x_kraft_broker_with_a_host_listener() -> None:
@@ -622,7 +746,9 @@ def test_kafka_is_a_pinned_4x_kraft_broker_with_a_host_listener() -> None:
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
     assert set(advertised) <= set(listeners)
     for name, addr in advertised.items():
-        assert listeners[name].rsplit(":", 1)[1] == addr.rsplit(":", 1)[1], f"{name}: listens and advertises different ports"
+        assert listeners[name].rsplit(":", 1)[1] == addr.rsplit(":", 1)[1], (
+            f"{name}: listens and advertises different ports"
+        )
 
     # The host listener: published on the host's 9092 and advertised as reachable from the host.
     host_side = {n: a for n, a in advertised.items() if a.split(":")[0] in ("127.0.0.1", "localhost")}
@@ -631,8 +757,11 @@ def test_kafka_is_a_pinned_4x_kraft_broker_with_a_host_listener() -> None:
     assert internal_bootstrap(), "a listener advertised as kafka:<port> for the compose network"
 
     assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert env.get(key) == "1", f"{key} must be 1 on a single broker"
     assert has_healthcheck("kafka", kafka)
 
@@ -674,8 +803,13 @@ class FakeAdmin:
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
         return [
-            {"topic": n, "error_code": 0, "partitions": [{"partition": i, "leader": 1} for i in range(self.topics[n].num_partitions)]}
-            if n in self.topics else {"topic": n, "error_code": 3, "partitions": []}
+            {
+                "topic": n,
+                "error_code": 0,
+                "partitions": [{"partition": i, "leader": 1} for i in range(self.topics[n].num_partitions)],
+            }
+            if n in self.topics
+            else {"topic": n, "error_code": 3, "partitions": []}
             for n in names
         ]
 
@@ -700,7 +834,10 @@ async def test_topic_job_creates_every_topic_with_its_partitions_and_configs(
     assert set(fake_kafka.topics) == set(specs)
     for name, created in fake_kafka.topics.items():
         assert (created.num_partitions, created.replication_factor, created.topic_configs) == (
-            specs[name].partitions, 1, specs[name].configs), name
+            specs[name].partitions,
+            1,
+            specs[name].configs,
+        ), name
     for name in ("order.events", "payment.events", "shipping.events"):
         assert fake_kafka.topics[name].topic_configs["retention.ms"] == "-1", f"{name} keeps facts forever"
     assert await job.create_all("kafka:19092", 6, timeout_s=10) == 0, "running it again is harmless"
@@ -747,7 +884,9 @@ def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_app() 
     assert "LOGIN" in opts and "NOSUPERUSER" in opts and "PASSWORD 'APP'" in opts, opts
     created = {
         m.group(1): m.group(2)
-        for m in re.finditer(r"CREATE DATABASE\s+\"?(\w+)\"?\s+(?:WITH\s+)?OWNER\s*=?\s*\"?(\w+)\"?", sql, re.IGNORECASE)
+        for m in re.finditer(
+            r"CREATE DATABASE\s+\"?(\w+)\"?\s+(?:WITH\s+)?OWNER\s*=?\s*\"?(\w+)\"?", sql, re.IGNORECASE
+        )
     }
     wanted = {s.database for s in SERVICES if s.database} | set(DATABASES)
     assert created == {db: "app" for db in wanted}, created
@@ -763,7 +902,11 @@ def test_service_ports_are_those_of_the_readme() -> None:
         assert cls.model_fields["http_port"].default == port, f"{name}: default HTTP_PORT"
         assert [(p.host, p.container) for p in ports(services()[name])] == [(port, port)]
     text = README.read_text()
-    table = dict(re.findall(r"^\|\s*(order|payment|shipping|query)\s*\|\s*http://127\.0\.0\.1:(\d+)/docs\s*\|", text, re.MULTILINE))
+    table = dict(
+        re.findall(
+            r"^\|\s*(order|payment|shipping|query)\s*\|\s*http://127\.0\.0\.1:(\d+)/docs\s*\|", text, re.MULTILINE
+        )
+    )
     assert {k: int(v) for k, v in table.items()} == PORTS, "the README's table of addresses changed: update PORTS"
     assert re.search(rf"^\|\s*Kafka[^|]*\|\s*127\.0\.0\.1:{KAFKA_HOST_PORT}\s*\|", text, re.MULTILINE)
 

@@ -24,6 +24,7 @@ Residual risk (documented, flagged with `SagaAnomalyDetected`): a shipment whose
 timed out, that is then scheduled *and* dispatched by an operator in the instant before the
 queued defensive cancel reaches it, cannot be recalled; the order still ends CANCELLED.
 """
+
 from services.order.saga.builder import Outgoing, SagaDecision
 from services.order.saga.decide import decide
 from services.order.saga.state import (
@@ -50,8 +51,25 @@ from services.order.saga.triggers import (
 )
 
 __all__ = [
-    "DEFAULT_STEP_TIMEOUT_S", "REASON_CANCELLED_BY_CUSTOMER", "REASON_CAPTURE_TIMEOUT", "REASON_PAYMENT_TIMEOUT",
-    "REASON_SHIPPING_TIMEOUT", "REPLY_FACTS", "CancelRequested", "Outgoing", "ReplyReceived", "SagaDecision",
-    "SagaMode", "SagaState", "SagaTrigger", "StartSaga", "StepTimedOut", "decide", "evolve", "fold",
-    "payment_id_for", "saga_stream_id", "shipment_id_for",
+    "DEFAULT_STEP_TIMEOUT_S",
+    "REASON_CANCELLED_BY_CUSTOMER",
+    "REASON_CAPTURE_TIMEOUT",
+    "REASON_PAYMENT_TIMEOUT",
+    "REASON_SHIPPING_TIMEOUT",
+    "REPLY_FACTS",
+    "CancelRequested",
+    "Outgoing",
+    "ReplyReceived",
+    "SagaDecision",
+    "SagaMode",
+    "SagaState",
+    "SagaTrigger",
+    "StartSaga",
+    "StepTimedOut",
+    "decide",
+    "evolve",
+    "fold",
+    "payment_id_for",
+    "saga_stream_id",
+    "shipment_id_for",
 ]

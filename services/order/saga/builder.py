@@ -3,6 +3,7 @@
 `Builder.emit` records a fact and evolves the state at once, so each later step of the same
 decision sees what the earlier ones did.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ was already issued, so any interleaving of replies converges:
   (e.g. a late authorized → a second void): participants answer the duplicate with the fact
   already recorded, which the saga then ignores.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -113,7 +114,9 @@ def decide(trigger: SagaTrigger, state: SagaState, now: datetime) -> SagaDecisio
         if state.mode is SagaMode.COMPENSATE:
             return b.result()  # already being cancelled (or compensated): accepted, nothing new
         if state.shipment in GOODS_OUT:
-            raise IllegalTransition("shipment_already_dispatched", "the goods have left: the order can no longer be cancelled")
+            raise IllegalTransition(
+                "shipment_already_dispatched", "the goods have left: the order can no longer be cancelled"
+            )
         b.emit(SagaCancelRequested(order_id=state.order_id, requested_at=now))
         b.emit(
             SagaCompensationStarted(
@@ -198,11 +201,17 @@ def _fulfil_step(b: Builder) -> None:
 
     if s.payment is None and AUTHORIZE not in s.issued:
         b.issue(AUTHORIZE)
-    elif s.payment in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED) and s.shipment is None and SCHEDULE not in s.issued:
+    elif (
+        s.payment in (PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED)
+        and s.shipment is None
+        and SCHEDULE not in s.issued
+    ):
         b.issue(SCHEDULE)
     elif s.payment is PaymentStatus.AUTHORIZED and s.shipment in SHIPMENT_EXISTS and CAPTURE not in s.issued:
         b.issue(CAPTURE)
-    elif s.order_status is OrderStatus.PENDING and s.payment is PaymentStatus.CAPTURED and s.shipment in SHIPMENT_EXISTS:
+    elif (
+        s.order_status is OrderStatus.PENDING and s.payment is PaymentStatus.CAPTURED and s.shipment in SHIPMENT_EXISTS
+    ):
         b.order(ConfirmOrder(s.order_id, s.payment_id, s.shipment_id))
     elif s.order_status is OrderStatus.CONFIRMED and s.shipment in GOODS_OUT:
         b.order(ShipOrder(s.order_id, s.shipment_id))

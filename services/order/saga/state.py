@@ -4,6 +4,7 @@ The saga's knowledge of each participant is the furthest fact it has seen of it,
 the participant's lifecycle (`PAYMENT_REPLIES`, `SHIPMENT_REPLIES`), so knowledge only moves
 forward: duplicates, stale redeliveries and out-of-order replies cannot move it back.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -11,6 +11,7 @@ still handled. While compensating, a timeout re-issues the compensations (they a
 idempotent) and extends the deadline: money is never given up. Once the goods are out
 (dispatched), a capture timeout re-issues the capture instead.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta

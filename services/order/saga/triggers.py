@@ -6,6 +6,7 @@
 * `CancelRequested`: POST /orders/{id}/cancel.
 * `StepTimedOut`: the deadline scheduler; a no-op unless `now >= state.deadline`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ class StartSaga:
     step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
 
     @classmethod
-    def for_order(cls, order: OrderState, payment_token: str, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S) -> StartSaga:
+    def for_order(
+        cls, order: OrderState, payment_token: str, step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S
+    ) -> StartSaga:
         if order.shipping_address is None:
             raise NotFound("order_not_found", f"order {order.order_id} does not exist")
         return cls(

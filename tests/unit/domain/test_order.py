@@ -1,4 +1,5 @@
 """The Order aggregate: placement rules, every transition, refusals and idempotent repeats."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -157,7 +158,9 @@ def test_facts_follow_the_catalog() -> None:
     assert o.decide(ConfirmOrder(ORDER_ID, "p", "s"), placed()) == [
         OrderConfirmed(order_id=ORDER_ID, payment_id="p", shipment_id="s")
     ]
-    assert o.decide(ShipOrder(ORDER_ID, "ship-1"), confirmed()) == [OrderShipped(order_id=ORDER_ID, shipment_id="ship-1")]
+    assert o.decide(ShipOrder(ORDER_ID, "ship-1"), confirmed()) == [
+        OrderShipped(order_id=ORDER_ID, shipment_id="ship-1")
+    ]
     assert o.decide(DeliverOrder(ORDER_ID, "ship-1"), shipped()) == [
         OrderDelivered(order_id=ORDER_ID, shipment_id="ship-1")
     ]

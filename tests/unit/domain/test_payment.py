@@ -1,4 +1,5 @@
 """The Payment aggregate: authorize rules, transitions, refusals and duplicate answers."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,9 @@ def decide(command: PaymentCommand, state: PaymentState, limit: int = LIMIT) -> 
     return p.decide(command, state, limit_cents=limit)
 
 
-def authorize(token: str = "tok_ok", amount: int = 2999, currency: str = "EUR", payment_id: str = PAYMENT_ID) -> AuthorizePayment:
+def authorize(
+    token: str = "tok_ok", amount: int = 2999, currency: str = "EUR", payment_id: str = PAYMENT_ID
+) -> AuthorizePayment:
     return AuthorizePayment(
         payment_id=payment_id, order_id=ORDER_ID, amount_cents=amount, currency=currency, payment_token=token
     )
@@ -93,8 +96,16 @@ def recorded(facts: Sequence[Fact]) -> list[Recorded]:
     """Facts as a stream would record them (for `find_answer`)."""
     when = datetime(2026, 1, 1, tzinfo=UTC)
     return [
-        Envelope(id=str(uuid.uuid4()), source="/test", subject=PAYMENT_ID, sequence=n, time=when,
-                 correlation_id=ORDER_ID, causation_id="c", data=fact)
+        Envelope(
+            id=str(uuid.uuid4()),
+            source="/test",
+            subject=PAYMENT_ID,
+            sequence=n,
+            time=when,
+            correlation_id=ORDER_ID,
+            causation_id="c",
+            data=fact,
+        )
         for n, fact in enumerate(facts, start=1)
     ]
 
@@ -106,7 +117,9 @@ def test_authorize() -> None:
     [fact] = decide(authorize(), PaymentState())
     assert fact == PaymentAuthorized(payment_id=PAYMENT_ID, order_id=ORDER_ID, amount=EUR_2999)
     assert msgspec.to_builtins(fact) == {
-        "order_id": ORDER_ID, "payment_id": PAYMENT_ID, "amount": {"amount_cents": 2999, "currency": "EUR"}
+        "order_id": ORDER_ID,
+        "payment_id": PAYMENT_ID,
+        "amount": {"amount_cents": 2999, "currency": "EUR"},
     }
     state = authorized()
     assert state.status is PaymentStatus.AUTHORIZED and state.version == 1 and state.amount_cents == 2999
@@ -259,7 +272,11 @@ def test_v1_payment_facts_upcast_to_the_same_state_as_their_v2_equivalents() -> 
         state = p.fold(v1)
         assert state == p.fold(v2)
         first = rows[0]["data"]
-        assert (state.amount_cents, state.currency, state.version) == (first["amount_cents"], first["currency"], len(rows))
+        assert (state.amount_cents, state.currency, state.version) == (
+            first["amount_cents"],
+            first["currency"],
+            len(rows),
+        )
         assert state.payment_id == rows[0]["stream_id"] and state.order_id == first["order_id"]
         statuses.add(state.status)
     # The fixture covers every outcome a finished payment can reach (none is left only authorized).
@@ -269,7 +286,9 @@ def test_v1_payment_facts_upcast_to_the_same_state_as_their_v2_equivalents() -> 
 def test_a_v1_captured_payment_can_still_be_refunded() -> None:
     rows = next(rows for rows in _v1_streams().values() if rows[-1]["type"] == PaymentCaptured.TYPE)
     state = p.fold(fact_of(row["type"], 1, json.dumps(row["data"])) for row in rows)
-    [fact] = p.decide(RefundPayment(payment_id=state.payment_id, order_id=state.order_id, reason="r"), state, limit_cents=LIMIT)
+    [fact] = p.decide(
+        RefundPayment(payment_id=state.payment_id, order_id=state.order_id, reason="r"), state, limit_cents=LIMIT
+    )
     assert fact == PaymentRefunded(
         payment_id=state.payment_id,
         order_id=state.order_id,

@@ -3,6 +3,7 @@ out-of-order replies, driven through the real domains in a simulated world.
 
 One module on purpose, over the usual size: it is the saga's catalogue of behaviours, section
 by section, and every section shares the same world and helpers."""
+
 from __future__ import annotations
 
 import uuid
@@ -581,7 +582,13 @@ def test_replies_about_other_orders_or_aggregates_are_ignored() -> None:
     assert w.feed(reply(PaymentAuthorized, order_id="other")).is_empty
     assert w.feed(reply(PaymentAuthorized, payment_id="other")).is_empty
     assert w.feed(reply(ShipmentScheduled, shipment_id="other", address=ADDRESS)).is_empty
-    placed: dict[str, Any] = {"customer_id": "c", "items": ITEMS, "currency": "EUR", "total_cents": TOTAL, "shipping_address": ADDRESS}
+    placed: dict[str, Any] = {
+        "customer_id": "c",
+        "items": ITEMS,
+        "currency": "EUR",
+        "total_cents": TOTAL,
+        "shipping_address": ADDRESS,
+    }
     assert w.feed(reply(OrderPlaced, **placed)).is_empty
     assert saga.decide(reply(PaymentAuthorized), saga.SagaState(), T0).is_empty
 

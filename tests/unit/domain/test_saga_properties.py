@@ -1,5 +1,6 @@
 """Property: whatever the interleaving, duplication, lateness, cancels, timeouts and
 operator actions, once all services are up the saga's invariants hold (World.check_invariants)."""
+
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,10 @@ from .world import World
 
 # Weighted by repetition: messages flow far more often than timers fire or customers cancel.
 ACTIONS = (
-    ("cmd",) * 6 + ("reply",) * 6 + ("dispatch",) * 3 + ("deliver",) * 2
+    ("cmd",) * 6
+    + ("reply",) * 6
+    + ("dispatch",) * 3
+    + ("deliver",) * 2
     + ("dup", "dup_new_id", "dup_cmd", "timeout", "cancel", "wait")
 )
 
@@ -60,7 +64,9 @@ def play(w: World, actions: list[tuple[str, int]]) -> None:
     limit=st.sampled_from([1_000_000, 1_000_000, 100]),
     actions=action_lists,
 )
-def test_any_interleaving_keeps_the_invariants(token: str, country: str, limit: int, actions: list[tuple[str, int]]) -> None:
+def test_any_interleaving_keeps_the_invariants(
+    token: str, country: str, limit: int, actions: list[tuple[str, int]]
+) -> None:
     w = World(token=token, country=country, limit_cents=limit)
     w.place()
     play(w, actions)
@@ -75,7 +81,9 @@ def test_any_interleaving_keeps_the_invariants(token: str, country: str, limit: 
 
 @settings(max_examples=200, deadline=None)
 @given(actions=action_lists, after=action_lists)
-def test_operator_can_finish_every_confirmed_order(actions: list[tuple[str, int]], after: list[tuple[str, int]]) -> None:
+def test_operator_can_finish_every_confirmed_order(
+    actions: list[tuple[str, int]], after: list[tuple[str, int]]
+) -> None:
     w = World()
     w.place()
     play(w, actions)

@@ -1,4 +1,5 @@
 """The Shipment aggregate: scheduling rules, transitions, refusals and duplicate answers."""
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,16 @@ def failed() -> ShipmentState:
 def recorded(facts: Sequence[Fact]) -> list[Recorded]:
     when = datetime(2026, 1, 1, tzinfo=UTC)
     return [
-        Envelope(id=str(uuid.uuid4()), source="/test", subject=SHIPMENT_ID, sequence=n, time=when,
-                 correlation_id=ORDER_ID, causation_id="c", data=fact)
+        Envelope(
+            id=str(uuid.uuid4()),
+            source="/test",
+            subject=SHIPMENT_ID,
+            sequence=n,
+            time=when,
+            correlation_id=ORDER_ID,
+            causation_id="c",
+            data=fact,
+        )
         for n, fact in enumerate(facts, start=1)
     ]
 
@@ -103,7 +112,11 @@ def test_schedule() -> None:
 def test_unserved_country_fails() -> None:
     [fact] = decide(schedule(country="AQ"), ShipmentState())
     assert fact == ShipmentFailed(shipment_id=SHIPMENT_ID, order_id=ORDER_ID, reason="destination_not_served")
-    assert msgspec.to_builtins(fact) == {"shipment_id": SHIPMENT_ID, "order_id": ORDER_ID, "reason": "destination_not_served"}
+    assert msgspec.to_builtins(fact) == {
+        "shipment_id": SHIPMENT_ID,
+        "order_id": ORDER_ID,
+        "reason": "destination_not_served",
+    }
     assert failed().status is ShipmentStatus.FAILED and failed().reason == "destination_not_served"
     assert failed().address is None
     assert isinstance(decide(schedule(country="FR"), ShipmentState(), unserved=frozenset({"fr"}))[0], ShipmentFailed)

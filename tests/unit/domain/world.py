@@ -5,6 +5,7 @@ guarantees the real system has: commands to one aggregate (one Kafka key) stay i
 facts of one stream stay in order, nothing is lost, anything may be redelivered, and
 participants answer a duplicate command with the fact already recorded (docs/EVENTS.md).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -201,7 +202,9 @@ class World:
     def operator(self, action: str) -> bool:
         """POST /shipments/{id}/dispatch or /deliver."""
         command: ship.ShipmentCommand = (
-            ship.DispatchShipment(self.saga.shipment_id) if action == "dispatch" else ship.DeliverShipment(self.saga.shipment_id)
+            ship.DispatchShipment(self.saga.shipment_id)
+            if action == "dispatch"
+            else ship.DeliverShipment(self.saga.shipment_id)
         )
         try:
             facts = ship.decide(command, self.shipment_state, unserved_countries=self.unserved)

@@ -1,4 +1,5 @@
 """The watch CLI's line format (pure): decoded with the contract, never crashing on a bad value."""
+
 from __future__ import annotations
 
 import base64
@@ -29,23 +30,35 @@ WHEN = datetime(2026, 11, 22, 9, 15, 30, 123000, tzinfo=UTC)
 
 def envelope(data: Message, subject: str, sequence: int, correlation_id: str = "order-abcdefgh") -> Envelope[Message]:
     return Envelope(
-        id=str(uuid.uuid4()), source="/services/test", subject=subject, sequence=sequence, time=WHEN,
-        correlation_id=correlation_id, causation_id="x", data=data,
+        id=str(uuid.uuid4()),
+        source="/services/test",
+        subject=subject,
+        sequence=sequence,
+        time=WHEN,
+        correlation_id=correlation_id,
+        causation_id="x",
+        data=data,
     )
 
 
 def test_a_fact_line_names_time_topic_type_subject_correlation_and_data() -> None:
-    captured = PaymentCaptured(order_id="order-abcdefgh", payment_id="pay-1", amount=Money(amount_cents=3000, currency="EUR"))
+    captured = PaymentCaptured(
+        order_id="order-abcdefgh", payment_id="pay-1", amount=Money(amount_cents=3000, currency="EUR")
+    )
     line = format_line(PAYMENT_EVENTS, encode(envelope(captured, "pay-12345678", 3)), colour=False)
-    assert line == ("09:15:30.123  payment.events     fact payment.captured       subject=pay-1234 corr=order-ab  "
-                    "payment_id=pay-1,amount={amount_cents:3000,currency:EUR}")
+    assert line == (
+        "09:15:30.123  payment.events     fact payment.captured       subject=pay-1234 corr=order-ab  "
+        "payment_id=pay-1,amount={amount_cents:3000,currency:EUR}"
+    )
 
 
 def test_an_old_schema_version_is_shown_upcast() -> None:
-    v1 = (b'{"specversion":"1.0","id":"e-1","source":"/services/payment","type":"payment.captured",'
-          b'"subject":"pay-1","time":"2026-11-22T09:15:30.123Z","sequence":"3","schemaversion":"1",'
-          b'"correlationid":"order-1","causationid":"c",'
-          b'"data":{"order_id":"order-1","payment_id":"pay-1","amount_cents":3000,"currency":"EUR"}}')
+    v1 = (
+        b'{"specversion":"1.0","id":"e-1","source":"/services/payment","type":"payment.captured",'
+        b'"subject":"pay-1","time":"2026-11-22T09:15:30.123Z","sequence":"3","schemaversion":"1",'
+        b'"correlationid":"order-1","causationid":"c",'
+        b'"data":{"order_id":"order-1","payment_id":"pay-1","amount_cents":3000,"currency":"EUR"}}'
+    )
     line = format_line(PAYMENT_EVENTS, v1, colour=False)
     assert line.endswith("amount={amount_cents:3000,currency:EUR}"), line
 
@@ -62,8 +75,10 @@ def test_commands_are_marked_and_colour_is_only_added_when_asked() -> None:
 def test_an_undecodable_message_is_shown_raw_with_its_reason_not_hidden() -> None:
     line = format_line(ORDER_EVENTS, b"garbage", colour=False)
     assert "undecodable" in line and "not a CloudEvents JSON object" in line and "raw=b'garbage'" in line
-    unknown = (b'{"specversion":"1.0","id":"e","source":"s","type":"order.teleported","subject":"o",'
-               b'"time":"2026-11-22T09:15:30Z","data":{"order_id":"o"}}')
+    unknown = (
+        b'{"specversion":"1.0","id":"e","source":"s","type":"order.teleported","subject":"o",'
+        b'"time":"2026-11-22T09:15:30Z","data":{"order_id":"o"}}'
+    )
     line = format_line(ORDER_EVENTS, unknown, colour=False)
     assert "unknown message type 'order.teleported'" in line and "order.teleported" in line
     assert "undecodable" in format_line(ORDER_EVENTS, None, colour=False)
@@ -74,7 +89,9 @@ def test_a_dead_letter_shows_its_origin_and_error_and_the_original_order() -> No
     captured = PaymentCaptured(order_id="order-9", payment_id="pay-1", amount=Money(amount_cents=1, currency="EUR"))
     original = encode(envelope(captured, "pay-1", 2, correlation_id="order-9"))
     letter = DeadLetter(
-        consumer="order-saga", error="boom", failed_at=WHEN.isoformat(),
+        consumer="order-saga",
+        error="boom",
+        failed_at=WHEN.isoformat(),
         origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=2, offset=41, key="pay-1"),
         value_base64=base64.b64encode(original).decode(),
     )

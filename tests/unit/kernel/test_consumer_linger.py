@@ -1,4 +1,5 @@
 """ConsumerRunner._poll: a short poll lingers and takes what arrived meanwhile into its batch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ class Record:
 class FakeConsumer:
     """getmany answers from a script; `ends` are the partitions' high-water marks."""
 
-    def __init__(self, *answers: dict[TopicPartition, list[Record]], ends: dict[TopicPartition, int] | None = None) -> None:
+    def __init__(
+        self, *answers: dict[TopicPartition, list[Record]], ends: dict[TopicPartition, int] | None = None
+    ) -> None:
         self.answers = list(answers)
         self.ends = ends or {}
         self.calls: list[tuple[int, int]] = []
@@ -42,8 +45,12 @@ def runner(**settings: Any) -> ConsumerRunner:
         return None
 
     return ConsumerRunner(
-        name="c", topics=["t"], store=cast(EventStore, None), bootstrap_servers="unused",
-        handler=handler, settings=ConsumerSettings(**settings),
+        name="c",
+        topics=["t"],
+        store=cast(EventStore, None),
+        bootstrap_servers="unused",
+        handler=handler,
+        settings=ConsumerSettings(**settings),
     )
 
 

@@ -1,6 +1,7 @@
 """Message type and topic names are spelled once, in `shared.contract`: everywhere else the code
 names them through the contract (`PaymentCaptured.TYPE`, `PAYMENT_EVENTS`), so renaming or
 versioning a message can never miss a copy of its name."""
+
 from __future__ import annotations
 
 import ast
@@ -46,6 +47,5 @@ def test_no_message_type_or_topic_name_is_spelled_outside_the_contract() -> None
     found = [hit for path in python_files() for hit in contract_literals(path)]
     assert not found, (
         f"{len(found)} message type / topic name literal(s) outside shared/contract/; "
-        "use the contract's classes (`PaymentCaptured.TYPE`) and topic constants instead:\n  "
-        + "\n  ".join(found)
+        "use the contract's classes (`PaymentCaptured.TYPE`) and topic constants instead:\n  " + "\n  ".join(found)
     )

@@ -1,4 +1,5 @@
 """Text PostgreSQL cannot store is found, with its location, before it reaches a handler."""
+
 from __future__ import annotations
 
 from shared.runtime import unstorable_text

@@ -1,4 +1,5 @@
 """The contract's envelope and codec: CloudEvents 1.0 structured mode, validated and upcast on read."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ V1 = Path(__file__).resolve().parents[2] / "fixtures" / "v1"
 
 
 def captured(amount_cents: int = 1250) -> PaymentCaptured:
-    return PaymentCaptured(order_id="order-1", payment_id="pay-1", amount=Money(amount_cents=amount_cents, currency="EUR"))
+    return PaymentCaptured(
+        order_id="order-1", payment_id="pay-1", amount=Money(amount_cents=amount_cents, currency="EUR")
+    )
 
 
 def recorded(data: Message | None = None, sequence: int = 3) -> Envelope[Message]:
@@ -52,8 +55,14 @@ def recorded(data: Message | None = None, sequence: int = 3) -> Envelope[Message
 def cloudevent(**attributes: Any) -> bytes:
     """A CloudEvents value with every required attribute, overridden by `attributes`."""
     doc: dict[str, Any] = {
-        "specversion": "1.0", "id": "e-1", "source": "/s", "type": PaymentCaptured.TYPE, "subject": "pay-1",
-        "time": WHEN.isoformat(), "sequence": "1", "schemaversion": "2",
+        "specversion": "1.0",
+        "id": "e-1",
+        "source": "/s",
+        "type": PaymentCaptured.TYPE,
+        "subject": "pay-1",
+        "time": WHEN.isoformat(),
+        "sequence": "1",
+        "schemaversion": "2",
         "data": {"order_id": "o", "payment_id": "pay-1", "amount": {"amount_cents": 5, "currency": "EUR"}},
     }
     doc.update(attributes)
@@ -110,12 +119,18 @@ def test_a_command_is_marked_by_sequence_zero_and_keeps_its_target_and_causal_id
         (cloudevent(type="payment.teleported"), "unknown message type 'payment.teleported'"),
         (cloudevent(schemaversion="3"), "payment.captured has no schema version 3"),
         (cloudevent(schemaversion="0"), "payment.captured has no schema version 0"),
-        (cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": "12", "currency": "EUR"}}),
-         r"Expected `int`, got `str` - at `\$.amount.amount_cents`"),
-        (cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": -1, "currency": "EUR"}}),
-         "Expected `int` >= 0"),
-        (cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": 1, "currency": "euro"}}),
-         "currency"),
+        (
+            cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": "12", "currency": "EUR"}}),
+            r"Expected `int`, got `str` - at `\$.amount.amount_cents`",
+        ),
+        (
+            cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": -1, "currency": "EUR"}}),
+            "Expected `int` >= 0",
+        ),
+        (
+            cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": 1, "currency": "euro"}}),
+            "currency",
+        ),
         (cloudevent(data={"order_id": "o", "payment_id": "p"}), "missing required field `amount`"),
     ],
 )
@@ -125,12 +140,18 @@ def test_poison_values_are_refused_with_a_reason(raw: bytes | None, complaint: s
 
 
 def test_unknown_data_fields_are_ignored_so_a_producer_may_add_optional_ones() -> None:
-    raw = cloudevent(data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": 1, "currency": "EUR"}, "new": 1})
-    assert decode(raw).data == PaymentCaptured(order_id="o", payment_id="p", amount=Money(amount_cents=1, currency="EUR"))
+    raw = cloudevent(
+        data={"order_id": "o", "payment_id": "p", "amount": {"amount_cents": 1, "currency": "EUR"}, "new": 1}
+    )
+    assert decode(raw).data == PaymentCaptured(
+        order_id="o", payment_id="p", amount=Money(amount_cents=1, currency="EUR")
+    )
 
 
 def test_a_v1_payment_fact_is_read_as_v2_and_written_again_only_as_v2() -> None:
-    raw = cloudevent(schemaversion="1", data={"order_id": "o", "payment_id": "p", "amount_cents": 700, "currency": "USD"})
+    raw = cloudevent(
+        schemaversion="1", data={"order_id": "o", "payment_id": "p", "amount_cents": 700, "currency": "USD"}
+    )
     env = decode(raw)
     assert env.data == PaymentCaptured(order_id="o", payment_id="p", amount=Money(amount_cents=700, currency="USD"))
     doc = orjson.loads(encode(env))
@@ -151,7 +172,11 @@ def test_every_message_the_previous_code_put_on_kafka_decodes_to_the_current_ver
         env = decode(m["value"].encode())
         original = json.loads(m["value"])
         assert (env.id, env.type, env.subject, env.sequence) == (
-            original["id"], original["type"], original["subject"], int(original["sequence"]))
+            original["id"],
+            original["type"],
+            original["subject"],
+            int(original["sequence"]),
+        )
         assert env.data.TOPIC == m["topic"], f"{env.type} arrived on {m['topic']}"
         assert type(env.data) is MESSAGES[env.type]
         if isinstance(env.data, PaymentFact):

@@ -1,4 +1,5 @@
 """Old facts are read in the current shape; stored data is never rewritten."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,7 +61,12 @@ def test_saga_step_requested_v1_names_the_command_and_drops_its_copy_and_the_tok
     )
     step = decode_data(SagaStepRequested.TYPE, 1, v1)
     assert isinstance(step, SagaStepRequested)
-    assert (step.command_type, step.target_id, step.command_id, step.defensive) == ("payment.authorize", "p-1", "c-1", False)
+    assert (step.command_type, step.target_id, step.command_id, step.defensive) == (
+        "payment.authorize",
+        "p-1",
+        "c-1",
+        False,
+    )
     assert b"tok_visa" not in encode_data(step)
     with pytest.raises(MessageFormatError, match="does not match its schema"):
         decode_data(SagaStepRequested.TYPE, 1, b'{"order_id": "o-1", "requested_at": "2026-11-30T00:04:33Z"}')

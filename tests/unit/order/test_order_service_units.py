@@ -1,4 +1,5 @@
 """Unit tests of the order service's adapters: settings, request body → command, fingerprints."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,9 +15,18 @@ from shared.contract import Address, OrderLine, OrderPlaced, encode_data
 
 BODY: dict[str, Any] = {
     "customer_id": "cust-1",
-    "items": [{"sku": "a", "quantity": 2, "unit_price_cents": 1250}, {"sku": "b", "quantity": 1, "unit_price_cents": 499}],
+    "items": [
+        {"sku": "a", "quantity": 2, "unit_price_cents": 1250},
+        {"sku": "b", "quantity": 1, "unit_price_cents": 499},
+    ],
     "currency": "EUR",
-    "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+    "shipping_address": {
+        "name": "Ada",
+        "line1": "1 Main St",
+        "city": "Berlin",
+        "postal_code": "10115",
+        "country": "DE",
+    },
     "payment_token": "tok_ok",
 }
 

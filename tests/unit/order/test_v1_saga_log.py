@@ -3,6 +3,7 @@ truth: read through the contract (v1 `saga.step_requested` upcast to v2, which d
 the command and the payment token in it), it folds to the state the new code reaches on the
 same journey, and the new code, fed the same triggers at the same moments, decides exactly the
 same facts and sends exactly the same commands (ids included)."""
+
 from __future__ import annotations
 
 from datetime import datetime

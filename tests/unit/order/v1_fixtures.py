@@ -1,5 +1,6 @@
 """Reading tests/fixtures/v1 (facts and messages the previous code wrote, schema version 1) for
 the order service's tests: rows as stored, and the same facts decoded through the contract."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ What is checked here is the glue around the pure domains: which outcome a comman
 message), the causal ids the facts carry, the policies bound from settings, and deciding
 again after a lost race.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,8 +106,14 @@ class FakeUow:
         stream = self.streams.setdefault(stream_id, [])
         recorded: list[Recorded] = [
             Envelope(
-                id=str(uuid.uuid4()), source=SOURCE, subject=stream_id, sequence=len(stream) + i, time=WHEN,
-                correlation_id=correlation, causation_id=causation, data=fact,
+                id=str(uuid.uuid4()),
+                source=SOURCE,
+                subject=stream_id,
+                sequence=len(stream) + i,
+                time=WHEN,
+                correlation_id=correlation,
+                causation_id=causation,
+                data=fact,
             )
             for i, fact in enumerate(facts, start=1)
         ]
@@ -140,16 +147,25 @@ def refused_count(aggregate: str, command_type: str, code: str) -> float:
 
 def delivery(command: Command, order_id: str) -> Delivery:
     envelope = Envelope(
-        id=str(uuid.uuid4()), source="/services/order", subject=command.target_id, sequence=0,
-        time=WHEN, data=command, correlation_id=order_id, causation_id="evt-1",
+        id=str(uuid.uuid4()),
+        source="/services/order",
+        subject=command.target_id,
+        sequence=0,
+        time=WHEN,
+        data=command,
+        correlation_id=order_id,
+        causation_id="evt-1",
     )
     return Delivery(envelope, PAYMENT_COMMANDS, 0, 0)
 
 
 def authorize(order_id: str, token: str = "tok_ok", amount_cents: int = 100, currency: str = "EUR") -> AuthorizePayment:
     return AuthorizePayment(
-        payment_id=derived_id(order_id, "payment"), order_id=order_id, amount_cents=amount_cents,
-        currency=currency, payment_token=token,
+        payment_id=derived_id(order_id, "payment"),
+        order_id=order_id,
+        amount_cents=amount_cents,
+        currency=currency,
+        payment_token=token,
     )
 
 
@@ -163,7 +179,9 @@ def shipments(conflict_attempts: int = 5) -> shipping.Shipments:
 
 
 def scheduled(uow: FakeUow, shipment_id: str, order_id: str = "o") -> None:
-    uow.record(shipment_id, [ShipmentScheduled(shipment_id=shipment_id, order_id=order_id, address=ADDRESS)], order_id, "c")
+    uow.record(
+        shipment_id, [ShipmentScheduled(shipment_id=shipment_id, order_id=order_id, address=ADDRESS)], order_id, "c"
+    )
 
 
 async def test_new_facts_carry_the_command_as_cause_and_index_the_order() -> None:
@@ -209,7 +227,9 @@ async def test_a_refusal_appends_nothing_and_is_logged_with_the_correlation_id_a
     [record] = [r for r in caplog.records if r.getMessage() == "command refused"]
     logged = vars(record)  # the `extra` fields of the log record
     assert (logged["correlation_id"], logged["message_id"], logged["code"]) == (
-        order_id, capture.envelope.id, "payment_not_found"
+        order_id,
+        capture.envelope.id,
+        "payment_not_found",
     )
 
 
@@ -233,7 +253,9 @@ async def test_a_lost_race_is_decided_again_on_the_new_state() -> None:
     # Another writer dispatches between our read and our append: we re-read and find it done.
     uow.rivals.append((shipment_id, ShipmentDispatched(shipment_id=shipment_id, order_id="o")))
     store = FakeStore(uow)
-    outcome = await shipments().execute_alone(cast(EventStore, store), DispatchShipment(shipment_id), causation_id="req-1")
+    outcome = await shipments().execute_alone(
+        cast(EventStore, store), DispatchShipment(shipment_id), causation_id="req-1"
+    )
     assert outcome.duplicate and outcome.state.version == 2
     assert store.transactions == 2  # the lost race was retried in a new transaction
     assert [type(e.data) for e in uow.streams[shipment_id]] == [ShipmentScheduled, ShipmentDispatched]

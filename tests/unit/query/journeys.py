@@ -1,4 +1,5 @@
 """Recorded-style fact sequences of whole order journeys, for projection and service tests."""
+
 from __future__ import annotations
 
 import uuid
@@ -35,7 +36,11 @@ from shared.contract import (
 from shared.ids import derived_id
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-SOURCES: dict[type[Fact], str] = {OrderFact: "/services/order", PaymentFact: "/services/payment", ShipmentFact: "/services/shipping"}
+SOURCES: dict[type[Fact], str] = {
+    OrderFact: "/services/order",
+    PaymentFact: "/services/payment",
+    ShipmentFact: "/services/shipping",
+}
 
 Received = Envelope[Fact]
 
@@ -47,8 +52,15 @@ def group_of(cls: type[Fact]) -> type[Fact]:
 class Journey:
     """Builds the facts of one order's flow the way the services would record them."""
 
-    def __init__(self, order_id: str | None = None, *, customer_id: str = "cust-1", currency: str = "EUR",
-                 start: datetime = T0, total_cents: int = 4599) -> None:
+    def __init__(
+        self,
+        order_id: str | None = None,
+        *,
+        customer_id: str = "cust-1",
+        currency: str = "EUR",
+        start: datetime = T0,
+        total_cents: int = 4599,
+    ) -> None:
         self.order_id = order_id or str(uuid.uuid4())
         self.payment_id = derived_id(self.order_id, "payment")
         self.shipment_id = derived_id(self.order_id, "shipment")
@@ -83,18 +95,26 @@ class Journey:
 
     # --- steps
     def placed(self) -> Received:
-        return self.add(OrderPlaced(
-            order_id=self.order_id,
-            customer_id=self.customer_id,
-            items=(OrderLine(sku="SKU-1", quantity=1, unit_price_cents=self.total_cents),),
-            currency=self.currency,
-            total_cents=self.total_cents,
-            shipping_address=Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"),
-        ))
+        return self.add(
+            OrderPlaced(
+                order_id=self.order_id,
+                customer_id=self.customer_id,
+                items=(OrderLine(sku="SKU-1", quantity=1, unit_price_cents=self.total_cents),),
+                currency=self.currency,
+                total_cents=self.total_cents,
+                shipping_address=Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"),
+            )
+        )
 
     def payment(self, cls: type[PaymentFact], **extra: Any) -> Received:
-        return self.add(cls(order_id=self.order_id, payment_id=self.payment_id,
-                            amount=Money(amount_cents=self.total_cents, currency=self.currency), **extra))
+        return self.add(
+            cls(
+                order_id=self.order_id,
+                payment_id=self.payment_id,
+                amount=Money(amount_cents=self.total_cents, currency=self.currency),
+                **extra,
+            )
+        )
 
     def shipment(self, cls: type[ShipmentFact], **extra: Any) -> Received:
         if cls is ShipmentScheduled:

@@ -1,4 +1,5 @@
 """The pure projection: any arrival order, grouping or duplication gives the same views."""
+
 from __future__ import annotations
 
 import itertools
@@ -30,8 +31,12 @@ from shared.contract import (
 )
 from tests.unit.query.journeys import Journey, cancelled_after_capture, declined, happy, shipping_failed
 
-JOURNEYS: dict[str, Callable[[], Journey]] = {"happy": happy, "declined": declined, "shipping_failed": shipping_failed,
-            "cancelled_after_capture": cancelled_after_capture}
+JOURNEYS: dict[str, Callable[[], Journey]] = {
+    "happy": happy,
+    "declined": declined,
+    "shipping_failed": shipping_failed,
+    "cancelled_after_capture": cancelled_after_capture,
+}
 
 
 def view_of(envs: list[Received]) -> OrderReadModel:
@@ -85,7 +90,11 @@ def test_unhappy_journeys_end_in_their_final_statuses(
 ) -> None:
     view = view_of(journey().facts)
     assert (view.status, view.reason, view.payment_status, view.shipment_status, view.version) == (
-        status, reason, payment, shipment, version,
+        status,
+        reason,
+        payment,
+        shipment,
+        version,
     )
 
 
@@ -148,10 +157,16 @@ def test_merging_views_of_different_orders_is_refused() -> None:
 def test_project_skips_commands_and_repeated_ids() -> None:
     j = happy()
     command: Envelope[AuthorizePayment] = Envelope(
-        id=str(uuid.uuid4()), source=j.facts[1].source, subject=j.payment_id, sequence=0, time=j.facts[1].time,
-        correlation_id=j.order_id, causation_id=j.facts[0].id,
-        data=AuthorizePayment(order_id=j.order_id, payment_id=j.payment_id, amount_cents=1, currency="EUR",
-                              payment_token="tok_visa"),
+        id=str(uuid.uuid4()),
+        source=j.facts[1].source,
+        subject=j.payment_id,
+        sequence=0,
+        time=j.facts[1].time,
+        correlation_id=j.order_id,
+        causation_id=j.facts[0].id,
+        data=AuthorizePayment(
+            order_id=j.order_id, payment_id=j.payment_id, amount_cents=1, currency="EUR", payment_token="tok_visa"
+        ),
     )
     batch = project([j.facts[0], command, j.facts[0], j.facts[1]])
     assert [f.id for f in batch.facts] == [j.facts[0].id, j.facts[1].id]
@@ -182,11 +197,14 @@ def test_order_facts_that_move_no_status_advance_the_version_but_not_the_status(
 def test_statuses_are_the_contract_enums() -> None:
     view = view_of(happy().facts)
     assert (view.status, view.payment_status, view.shipment_status) == (
-        OrderStatus.DELIVERED, PaymentStatus.CAPTURED, ShipmentStatus.DELIVERED,
+        OrderStatus.DELIVERED,
+        PaymentStatus.CAPTURED,
+        ShipmentStatus.DELIVERED,
     )
 
 
 # ---------------------------------------------------------------- causal order
+
 
 def test_timeline_follows_the_recorded_causal_order_whatever_the_input_order() -> None:
     j = cancelled_after_capture()
@@ -233,6 +251,7 @@ def test_a_causation_cycle_does_not_hang_the_timeline() -> None:
 
 # ---------------------------------------------------------------- cursors
 
+
 def test_cursor_round_trips_and_is_opaque() -> None:
     when = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
     cursor = encode_cursor(when, "order-1")
@@ -243,7 +262,9 @@ def test_cursor_round_trips_and_is_opaque() -> None:
 NUL_ID = encode_cursor(datetime(2025, 1, 1, tzinfo=UTC), "a\x00b")
 
 
-@pytest.mark.parametrize("bad", [NUL_ID, "", "!!!", "bm90IGpzb24", "WzFd", "WyIyMDI1LTAzLTAxVDEyOjAwOjAwIiwgIm8iXQ", "e30"])
+@pytest.mark.parametrize(
+    "bad", [NUL_ID, "", "!!!", "bm90IGpzb24", "WzFd", "WyIyMDI1LTAzLTAxVDEyOjAwOjAwIiwgIm8iXQ", "e30"]
+)
 def test_cursors_this_service_did_not_issue_are_refused(bad: str) -> None:
     with pytest.raises(BadCursor):
         decode_cursor(bad)

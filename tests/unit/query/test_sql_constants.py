@@ -1,4 +1,5 @@
 """views.sql repeats a few constants of services.query.store and .generations; they must not drift apart."""
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,8 @@ def test_the_feed_is_appended_under_the_feed_lock_and_wakes_the_views_channel() 
 
 
 def test_the_orders_table_has_the_read_model_s_columns_in_order() -> None:
-    table = re.search(r"CREATE TABLE IF NOT EXISTS %1\$I\.orders \((.*?)\) WITH", _function("query_create_generation_schema"), re.S)
+    table = re.search(
+        r"CREATE TABLE IF NOT EXISTS %1\$I\.orders \((.*?)\) WITH", _function("query_create_generation_schema"), re.S
+    )
     assert table
     assert tuple(re.findall(r"^\s+(\w+)\s+[A-Z]", table.group(1), re.M)) == COLUMNS

@@ -1,6 +1,7 @@
 """The topics the previous code (schema version 1 everywhere) filled, through today's codec and
 projection: the same summaries and timelines its query service answered, and the same models
 whether the log holds v1, v2 or a mix of both."""
+
 from __future__ import annotations
 
 import random
@@ -41,7 +42,10 @@ def test_v1_payment_facts_arrive_upcast_to_the_current_money_shape() -> None:
     assert len(payments) == 40
     for fact_id, data in payments:
         assert isinstance(data, PaymentFact)
-        assert (data.amount.amount_cents, data.amount.currency) == (raw[fact_id]["amount_cents"], raw[fact_id]["currency"])
+        assert (data.amount.amount_cents, data.amount.currency) == (
+            raw[fact_id]["amount_cents"],
+            raw[fact_id]["currency"],
+        )
         assert "amount_cents" not in msgspec.to_builtins(data)
 
 

@@ -1,5 +1,6 @@
 """The v1 fixtures (tests/fixtures/v1, never regenerated) as the query service's tests use them:
 the topic messages the previous code produced and the answers its query service gave."""
+
 from __future__ import annotations
 
 import json
