@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench bench-quick demo watch audit chaos contract asyncapi-spec
+.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E
 bench-codecs: venv ## codec micro-benchmark that chose the contract's msgspec: msgspec vs pydantic vs dataclass+orjson
 	$(PY) -m bench.codecs
 
+bench-tracing: venv ## CPU per message hop with tracing off, on, and on but sampled out (bench/results/tracing.json)
+	$(PY) -m bench.tracing
+
 bench-kernel: venv ## micro-benchmark of the event-store kernel
 	$(PY) -m bench.kernel
 
@@ -72,6 +75,12 @@ demo: venv ## guided tour against the running `make up` stack (ARGS="--fast --no
 
 watch: venv ## print every event on the Kafka topics live (ARGS="--order ID --from-beginning")
 	$(PY) -m infra watch $(ARGS)
+
+dlq: venv ## list the dead letters of every DLQ topic (ARGS="--topic payment.commands --json")
+	$(PY) -m infra dlq list $(ARGS)
+
+dlq-replay: venv ## resubmit ONE dead letter to its topic after a fix (ARGS="--topic <dlq or source topic> --id <message id>")
+	$(PY) -m infra dlq replay $(ARGS)
 
 audit: venv ## check the saga invariants, topics vs event logs, views vs write side (ARGS="--json --settle-s 30")
 	$(PY) -m reliability audit $(ARGS)

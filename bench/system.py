@@ -23,13 +23,17 @@ Writes bench/results/latest.json and latest.png, prints a summary table.
 Environment: BENCH_RATES (comma-separated orders/s), BENCH_STEP_S (seconds per rate),
 BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
-bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*).
+bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*), BENCH_TRACING=1
+(tracing on in every service, exported over OTLP/HTTP to a receiver in this process that
+drops the spans; results go to bench/results/<prefix>-tracing.json/png: compare its CPU
+seconds per saga with a run without it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import sys
@@ -49,6 +53,7 @@ from bench.figures import Config, headline, make_config, per, step_figures
 from bench.observe import FeedWatcher, OrderEventsWatcher, backlog
 from bench.report import METHOD, Display, print_summary, py_spy, summarise_profile
 from bench.resources import OFFSETS_TOPIC, PROCESSES, SERVICES, TOPICS, Resources, deltas
+from bench.tracing import OtlpSink
 from infra.stack import LocalStack, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,13 +369,18 @@ def main() -> None:
         f"{cfg.step_s:g}s each; load average at start {load_at_start[0]:.2f} on {os.cpu_count()} cores"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-system-") as tmp_name:
+    traced = os.environ.get("BENCH_TRACING") == "1"
+    with contextlib.ExitStack() as exits, tempfile.TemporaryDirectory(prefix="bench-system-") as tmp_name:
+        sink = exits.enter_context(OtlpSink()) if traced else None
         tmp = Path(tmp_name)
         kafka_port, controller_port, pg_port, *service_ports = free_ports(7)
         stack = LocalStack(tmp, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
         ports = dict(zip(SERVICES, service_ports))
         env = {name: dict(SERVICE_ENV) for name in SERVICES}
         env["query"]["SSE_MAX_STREAM_S"] = "3600"
+        if sink is not None:
+            for name in SERVICES:
+                env[name]["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
         try:
             t0 = time.monotonic()
             stack.start()
@@ -425,11 +435,14 @@ def main() -> None:
         },
         "method": METHOD,
     }
+    if sink is not None:
+        result["tracing"] = {"otlp_exports": sink.requests, "otlp_bytes": sink.bytes}
     result.update(headline(measured, cfg))
     result.update(measured)
     timeline = run.timeline
-    json_path = RESULTS / f"{cfg.out_prefix}.json"
-    png_path = RESULTS / f"{cfg.out_prefix}.png"
+    prefix = f"{cfg.out_prefix}-tracing" if traced else cfg.out_prefix
+    json_path = RESULTS / f"{prefix}.json"
+    png_path = RESULTS / f"{prefix}.png"
     json_path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     plot.render(result, timeline, png_path)
     print_summary(result)

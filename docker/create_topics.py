@@ -3,8 +3,9 @@
 The topic names are declared once, in the contract (`shared.contract`: event, command and
 dead-letter topics); this calls `shared.topics.ensure_topics`, the function `make up` and every
 service use, so the partitions and configs (event topics keep facts forever: retention.ms=-1)
-are those of `shared.topics.topic_specs()`. It reads KAFKA_BOOTSTRAP_SERVERS
-and TOPIC_PARTITIONS like every service (`shared.settings.ServiceSettings`), retries until the
+are those of `shared.topics.topic_specs()`. It reads KAFKA_BOOTSTRAP_SERVERS, TOPIC_PARTITIONS,
+KAFKA_REPLICATION_FACTOR and KAFKA_MIN_INSYNC_REPLICAS (3 and 2 in the profile `cluster`) like
+every service (`shared.settings.ServiceSettings`), retries until the
 broker answers, then checks that every topic exists with all its partitions led. Exit 0 when
 they all do, 1 if not within TIMEOUT_S. Safe to run any number of times.
 """

@@ -84,15 +84,18 @@ async def run_journeys(client: SystemClient, token: str) -> list[str]:
 
 
 def occurrences_on_kafka(messages: list[WireMessage], token: bytes) -> list[str]:
-    """Where `token` is in a record: its key, its value, or the original value a dead letter keeps."""
+    """Where `token` is in a record: its key, its value, or the original value a dead letter keeps
+    (a CloudEvent's data is in the dead letter as it was; other bytes are in `data_base64`, or in
+    `value_base64` in a dead letter written before dead letters were CloudEvents)."""
     found = []
     for m in messages:
         if token in (m.key or b"") or token in (m.value or b""):
             found.append(m.where)
         elif m.topic in DLQ_TOPICS:
             try:
-                original = base64.b64decode(json.loads(m.value or b"{}").get("value_base64", ""))
-            except ValueError:
+                letter = json.loads(m.value or b"{}")
+                original = base64.b64decode(letter.get("data_base64") or letter.get("value_base64") or "")
+            except (ValueError, AttributeError):
                 continue
             if token in original:
                 found.append(f"{m.where} (the dead-lettered original)")

@@ -176,13 +176,26 @@ def has_types(*types: str) -> Callable[[list[SseEvent]], bool]:
     return lambda events: set(types) <= {e.json()["type"] for e in events}
 
 
-def assert_each_stream_in_order(events: list[SseEvent]) -> None:
-    """The stream sends facts as the views apply them: each aggregate's facts in their order
-    (sequence 1, 2, ...), while facts of different services (topics) may interleave either way."""
+def assert_causal_stream(events: list[SseEvent]) -> None:
+    """The stream never shows an effect before its cause: each aggregate's facts in their order
+    (sequence 1, 2, ...), and each fact after the fact its causationid names when that one is in
+    the stream (e.g. order.confirmed after payment.captured, whichever topic reached the query
+    service first). Facts caused by commands or requests have no such cause and may interleave."""
+    docs = [e.json() for e in events]
     by_subject: dict[str, list[int]] = {}
-    for e in events:
-        by_subject.setdefault(e.json()["subject"], []).append(int(e.json()["sequence"]))
+    for d in docs:
+        by_subject.setdefault(d["subject"], []).append(int(d["sequence"]))
     assert all(seqs == sorted(seqs) for seqs in by_subject.values()), by_subject
+    position = {d["id"]: i for i, d in enumerate(docs)}
+    assert len(position) == len(docs), "a fact was sent twice"
+    for i, d in enumerate(docs):
+        cause = position.get(d["causationid"])
+        assert cause is None or cause < i, f"{d['type']} sent before its cause {docs[cause]['type']}"
+        assert "causalgap" not in d, f"{d['type']} was sent without its cause: {d}"
+
+
+def position_of(events: list[SseEvent], type_: str) -> int:
+    return next(i for i, e in enumerate(events) if e.json()["type"] == type_)
 
 
 async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemClient) -> None:
@@ -191,20 +204,19 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
         placed = await client.place_ok(order_body(new_customer("sse")))
         order_id = placed["order_id"]
 
-        def confirmed(evs: list[SseEvent]) -> bool:
-            return any(
-                e.json().get("type") == "order.confirmed" and e.json().get("correlationid") == order_id for e in evs
-            )
+        flow = ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed"]
 
-        got = await stream.collect(confirmed, timeout=30)
+        def all_of_ours(evs: list[SseEvent]) -> bool:
+            return has_types(*flow)([e for e in evs if e.json().get("correlationid") == order_id])
+
+        got = await stream.collect(all_of_ours, timeout=30)
     ours = [e for e in got if e.json().get("correlationid") == order_id]
-    assert sorted(e.json()["type"] for e in ours) == sorted(
-        ["order.placed", "payment.authorized", "shipment.scheduled", "payment.captured", "order.confirmed"]
-    )
-    assert_each_stream_in_order(ours)
+    assert sorted(e.json()["type"] for e in ours) == sorted(flow)
+    assert_causal_stream(ours)
+    assert position_of(ours, "payment.captured") < position_of(ours, "order.confirmed"), "effect before cause"
     assert all(e.id is not None and e.id.isdigit() for e in ours)
     assert [int(e.id or 0) for e in ours] == sorted(int(e.id or 0) for e in ours), "ids increase"
-    doc = ours[0].json()
+    doc = ours[position_of(ours, "order.placed")].json()
     assert doc["specversion"] == "1.0" and doc["subject"] == order_id and doc["data"]["order_id"] == order_id
     last_seen = ours[-1].id
 
@@ -218,7 +230,8 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
     async with sse(client.endpoints, order_id=order_id, last_event_id=last_seen) as stream:
         resumed = await stream.collect(has_types("shipment.dispatched", "order.shipped"), timeout=30)
         extra = await stream.next(timeout=1.0)
-    assert sorted(e.json()["type"] for e in resumed) == ["order.shipped", "shipment.dispatched"]
+    assert [e.json()["type"] for e in resumed] == ["shipment.dispatched", "order.shipped"], "cause, then effect"
+    assert_causal_stream(resumed)
     assert extra is None, f"unexpected fact after resuming: {extra}"
     assert all(int(e.id or 0) > int(last_seen or 0) for e in resumed)
 
@@ -227,7 +240,8 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
         other = await client.place_ok(order_body(new_customer("sse-other")))  # noise that must not appear
         expect(await client.deliver(confirmed_order["shipment_id"]), 200)
         live = await stream.collect(has_types("shipment.delivered", "order.delivered"), timeout=30)
-    assert sorted(e.json()["type"] for e in live) == ["order.delivered", "shipment.delivered"]
+    assert [e.json()["type"] for e in live] == ["shipment.delivered", "order.delivered"], "cause, then effect"
+    assert_causal_stream(live)
     assert all(e.json()["correlationid"] == order_id for e in live)
     await client.wait_order(other["order_id"], {"CONFIRMED"})
 

@@ -1,7 +1,8 @@
 """`python -m infra up|down|ps|logs|kafka-jars`: the no-Docker way to run the system locally.
 
 Configuration comes from the environment (see infra/settings.py): RUN_DIR (default .run),
-KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), PG_PORT (5432), PG_USE_EMBEDDED, PG_BIN_DIR, ...
+KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_BROKERS (1; 3 = a 3-node KRaft cluster), PG_PORT (5432),
+PG_USE_EMBEDDED, PG_BIN_DIR, ...
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from infra.kafka_broker import ensure_jars, kafka_version, port_open
 from infra.postgres import DATABASES
 from infra.procs import POLL_S, list_records, tail
-from infra.services import SERVICES, service_process
+from infra.services import SERVICES
 from infra.settings import InfraSettings
 from infra.stack import LocalStack
 
@@ -36,10 +37,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"run dir: {_rel(stack.run_dir)}")
     t = time.monotonic()
     stack.start()
-    print(
-        f"kafka     {stack.kafka_bootstrap:<22} (KRaft {kafka_version()}, controller :{stack.controller_port})"
-        f"  ready in {stack.timings.get('kafka_ready_s', 0):.1f}s   log {_rel(stack.kafka.log_path)}"
-    )
+    brokers = stack.kafka_brokers
+    rf, min_isr = stack.kafka_replication
+    for b in brokers:
+        role = f"node {b.node_id} of {len(brokers)}, " if len(brokers) > 1 else ""
+        print(
+            f"{b.name:<9} {b.bootstrap:<22} (KRaft {kafka_version()}, {role}controller :{b.controller_port})"
+            f"  ready in {stack.timings.get('kafka_ready_s', 0):.1f}s   log {_rel(b.log_path)}"
+        )
+    if len(brokers) > 1:
+        print(f"kafka     bootstrap {stack.kafka_bootstrap}; topics: replication factor {rf}, min ISR {min_isr}")
     print(
         f"postgres  127.0.0.1:{stack.pg_port:<12} (dbs {', '.join(DATABASES)}; role app/app)"
         f"  ready in {stack.timings.get('postgres_ready_s', 0):.1f}s   log {_rel(stack.postgres.log_path)}"
@@ -55,7 +62,7 @@ def _start_services(stack: LocalStack) -> int:
     """Start every service whose module exists and wait for its GET /health."""
     import httpx
 
-    procs = [(svc, service_process(stack, svc, REPO_ROOT)) for svc in SERVICES]
+    procs = [(svc, stack.service_process(svc.name, cwd=REPO_ROOT)) for svc in SERVICES]
     present = [(svc, p) for svc, p in procs if p.module_exists()]
     missing = [svc.module for svc, p in procs if not p.module_exists()]
     if missing:
@@ -124,8 +131,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     s = InfraSettings()
     log_dir = Path(s.run_dir) / "logs"
     names: list[str] = args.names or sorted(p.stem for p in log_dir.glob("*.log"))
-    files = [log_dir / f"{n}.log" for n in names]
-    files = [f for f in files if f.exists()]
+    files = [f for n in names for f in _log_files(log_dir, n)]
     if not files:
         print(f"no logs in {_rel(log_dir)} for {names or 'anything'}", file=sys.stderr)
         return 1
@@ -135,6 +141,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"==> {_rel(f)} <==")
         print(tail(f, args.lines))
     return 0
+
+
+def _log_files(log_dir: Path, name: str) -> list[Path]:
+    """`<name>.log`, or for `kafka` on a cluster each node's `kafka-<n>.log`."""
+    exact = log_dir / f"{name}.log"
+    nodes = sorted(p for p in log_dir.glob(f"{name}-*.log") if p.stem[len(name) + 1 :].isdigit())
+    return ([exact] if exact.exists() else []) + nodes
 
 
 def cmd_kafka_jars(args: argparse.Namespace) -> int:
@@ -162,12 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     logs.set_defaults(func=cmd_logs)
     sub.add_parser("kafka-jars", help="fetch the Kafka broker jars with Maven (once)").set_defaults(func=cmd_kafka_jars)
     sub.add_parser("watch", help="print every message on the topics live (see infra/watch.py)", add_help=False)
+    sub.add_parser("dlq", help="list the dead letters, replay one (see infra/dlq.py)", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["watch"]:
         from infra.watch import main as watch_main
 
         return watch_main(argv[1:])
+    if argv[:1] == ["dlq"]:
+        from infra.dlq import main as dlq_main
+
+        return dlq_main(argv[1:])
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

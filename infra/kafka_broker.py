@@ -1,4 +1,7 @@
-"""A single-node Kafka broker (KRaft: broker + controller in one JVM) run from Maven jars.
+"""A Kafka node (KRaft: broker + controller in one JVM) run from Maven jars.
+
+One node is the whole cluster of `make up` by default; `infra.kafka_cluster` runs three of these
+as one cluster (KAFKA_BROKERS=3).
 
 Why Maven: the broker is a plain set of jars on Maven Central, so `mvn` (which CI and every
 developer machine has) fetches exactly the pinned version in infra/kafka/pom.xml into a cache
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -20,6 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from infra._aio import run_sync
@@ -130,19 +135,39 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
 
 
 class KafkaBroker:
-    """Broker + controller on 127.0.0.1, data and logs under `<run_dir>/kafka` and `<run_dir>/logs`."""
+    """Broker + controller on 127.0.0.1, data under `<run_dir>/<name>`, log `<run_dir>/logs/<name>.log`.
+
+    Alone (the defaults) it is a one-node cluster named `kafka`. As a member of a cluster it gets
+    its node id, the quorum's voters, the cluster's replication (factor, min.insync.replicas) for
+    Kafka's internal topics, and the cluster id file every member is formatted with.
+    """
 
     def __init__(
-        self, run_dir: Path, *, port: int, controller_port: int, settings: InfraSettings | None = None
+        self,
+        run_dir: Path,
+        *,
+        port: int,
+        controller_port: int,
+        settings: InfraSettings | None = None,
+        node_id: int = 1,
+        name: str = "kafka",
+        voters: str | None = None,
+        replication: tuple[int, int] = (1, 1),
+        cluster_id_file: Path | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.port = port
         self.controller_port = controller_port
         self.settings = settings or InfraSettings()
-        self.home = self.run_dir / "kafka"
+        self.node_id = node_id
+        self.name = name
+        self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+        self.replication = replication
+        self.home = self.run_dir / name
         self.data_dir = self.home / "data"
         self.props_path = self.home / "server.properties"
-        self.log_path = self.run_dir / "logs" / "kafka.log"
+        self.log_path = self.run_dir / "logs" / f"{name}.log"
+        self.cluster_id_file = cluster_id_file or self.home / "cluster.id"
 
     @property
     def bootstrap(self) -> str:
@@ -153,13 +178,14 @@ class KafkaBroker:
         return Path(self.settings.kafka_lib_dir) if self.settings.kafka_lib_dir else default_lib_dir()
 
     def server_properties(self) -> str:
-        """Single node tuned for dev/tests: RF 1 everywhere, no auto-created topics."""
+        """Tuned for dev/tests: the cluster's replication everywhere (1 alone), no auto-created topics."""
+        rf, min_isr = (str(n) for n in self.replication)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             # Static quorum: the voter set lives in the config, not in the log, so the same
             # data dir can be restarted on other ports.
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "controller.quorum.voters": self.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -167,17 +193,17 @@ class KafkaBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": "6",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "10",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             # After a SIGKILL the restarted broker cannot register until the controller has
             # expired the dead incarnation's session (default 9 s); 3 s keeps fault tests quick.
@@ -209,7 +235,7 @@ class KafkaBroker:
 
     def process(self) -> ManagedProcess:
         return ManagedProcess(
-            "kafka",
+            self.name,
             [*self._jvm_args(), BROKER_MAIN, str(self.props_path)],
             run_dir=self.run_dir,
             env=dict(os.environ),
@@ -224,7 +250,7 @@ class KafkaBroker:
     def format_storage(self) -> None:
         """Write meta.properties + the bootstrap checkpoint (KRaft's `kafka-storage format`)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cid_file = self.home / "cluster.id"
+        cid_file = self.cluster_id_file
         if not cid_file.exists():
             cid_file.write_text(random_cluster_id())
         cmd = [
@@ -237,7 +263,7 @@ class KafkaBroker:
             str(self.props_path),
             "--ignore-formatted",
         ]
-        log_file = self.run_dir / "logs" / "kafka-storage.log"
+        log_file = self.run_dir / "logs" / f"{self.name}-storage.log"
         with log_file.open("ab") as out:
             res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.home)
         if res.returncode != 0 or not self.is_formatted():
@@ -246,6 +272,11 @@ class KafkaBroker:
     def start(self) -> None:
         """Fetch jars if needed, format if needed, start (unless running), wait ready, ensure topics."""
         ensure_jars(self.lib_dir)
+        self.wait_ready(self.launch())
+
+    def launch(self) -> ManagedProcess:
+        """Format if needed and start the process unless it runs; do not wait (a cluster's
+        members must all be started before any of them can be ready)."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         proc = self.process()
@@ -255,15 +286,17 @@ class KafkaBroker:
             if not self.is_formatted():
                 self.format_storage()
             proc.start()
-        self.wait_ready(proc)
+        return proc
 
     def wait_ready(self, proc: ManagedProcess) -> None:
         deadline = time.monotonic() + self.settings.kafka_ready_timeout_s
-        run_sync(lambda: _wait_ready_and_topics(self.bootstrap, self.port, proc, deadline))
+        run_sync(
+            lambda: wait_ready_and_topics(self.bootstrap, [proc], deadline, brokers=1, replication=self.replication)
+        )
 
     def _tracked(self) -> ManagedProcess:
         """Handle on the PID file only (stopping needs neither java nor the jars)."""
-        return ManagedProcess("kafka", [], run_dir=self.run_dir, log_path=self.log_path)
+        return ManagedProcess(self.name, [], run_dir=self.run_dir, log_path=self.log_path)
 
     def is_alive(self) -> bool:
         return self._tracked().is_alive()
@@ -276,54 +309,76 @@ class KafkaBroker:
         self._tracked().kill()
 
 
-def _dead_error(proc: ManagedProcess, what: str) -> RuntimeError:
+def dead_error(proc: ManagedProcess, what: str) -> RuntimeError:
     return RuntimeError(f"{what}; last lines of {proc.log_path}:\n{proc.log_tail(60)}")
 
 
-async def _wait_ready_and_topics(bootstrap: str, port: int, proc: ManagedProcess, deadline: float) -> None:
-    """Poll every ~100 ms: TCP connect, then a metadata call that lists our broker, then topics."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
+async def wait_ready_and_topics(
+    bootstrap: str, procs: Sequence[ManagedProcess], deadline: float, *, brokers: int, replication: tuple[int, int]
+) -> None:
+    """Poll every ~100 ms: TCP connect, a metadata call that lists `brokers` brokers, then topics
+    (created with `replication`) with leaders, and the group / transaction coordinators."""
     from shared.topics import ensure_topics, topic_specs
 
-    quiet = logging.getLogger("aiokafka")
-    old_level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # connection refusals while booting are expected noise
-    try:
-        while True:
-            if not proc.is_alive():
-                raise _dead_error(proc, "Kafka exited during start-up")
-            if time.monotonic() > deadline:
-                raise _dead_error(proc, "Kafka not ready in time")
-            if port_open(port):
-                admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-                try:
-                    await asyncio.wait_for(admin.start(), 5)
-                    info = await asyncio.wait_for(admin.describe_cluster(), 5)
-                    if info.get("brokers"):
-                        break
-                except Exception:
-                    pass
-                finally:
-                    await _close_quietly(admin)
+    with quiet_aiokafka():
+        while len(await registered_brokers(bootstrap)) < brokers:
+            _check_alive(procs, deadline, "Kafka exited during start-up", "Kafka not ready in time")
             await asyncio.sleep(POLL_S)
 
+        rf, min_isr = replication
         wanted = {s.name: s.partitions for s in topic_specs()}
         last_error: Exception | None = None
         while True:
             try:
-                await asyncio.wait_for(ensure_topics(bootstrap), 30)
+                await asyncio.wait_for(ensure_topics(bootstrap, replication_factor=rf, min_insync_replicas=min_isr), 30)
                 if await _topics_have_leaders(bootstrap, wanted) and await _coordinators_ready(bootstrap):
                     return
             except Exception as exc:
                 last_error = exc
-            if not proc.is_alive():
-                raise _dead_error(proc, "Kafka exited while creating topics")
-            if time.monotonic() > deadline:
-                raise _dead_error(proc, f"topics not ready in time (last error: {last_error!r})")
+            _check_alive(
+                procs,
+                deadline,
+                "Kafka exited while creating topics",
+                f"topics not ready in time (last error: {last_error!r})",
+            )
             await asyncio.sleep(POLL_S)
+
+
+@contextlib.contextmanager
+def quiet_aiokafka() -> Iterator[None]:
+    """Connection refusals while a node boots or is down are expected: keep them out of the logs."""
+    quiet = logging.getLogger("aiokafka")
+    old_level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         quiet.setLevel(old_level)
+
+
+def _check_alive(procs: Sequence[ManagedProcess], deadline: float, dead: str, late: str) -> None:
+    for proc in procs:
+        if not proc.is_alive():
+            raise dead_error(proc, f"{dead} ({proc.name})")
+    if time.monotonic() > deadline:
+        raise dead_error(procs[0], late)
+
+
+async def registered_brokers(bootstrap: str) -> set[int]:
+    """Node ids of the brokers the cluster's metadata lists now (empty while none answers)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if not any(port_open(int(addr.rsplit(":", 1)[1])) for addr in bootstrap.split(",")):
+        return set()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(admin.start(), 5)
+        info = await asyncio.wait_for(admin.describe_cluster(), 5)
+        return {int(b["node_id"]) for b in info.get("brokers", [])}
+    except Exception:
+        return set()
+    finally:
+        await _close_quietly(admin)
 
 
 async def _topics_have_leaders(bootstrap: str, wanted: dict[str, int]) -> bool:

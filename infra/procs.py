@@ -269,5 +269,6 @@ class ServiceProcess(ManagedProcess):
         except (ImportError, ValueError):
             return False
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 35.0) -> None:
+        """A service's graceful stop has three phases of up to SHUTDOWN_GRACE_S (10 s) each."""
         super().stop(sig, timeout)

@@ -20,6 +20,15 @@ class InfraSettings(BaseSettings):
     run_dir: Path = Path(".run")  # RUN_DIR: PID files, logs, data of `make up`
     kafka_port: int = 9092  # KAFKA_PORT: broker listener on 127.0.0.1
     kafka_controller_port: int = 9093  # KAFKA_CONTROLLER_PORT: KRaft controller listener
+    # KAFKA_BROKERS: brokers of the KRaft cluster, each a combined broker + controller node.
+    # 1 (default): one node named `kafka`. N > 1: nodes `kafka-1` .. `kafka-N`, node n listening
+    # on KAFKA_PORT + 2(n-1) and its controller on KAFKA_CONTROLLER_PORT + 2(n-1).
+    kafka_brokers: int = Field(default=1, ge=1)
+    # KAFKA_REPLICATION_FACTOR / KAFKA_MIN_INSYNC_REPLICAS of every topic (the contract's and
+    # Kafka's internal ones). Default: min(3, KAFKA_BROKERS) and that minus one (at least 1), so
+    # 1 / 1 on one broker and 3 / 2 on three: acks=all writes go on while one broker is down.
+    kafka_replication_factor: int | None = Field(default=None, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
     pg_port: int = 5432  # PG_PORT: PostgreSQL on 127.0.0.1
 
     # KAFKA_HEAP_OPTS: JVM heap; small enough for a 2-core / CI box.
@@ -50,3 +59,20 @@ class InfraSettings(BaseSettings):
     # PG_SETTINGS: extra server settings as JSON, e.g. '{"shared_buffers": "256MB"}'.
     pg_settings: dict[str, str] = Field(default_factory=dict)
     pg_ready_timeout_s: float = 60.0  # PG_READY_TIMEOUT_S
+
+    def replication(self, brokers: int | None = None) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for a cluster of `brokers` (default KAFKA_BROKERS)."""
+        return replication_for(
+            brokers or self.kafka_brokers, self.kafka_replication_factor, self.kafka_min_insync_replicas
+        )
+
+
+def replication_for(
+    brokers: int, replication_factor: int | None = None, min_insync: int | None = None
+) -> tuple[int, int]:
+    """Defaults that survive the loss of one broker where there are enough brokers."""
+    rf = replication_factor or min(3, brokers)
+    isr = min_insync or max(1, rf - 1)
+    if rf > brokers or isr > rf:
+        raise ValueError(f"replication factor {rf} / min.insync.replicas {isr} do not fit {brokers} broker(s)")
+    return rf, isr

@@ -1,8 +1,9 @@
-"""LocalStack: the real Kafka broker and PostgreSQL server as local processes, by PID.
+"""LocalStack: the real Kafka broker(s) and PostgreSQL server as local processes, by PID.
 
 Used by the test session (one stack on free ports in a temp dir) and by `python -m infra up`
 (the README's ports, run dir `.run/`). Everything it starts is recorded in `<run_dir>/pids/` and
-stopped by exactly that PID; logs go to `<run_dir>/logs/`.
+stopped by exactly that PID; logs go to `<run_dir>/logs/`. Kafka is one node (`kafka`) or, with
+`kafka_brokers=3` (`KAFKA_BROKERS=3 make up`), a 3-node KRaft cluster (`kafka-1` .. `kafka-3`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 from infra._aio import run_sync
 from infra.kafka_broker import KafkaBroker
+from infra.kafka_cluster import KafkaCluster, cluster_ports, in_threads, is_broker_name
 from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database
 from infra.procs import ManagedProcess, PidRecord, ServiceProcess, list_records
 from infra.services import SERVICE_ENV, SERVICES, ServiceDef
@@ -44,7 +47,12 @@ def free_ports(n: int) -> list[int]:
 
 
 class LocalStack:
-    """Kafka (KRaft, single node) + PostgreSQL under one run dir; idempotent start, stop by PID."""
+    """Kafka (KRaft, one node or a cluster) + PostgreSQL under one run dir; idempotent start, stop by PID.
+
+    `kafka_brokers` > 1 runs a cluster on `kafka_ports` / `controller_ports` (default: from
+    `kafka_port` / `controller_port` upwards in steps of 2) with the replication of
+    `settings.replication()` (3 / 2 for three nodes).
+    """
 
     def __init__(
         self,
@@ -54,29 +62,67 @@ class LocalStack:
         controller_port: int = 9093,
         pg_port: int = 5432,
         settings: InfraSettings | None = None,
+        kafka_brokers: int = 1,
+        kafka_ports: Sequence[int] | None = None,
+        controller_ports: Sequence[int] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self._service_ports: dict[str, int] = {}
         self.settings = settings or InfraSettings()
-        self.kafka_port = kafka_port
-        self.controller_port = controller_port
+        if kafka_ports is None or controller_ports is None:
+            kafka_ports, controller_ports = cluster_ports(kafka_port, controller_port, kafka_brokers)
+        self.kafka_port = kafka_ports[0]
+        self.controller_port = controller_ports[0]
         self.pg_port = pg_port
-        self.kafka = KafkaBroker(self.run_dir, port=kafka_port, controller_port=controller_port, settings=self.settings)
+        self.kafka_replication = self.settings.replication(len(kafka_ports))
+        self.kafka: KafkaBroker | KafkaCluster
+        if len(kafka_ports) == 1:
+            self.kafka = KafkaBroker(
+                self.run_dir,
+                port=self.kafka_port,
+                controller_port=self.controller_port,
+                settings=self.settings,
+                replication=self.kafka_replication,
+            )
+        else:
+            self.kafka = KafkaCluster(
+                self.run_dir,
+                ports=kafka_ports,
+                controller_ports=controller_ports,
+                settings=self.settings,
+                replication=self.kafka_replication,
+            )
         self.postgres = PostgresServer(self.run_dir, port=pg_port, settings=self.settings)
         self.timings: dict[str, float] = {}  # seconds each start step took (for reports)
 
     @classmethod
     def from_settings(cls, settings: InfraSettings | None = None) -> LocalStack:
-        """The `make up` stack: ports and run dir from the environment (KAFKA_PORT, PG_PORT, RUN_DIR)."""
+        """The `make up` stack: ports, brokers and run dir from the environment (KAFKA_PORT,
+        KAFKA_BROKERS, PG_PORT, RUN_DIR)."""
         s = settings or InfraSettings()
         return cls(
-            s.run_dir, kafka_port=s.kafka_port, controller_port=s.kafka_controller_port, pg_port=s.pg_port, settings=s
+            s.run_dir,
+            kafka_port=s.kafka_port,
+            controller_port=s.kafka_controller_port,
+            pg_port=s.pg_port,
+            settings=s,
+            kafka_brokers=s.kafka_brokers,
         )
 
     # ---- addresses
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        """Every broker's address, comma-separated (one address for a single node)."""
+        return self.kafka.bootstrap
+
+    @property
+    def kafka_brokers(self) -> list[KafkaBroker]:
+        return list(self.kafka.brokers) if isinstance(self.kafka, KafkaCluster) else [self.kafka]
+
+    def kafka_env(self) -> dict[str, str]:
+        """The replication a service creates missing topics with (shared.settings names)."""
+        rf, min_isr = self.kafka_replication
+        return {"KAFKA_REPLICATION_FACTOR": str(rf), "KAFKA_MIN_INSYNC_REPLICAS": str(min_isr)}
 
     def pg_dsn(self, database: str) -> str:
         """DSN of the non-superuser `app` role that the services use."""
@@ -116,11 +162,29 @@ class LocalStack:
         self.timings["kafka_ready_s"] = round(time.monotonic() - t, 3)
 
     def stop_kafka(self) -> None:
+        """Stop every node, including nodes of another topology left in this run dir (e.g. a
+        cluster started with KAFKA_BROKERS=3 and stopped without it), by their PID files."""
         self.kafka.stop()
+        strays = [r for r in list_records(self.run_dir) if is_broker_name(r.name) and r.alive()]
+        in_threads([partial(ManagedProcess(r.name, r.argv, run_dir=self.run_dir).stop, timeout=60.0) for r in strays])
 
     def kill_kafka(self) -> None:
-        """SIGKILL the broker (fault tests); start_kafka() recovers on the same data."""
+        """SIGKILL the broker(s) (fault tests); start_kafka() recovers on the same data."""
         self.kafka.kill()
+
+    def kill_broker(self, node_id: int) -> None:
+        """SIGKILL one node of the cluster (a single node: the whole of Kafka)."""
+        if isinstance(self.kafka, KafkaCluster):
+            self.kafka.kill_broker(node_id)
+        else:
+            self.kafka.kill()
+
+    def start_broker(self, node_id: int) -> None:
+        """Restart one node on its data and wait until the cluster lists it again."""
+        if isinstance(self.kafka, KafkaCluster):
+            self.kafka.start_broker(node_id)
+        else:
+            self.start_kafka()
 
     # ---- services (`make up`)
     def service_defs(self) -> list[ServiceDef]:
@@ -165,7 +229,13 @@ class LocalStack:
         """The managed process of one service (to start, stop, SIGKILL or SIGSTOP it by PID)."""
         svc = next(s for s in self.service_defs() if s.name == name)
         port = self.service_port(name)
-        full_env = {**SERVICE_ENV(self, svc), "HTTP_PORT": str(port), svc.port_env: str(port), **(env or {})}
+        full_env = {
+            **self.kafka_env(),
+            **SERVICE_ENV(self, svc),
+            "HTTP_PORT": str(port),
+            svc.port_env: str(port),
+            **(env or {}),
+        }
         return ServiceProcess(svc.name, svc.module, run_dir=self.run_dir, env=full_env, cwd=cwd, ports=[port])
 
     def wait_healthy(self, names: Iterable[str], timeout_s: float = 90.0) -> None:
@@ -189,7 +259,7 @@ class LocalStack:
 
     def stop_services(self) -> None:
         for rec in list_records(self.run_dir):
-            if rec.name not in ("kafka", "postgres"):
+            if rec.name != "postgres" and not is_broker_name(rec.name):
                 ManagedProcess(rec.name, rec.argv, run_dir=self.run_dir).stop(timeout=15.0)
 
     # ---- everything

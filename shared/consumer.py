@@ -12,28 +12,33 @@ in offset order (partitions follow each other), which is all Kafka orders anyway
 
 A batch is first applied whole (fast). If a handler raises, the batch is rolled back and
 re-applied one message per savepoint; a message that keeps failing is written to
-`<topic>.dlq` through the outbox, with its error and origin, and the consumer moves on.
+`<topic>.dlq` through the outbox, with its error and origin, and the consumer moves on. A dead
+letter is a CloudEvent that keeps the original's attributes (`shared/contract/dead_letter.py`);
+the inbox records the message as 'dead_lettered' with its attempts, and the same id replayed from
+the DLQ (`python -m infra dlq replay`) is handled again, once, with its effects.
+
+Why this module is longer than most (~450 lines): it is one class whose parts (poll, claim,
+apply, isolate, dead-letter, commit) share one transaction and one set of invariants; the
+dead-letter format and bookkeeping already live in `shared/dead_letters.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.contract import (
-    DeadLetter,
-    DeadLetterOrigin,
     Envelope,
     Message,
     MessageFormatError,
@@ -41,9 +46,11 @@ from shared.contract import (
     dlq_topic,
     utc_now,
 )
+from shared.dead_letters import origin_id, record_failure, revive
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
 from shared.kafka import make_consumer
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, HANDLER_ERRORS, MESSAGES_HANDLED
+from shared.tracing import NO_TRACE, ConsumeTrace, consume_trace
 
 log = logging.getLogger("shared.consumer")
 
@@ -116,7 +123,13 @@ class _SeekToStoredPositions(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.runner.seek_to_stored_positions(assigned)
+        try:
+            await self.runner.seek_to_stored_positions(assigned)
+        finally:
+            # Joined the group: ready to consume, even with no partitions (more members than
+            # partitions). A failed seek falls back to the Kafka offsets, which are never ahead
+            # of the stored positions, so it does not make the member unready.
+            self.runner.assigned = True
 
 
 class ConsumerRunner:
@@ -141,10 +154,15 @@ class ConsumerRunner:
         )
         self._consumer: AIOKafkaConsumer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}
+        #: True once the current Kafka client has joined its group (readiness); a rebalance
+        #: leaves it set (the member stays in the group), a new client starts it over.
+        self.assigned = False
         self.handled = 0
         self.dead_lettered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.store.tracing is not None:
+            self.store.tracing.activate()  # this task's Kafka and database spans are the service's
         backoff = self.settings.retry_backoff_s
         while not stop.is_set():
             consumer = self._consumer_factory()
@@ -166,11 +184,14 @@ class ConsumerRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.assigned = False
                 log.warning("consumer restarting", extra={"consumer": self.name, "error": repr(exc)})
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):  # a stop ends the back-off at once
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, self.settings.max_backoff_s)
             finally:
                 self._consumer = None
+                self.assigned = False
                 try:
                     await asyncio.wait_for(consumer.stop(), timeout=10)
                 except Exception as exc:
@@ -273,16 +294,19 @@ class ConsumerRunner:
                 fresh.append(Delivery(env, record.topic, record.partition, record.offset))
             next_offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
             fresh = await self._claim(uow, next_offsets, fresh)
+            # A span per message, child of its trace context; ended once the effects committed.
+            traced = consume_trace(self.store.tracing, self.name, fresh)
+            uow.after_commit(traced.end)
             for record, error in poison:
-                if await self._claim_ids(uow, [f"{record.topic}:{record.partition}:{record.offset}"], "dead_lettered"):
-                    await self._dead_letter(uow, record, "poison", error, dead)
+                await self._dead_letter(uow, record, "poison", error, dead, failures=[utc_now()])
             if isolate:
-                await self._apply_isolated(uow, records, fresh, dead)
+                await self._apply_isolated(uow, records, fresh, dead, traced)
             elif fresh:
                 try:
                     # No savepoint: if the batch fails, the whole transaction is rolled back
                     # and `_process_poll` re-applies it message by message.
-                    await self.handler(uow, fresh)
+                    with traced.active():
+                        await self.handler(uow, fresh)
                 except TRANSIENT_ERRORS:
                     raise
                 except Exception as exc:
@@ -303,14 +327,17 @@ class ConsumerRunner:
         records: list[ConsumerRecord[Any, Any]],
         fresh: list[Delivery],
         dead: list[tuple[_Origin, str]],
+        traced: ConsumeTrace = NO_TRACE,
     ) -> None:
         by_origin = {(r.topic, r.partition, r.offset): r for r in records}
         for delivery in fresh:
             error: Exception | None = None
+            failures: list[datetime] = []  # when each attempt failed
             for attempt in range(1, self.settings.max_attempts + 1):
                 try:
-                    async with uow.savepoint():
-                        await self.handler(uow, [delivery])
+                    with traced.active(delivery.envelope.id):
+                        async with uow.savepoint():
+                            await self.handler(uow, [delivery])
                     error = None
                     break
                 except TRANSIENT_ERRORS:
@@ -319,6 +346,7 @@ class ConsumerRunner:
                     error = exc  # someone else wrote the stream: the next attempt re-reads it
                 except Exception as exc:
                     error = exc
+                failures.append(utc_now())
                 HANDLER_ERRORS.labels(consumer=self.name, type=delivery.envelope.type).inc()
                 log.warning(
                     "handler failed",
@@ -332,12 +360,11 @@ class ConsumerRunner:
                 )
             if error is None:
                 continue
-            await uow.conn.execute(
-                "UPDATE inbox SET outcome = 'dead_lettered' WHERE consumer = $1 AND message_id = $2",
-                self.name,
-                delivery.envelope.id,
+            traced.failed(delivery.envelope.id, repr(error))
+            record = by_origin[_origin(delivery)]
+            await self._dead_letter(
+                uow, record, delivery.envelope.type, repr(error), dead, failures=failures, claimed=delivery.envelope.id
             )
-            await self._dead_letter(uow, by_origin[_origin(delivery)], delivery.envelope.type, repr(error), dead)
 
     async def _claim(
         self, uow: UnitOfWork, next_offsets: dict[TopicPartition, int], deliveries: list[Delivery]
@@ -356,44 +383,61 @@ class ConsumerRunner:
                 [next_offsets[tp] for tp in partitions],
             )
         }
+        repeated = [d for d in deliveries if d.envelope.id not in new_ids]
+        revived = await self._revive(uow, repeated) if repeated else {}
         seen: set[str] = set()
         fresh = []
         for d in deliveries:
-            if d.envelope.id in new_ids and d.envelope.id not in seen:
+            claimed = d.envelope.id in new_ids or revived.get(d.envelope.id) == _origin_id(d)
+            if claimed and d.envelope.id not in seen:
                 seen.add(d.envelope.id)
                 fresh.append(d)
             else:
                 MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="duplicate").inc()
         return fresh
 
-    async def _claim_ids(self, uow: UnitOfWork, ids: list[str], outcome: str) -> set[str]:
-        rows = await uow.conn.fetch(
-            """INSERT INTO inbox (consumer, message_id, outcome)
-               SELECT $1, id, $3 FROM unnest($2::text[]) AS id
-               ON CONFLICT DO NOTHING RETURNING message_id""",
-            self.name,
-            ids,
-            outcome,
-        )
-        return {r["message_id"] for r in rows}
+    async def _revive(self, uow: UnitOfWork, repeated: list[Delivery]) -> dict[str, str]:
+        """Claim back the dead-lettered ones among ids already in the inbox (a replay from the
+        DLQ): message id -> the origin of the delivery that will handle it."""
+        return await revive(uow.conn, self.name, [d.envelope.id for d in repeated], [_origin_id(d) for d in repeated])
 
     async def _dead_letter(
-        self, uow: UnitOfWork, record: ConsumerRecord[Any, Any], kind: str, error: str, dead: list[tuple[_Origin, str]]
+        self,
+        uow: UnitOfWork,
+        record: ConsumerRecord[Any, Any],
+        kind: str,
+        error: str,
+        dead: list[tuple[_Origin, str]],
+        *,
+        failures: Sequence[datetime],
+        claimed: str | None = None,
     ) -> None:
-        key = record.key.decode(errors="replace") if record.key else None
-        letter = DeadLetter(
-            consumer=self.name,
-            error=error,
-            failed_at=utc_now().isoformat(),
-            origin=DeadLetterOrigin(topic=record.topic, partition=record.partition, offset=record.offset, key=key),
-            value_base64=base64.b64encode(record.value or b"").decode(),
+        """Record the failure in the inbox and queue the dead letter, in the batch's transaction
+        (`shared/dead_letters.py`). `claimed`: the id of a message whose handler failed; None for
+        poison. Its attempts and first failure are the inbox's, over every handling (replays)."""
+        recorded = await record_failure(uow.conn, self.name, record, error, failures, claimed=claimed)
+        if recorded is None:  # poison with the id of a message handled before, or redelivered
+            MESSAGES_HANDLED.labels(consumer=self.name, type=kind, outcome="duplicate").inc()
+            return
+        await uow.enqueue(
+            dlq_topic(record.topic), record.key.decode(errors="replace") if record.key else "", recorded.letter
         )
-        await uow.enqueue(dlq_topic(record.topic), key or "", msgspec.json.encode(letter))
         dead.append(((record.topic, record.partition, record.offset), kind))
         log.error(
             "message dead-lettered",
-            extra={"consumer": self.name, "topic": record.topic, "offset": record.offset, "error": error},
+            extra={
+                "consumer": self.name,
+                "topic": record.topic,
+                "offset": record.offset,
+                "message_id": recorded.message_id,
+                "attempts": recorded.attempts,
+                "error": error,
+            },
         )
+
+
+def _origin_id(delivery: Delivery) -> str:
+    return origin_id(delivery.topic, delivery.partition, delivery.offset)
 
 
 def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> bool:

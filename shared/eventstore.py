@@ -7,6 +7,7 @@ Appending a fact and queueing its publication happen in one statement of one tra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,6 +21,7 @@ import asyncpg
 from shared.contract import Command, Envelope, Fact, decode_data, encode, encode_data, utc_now
 from shared.ids import current_context
 from shared.metrics import EVENTS_APPENDED
+from shared.tracing import Tracing, message_trace
 
 #: A fact as its stream recorded it.
 Recorded = Envelope[Fact]
@@ -44,8 +46,8 @@ WITH heads AS (
     FROM unnest($1::text[], $2::int[]) AS x(stream_id, expected)
 ), new_events AS (
     INSERT INTO events (event_id, stream_id, version, type, schema_version, occurred_at,
-                        correlation_id, causation_id, data)
-    SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, $3, $4, $5, e.data::jsonb
+                        correlation_id, causation_id, causation_type, data)
+    SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, $3, $4, $5, $15::text, e.data::jsonb
     FROM unnest($6::uuid[], $7::text[], $8::int[], $9::text[], $10::int[], $11::text[])
          AS e(event_id, stream_id, version, type, schema_version, data), heads
     WHERE heads.ok
@@ -69,7 +71,7 @@ ORDER BY o.n
 
 _READ_SQL = """
 SELECT event_id, type, stream_id, version, schema_version, occurred_at,
-       correlation_id, causation_id, data::text AS data
+       correlation_id, causation_id, causation_type, data::text AS data
 FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version
 """
 
@@ -77,7 +79,7 @@ FROM events WHERE stream_id = $1 AND version <= $2 ORDER BY version
 # gets a generic plan that walks the whole index once the statement is prepared.
 _READ_MANY_SQL = """
 SELECT e.event_id, e.type, e.stream_id, e.version, e.schema_version, e.occurred_at,
-       e.correlation_id, e.causation_id, e.data::text AS data
+       e.correlation_id, e.causation_id, e.causation_type, e.data::text AS data
 FROM unnest($1::text[]) AS s(stream_id)
 CROSS JOIN LATERAL (
     SELECT * FROM events WHERE events.stream_id = s.stream_id ORDER BY version
@@ -173,6 +175,7 @@ class UnitOfWork:
         """Queue a command for publication on its topic with this transaction's facts."""
         assert command.TOPIC is not None, f"{command.TYPE} has no topic"
         correlation_id, causation_id, causation_type = _causal_ids(None, None, fallback=command.target_id)
+        traceparent, tracestate = message_trace(causation_id) if self._store.tracing else (None, None)
         envelope = Envelope(
             id=command_id or str(uuid.uuid4()),
             source=self._store.source,
@@ -183,6 +186,8 @@ class UnitOfWork:
             causation_id=causation_id,
             data=command,
             causation_type=causation_type,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         await self.enqueue(command.TOPIC, command.target_id, encode(envelope))
 
@@ -191,6 +196,10 @@ class UnitOfWork:
         topic = event.data.TOPIC
         if topic is None:
             raise ValueError(f"{event.type} is private to its service and never published")
+        if self._store.tracing:  # the trace of the work that re-answers, not the first answer's
+            ctx = current_context()
+            traceparent, tracestate = message_trace(ctx.causation_id if ctx else None)
+            event = dataclasses.replace(event, traceparent=traceparent, tracestate=tracestate)
         await self.enqueue(topic, event.subject, encode(event))
 
     async def enqueue(self, topic: str, key: str, value: bytes) -> None:
@@ -225,9 +234,13 @@ class EventStore:
         pool: asyncpg.Pool,
         *,
         source: str,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pool = pool
         self.source = source
+        #: The service's tracing (None: off). Messages queued while it is on carry the W3C
+        #: trace context of the work that queued them (transport metadata: not stored as facts).
+        self.tracing = tracing
         #: Set after every commit that put rows in the outbox: wakes a relay in this process
         #: at once, without a database round trip (other processes' commits use the doorbell).
         self.outbox_written = asyncio.Event()
@@ -287,6 +300,7 @@ class EventStore:
             return [[] for _ in given]
         first = appends[0].stream_id
         correlation, causation, causation_type = _causal_ids(correlation_id, causation_id, fallback=first)
+        traceparent, tracestate = message_trace(causation) if self.tracing else (None, None)
         when = occurred_at or utc_now()
         recorded = [
             [
@@ -300,6 +314,8 @@ class EventStore:
                     causation_id=causation,
                     data=e,
                     causation_type=causation_type,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
                 )
                 for i, e in enumerate(a.events, start=1)
             ]
@@ -326,6 +342,7 @@ class EventStore:
             [o[0] for o in outbox],
             [o[1] for o in outbox],
             [o[2] for o in outbox],
+            causation_type,
         )
         try:
             if conn is None:
@@ -385,4 +402,5 @@ class EventStore:
             correlation_id=row["correlation_id"],
             causation_id=row["causation_id"],
             data=data,
+            causation_type=row["causation_type"],
         )

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from shared.db import connect
 from shared.kafka import make_producer
 from shared.metrics import MESSAGES_PUBLISHED, OUTBOX_BACKLOG, RELAY_LAG
+from shared.tracing import Tracing, end_publish_spans, in_span, publish_spans
 
 log = logging.getLogger("shared.relay")
 
@@ -62,6 +63,9 @@ class RelaySettings:
     linger_s: float = 0.05
     linger_poll_s: float = 0.02
     busy_s: float = 1.0  # the doorbell comes down once every fetch found rows for this long
+    #: On stop, how long the leader keeps publishing what the outbox holds (graceful shutdown);
+    #: rows still there afterwards are the next leader's.
+    flush_timeout_s: float = 5.0
 
 
 class OutboxRelay:
@@ -74,8 +78,11 @@ class OutboxRelay:
         settings: RelaySettings = RelaySettings(),
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
         local_bell: asyncio.Event | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.dsn = dsn
+        self._tracing = tracing
+        self._tracer = tracing.tracer if tracing is not None else None
         #: A relay in its writers' process: after a pass it waits for their bell instead of
         #: fetching again at once (a standalone relay has no local writers and always fetches).
         self._local_writers = local_bell is not None
@@ -91,6 +98,8 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, surviving database and Kafka outages with back-off."""
+        if self._tracing is not None:
+            self._tracing.activate()  # this task's Kafka send spans are the service's
         backoff = self.settings.retry_backoff_s
         while not stop.is_set():
             try:
@@ -173,6 +182,7 @@ class OutboxRelay:
                     backoff = min(backoff * 2, self.settings.max_backoff_s)
                 else:
                     backoff = self.settings.retry_backoff_s
+            acknowledged, producer = await self._flush(conn, producer, acknowledged)
         finally:
             if producer is not None:
                 await _stop_quietly(producer)
@@ -183,6 +193,35 @@ class OutboxRelay:
                     await asyncio.wait_for(self._set_doorbell(conn, False), timeout=5)
             except Exception as exc:
                 log.info("relay could not tidy up", extra={"error": repr(exc)})
+
+    async def _flush(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer | None, acknowledged: list[int]
+    ) -> tuple[list[int], AIOKafkaProducer | None]:
+        """Stopping: publish what the outbox holds now (the last requests' and consumer batches'
+        messages, written before the relay was told to stop), within `flush_timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.flush_timeout_s
+        flushed = 0
+        while (remaining := deadline - loop.time()) > 0:
+            rows = await self._fetch(conn, acknowledged)
+            acknowledged = []
+            if not rows:
+                break
+            try:
+                if producer is None:
+                    producer = self._producer_factory()
+                    await asyncio.wait_for(producer.start(), timeout=remaining)
+                done = await asyncio.wait_for(self._send_in_order(producer, rows), timeout=deadline - loop.time())
+            except Exception as exc:  # Kafka away or too slow: the rows stay for the next leader
+                log.warning("relay could not flush the outbox on stop", extra={"error": repr(exc)})
+                break
+            acknowledged = [r["id"] for r in rows[:done]]
+            self.published += done
+            flushed += done
+            if done < len(rows):
+                break
+        log.info("relay flushed the outbox on stop", extra={"published": flushed})
+        return acknowledged, producer
 
     async def _wait_for_writers(self, wake: asyncio.Event, stop: asyncio.Event, listening: bool) -> None:
         """Until a local commit, a NOTIFY (while the doorbell is up) or the poll fallback."""
@@ -218,14 +257,18 @@ class OutboxRelay:
         return None
 
     async def _send_in_order(self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]) -> int:
-        """Pipeline every row, then return how many leading rows Kafka acknowledged."""
+        """Pipeline every row, then return how many leading rows Kafka acknowledged. With tracing
+        on, each row that carries a trace context is sent under a `publish` span in that trace."""
         futures: list[asyncio.Future[Any]] = []
+        spans = publish_spans(self._tracer, rows)
         try:
-            for row in rows:
-                futures.append(await producer.send(row["topic"], row["value"], key=row["key"].encode()))
+            for row, span in zip(rows, spans):
+                with in_span(span):
+                    futures.append(await producer.send(row["topic"], row["value"], key=row["key"].encode()))
         except Exception as exc:
             log.warning("relay send failed", extra={"error": repr(exc)})
         results = await asyncio.gather(*futures, return_exceptions=True)
+        end_publish_spans(spans, results)
         now = datetime.now(UTC)
         acknowledged = 0
         for row, result in zip(rows, results):

@@ -1,4 +1,5 @@
-"""REST shapes and helpers every service's HTTP layer shares: event listings, error bodies, causation.
+"""REST shapes and helpers every service's HTTP layer shares: event listings, error bodies, causation,
+and the read endpoints of an aggregate (`add_reads`).
 
 Every error any service answers has one shape (`ErrorBody`): a stable snake_case `code`, a
 human `message`, for invalid input the first bad `field` (dotted, e.g. `items.0.quantity`)
@@ -8,16 +9,24 @@ names the versions). docs/API.md lists the codes.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contract import PaymentAuthorized
 from shared.eventstore import Recorded
+
+if TYPE_CHECKING:
+    from shared.aggregate import Aggregate, StreamState
+
+S = TypeVar("S", bound="StreamState")
+S_contra = TypeVar("S_contra", contravariant=True)
 
 
 def request_causation_id(header: str | None) -> str:
@@ -133,3 +142,74 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "a dependency is unavailable for a moment; retry after `Retry-After`",
     }
     return {s: {"model": ErrorBody, "description": described.get(s, "refused")} for s in statuses}
+
+
+# ---------------------------------------------------------------------- read endpoints
+
+
+class StateView(Protocol[S_contra]):
+    """A response model made from an aggregate's folded state (e.g. `PaymentView`, with `of(state)`)."""
+
+    def of(self, state: S_contra, /) -> BaseModel: ...
+
+
+def add_reads(api: APIRouter, aggregate: Aggregate[Any, S], view: StateView[S], *, id_param: Any) -> None:
+    """Add the read endpoints of an aggregate to `api`, named after `aggregate.name` (e.g. payment):
+
+        GET /payments/{payment_id}         the current state as `view` (404 if there is none)
+        GET /payments?order_id=            the order's payments, oldest first (`indexed_by_order` only)
+        GET /payments/{payment_id}/events  its facts in stream order, as `EventView`
+
+    `id_param` is the `Path(...)` of the id (its description). Every read folds the stream again.
+    """
+    from shared.runtime import runtime_of  # shared.runtime imports this module
+
+    name = aggregate.name
+    things, id_name = f"{name}s", f"{name}_id"
+    by_id = inspect.Signature(
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter(id_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=id_param, annotation=str),
+        ]
+    )
+
+    # No docstrings below: FastAPI would show them as the operations' descriptions.
+    async def get_one(request: Request, **path: str) -> BaseModel:
+        _, state = await aggregate.load(runtime_of(request).store, path[id_name])
+        return view.of(state)
+
+    async def get_events(request: Request, **path: str) -> list[EventView]:
+        history, _ = await aggregate.load(runtime_of(request).store, path[id_name])
+        return [EventView.of(e) for e in history]
+
+    async def list_of_order(
+        request: Request, order_id: str = Query(min_length=1, description=f"the order whose {things} to list")
+    ) -> list[BaseModel]:
+        return [view.of(s) for s in await aggregate.of_order(runtime_of(request).store, order_id)]
+
+    # FastAPI reads an endpoint's parameters from its signature: these two take the path's `<name>_id`.
+    get_one.__signature__ = get_events.__signature__ = by_id  # type: ignore[attr-defined]
+
+    api.get(
+        f"/{things}/{{{id_name}}}",
+        name=f"get_{name}",
+        response_model=view,
+        response_model_exclude_none=True,
+        responses=error_responses(404),
+        summary=f"A {name}'s current state",
+    )(get_one)
+    if aggregate.indexed_by_order:
+        api.get(
+            f"/{things}",
+            name=f"list_{things}",
+            response_model=list[view],  # type: ignore[valid-type]
+            response_model_exclude_none=True,
+            summary=f"The {things} of an order (oldest first; empty if none)",
+        )(list_of_order)
+    api.get(
+        f"/{things}/{{{id_name}}}/events",
+        name=f"get_{name}_events",
+        response_model=list[EventView],
+        responses=error_responses(404),
+        summary=f"A {name}'s facts in stream order, with their envelopes",
+    )(get_events)

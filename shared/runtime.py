@@ -3,7 +3,8 @@
 A service supplies its name, settings, routers, extra DDL, which events it publishes, and
 which consumers and background loops it runs; this module owns the lifecycle: pool and
 migrations, the outbox relay, the consumers, /health, /metrics, JSON logs, error mapping
-and the request body limit.
+and the request body limit; liveness, readiness and the graceful shutdown are in
+shared/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from shared.consumer import TRANSIENT_ERRORS, ConsumerRunner, ConsumerSettings, 
 from shared.db import create_pool, migrate
 from shared.errors import DomainError
 from shared.eventstore import ConcurrencyConflict, EventStore
+from shared.lifecycle import ReadinessCheck, add_health_routes, shut_down
+from shared.lifecycle import serve as _serve
 from shared.logs import configure_logging
 from shared.relay import OutboxRelay, RelaySettings
 from shared.rest import error_response
 from shared.settings import ServiceSettings
 from shared.topics import ensure_topics
+from shared.tracing import Tracing, for_service
 
 log = logging.getLogger("shared.runtime")
 
@@ -66,6 +70,14 @@ class Runtime:
     consumers: list[ConsumerRunner] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Health and shutdown (shared/lifecycle.py). The relay stops after the consumers and
+    #: loops, so it publishes what their last batches wrote. A loop that runs consumers of
+    #: its own appends a check to `readiness` before its first await.
+    relay_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_task: asyncio.Task[None] | None = None
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    migrated: bool = False
+    draining: bool = False
 
 
 @dataclass
@@ -236,19 +248,20 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
     settings = definition.settings
     configure_logging(definition.name, settings.log_level)
     probe = _KafkaProbe(settings.kafka_bootstrap_servers)
+    tracing = for_service(definition.name)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await _start(definition)
+        runtime = await _start(definition, tracing)
         app.state.runtime = runtime
         log.info("service started", extra={"port": settings.http_port})
         try:
             yield
         finally:
-            runtime.stop.set()
-            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            await shut_down(runtime, settings.shutdown_grace_s)
             await probe.close()
-            await runtime.pool.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # export the last spans
             log.info("service stopped")
 
     app = FastAPI(
@@ -257,6 +270,8 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=definition.openapi_tags,
     )
+    if tracing is not None:
+        tracing.instrument_app(app)
 
     @app.get("/health", tags=["operations"], summary="200 only when the database and Kafka are reachable")
     async def health(request: Request) -> JSONResponse:
@@ -275,6 +290,8 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
             "relay_leader": runtime.relay.is_leader,
         }
         return JSONResponse(body, status_code=200 if db_ok and kafka_ok else 503)
+
+    add_health_routes(app, definition.name, probe.reachable)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
     async def metrics() -> Response:
@@ -320,21 +337,26 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
     return app
 
 
-async def _start(definition: ServiceDefinition) -> Runtime:
+async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) -> Runtime:
     settings = definition.settings
     pool = await _retrying("database", lambda: create_pool(settings.database_url, max_size=settings.db_pool_max_size))
     await migrate(pool, definition.schema)
     await _retrying("kafka topics", lambda: ensure_topics(settings.kafka_bootstrap_servers, settings.topic_partitions))
-    store = EventStore(pool, source=f"/services/{definition.name}")
+    store = EventStore(pool, source=f"/services/{definition.name}", tracing=tracing)
     relay = OutboxRelay(
         settings.database_url,
         settings.kafka_bootstrap_servers,
         name=definition.name,
-        settings=RelaySettings(batch_size=settings.relay_batch_size, poll_interval_s=settings.relay_poll_interval_s),
+        settings=RelaySettings(
+            batch_size=settings.relay_batch_size,
+            poll_interval_s=settings.relay_poll_interval_s,
+            flush_timeout_s=settings.shutdown_grace_s,
+        ),
         local_bell=store.outbox_written,
+        tracing=tracing,
     )
-    runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay)
-    runtime.tasks.append(asyncio.create_task(relay.run(runtime.stop), name="relay"))
+    runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay, migrated=True)
+    runtime.relay_task = asyncio.create_task(relay.run(runtime.relay_stop), name="relay")
     consumer_settings = consumer_settings_of(settings)
     for spec in definition.consumers(store):
         runner = ConsumerRunner(
@@ -349,6 +371,7 @@ async def _start(definition: ServiceDefinition) -> Runtime:
         runtime.tasks.append(asyncio.create_task(runner.run(runtime.stop), name=f"consumer:{spec.name}"))
     for loop in definition.loops:
         runtime.tasks.append(asyncio.create_task(loop(runtime, runtime.stop), name=getattr(loop, "__name__", "loop")))
+    await asyncio.sleep(0)  # every task runs to its first await: loops have added their readiness checks
     return runtime
 
 
@@ -375,16 +398,5 @@ def consumer_settings_of(settings: ServiceSettings) -> ConsumerSettings:
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Entry point for `python -m services.<name>`."""
-    import uvicorn
-
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",  # the C parser: h11 (pure Python) cost a tenth of the order service's CPU
-        timeout_graceful_shutdown=10,  # open SSE streams must not hold a shutdown forever
-    )
+    """Entry point for `python -m services.<name>`: uvicorn, graceful on SIGTERM (exit status 0)."""
+    _serve(app, settings)

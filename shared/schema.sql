@@ -15,6 +15,9 @@ CREATE TABLE IF NOT EXISTS events (
     data            JSONB       NOT NULL,
     UNIQUE (stream_id, version)
 );
+-- The type of the message that caused the fact (NULL: an HTTP request, or written before it was
+-- kept), so a fact published again is the same envelope as the first time.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS causation_type TEXT;
 
 -- Knowledge only grows: the database itself refuses UPDATE, DELETE and TRUNCATE of facts.
 CREATE OR REPLACE FUNCTION events_reject_mutation() RETURNS trigger
@@ -72,6 +75,14 @@ CREATE TABLE IF NOT EXISTS inbox (
     outcome      TEXT        NOT NULL DEFAULT 'handled',
     PRIMARY KEY (consumer, message_id)
 );
+-- A message the consumer dead-lettered ('dead_lettered'): its failed attempts over every handling
+-- and the record it was last read from. The same id arriving from another record (a replay from
+-- the DLQ) is handled again; a redelivery of that record is a duplicate.
+ALTER TABLE inbox
+    ADD COLUMN IF NOT EXISTS failed_attempts    INTEGER NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS first_failed_at    TIMESTAMPTZ,
+    ADD COLUMN IF NOT EXISTS last_failed_at     TIMESTAMPTZ,
+    ADD COLUMN IF NOT EXISTS dead_letter_origin TEXT;
 
 -- Each consumer's next Kafka offset per partition, committed with its effects.
 CREATE TABLE IF NOT EXISTS consumer_positions (

@@ -23,8 +23,16 @@ class ServiceSettings(BaseSettings):
                              messages to share its transaction (default 0: the write services
                              answer each hop of the saga at once)
     TOPIC_PARTITIONS         partitions of topics the service creates if missing (default 6)
+    KAFKA_REPLICATION_FACTOR replicas of each topic the service creates if missing (default 1;
+                             3 on a 3-broker cluster)
+    KAFKA_MIN_INSYNC_REPLICAS min.insync.replicas of those topics: with acks=all a write needs
+                             this many replicas (default 1; 2 on a 3-broker cluster)
     CONFLICT_ATTEMPTS        times a command that lost an append race to another writer is
                              decided again before the request answers 409 (default 5)
+    SHUTDOWN_GRACE_S         graceful stop (SIGTERM): how long each phase may take — in-flight
+                             HTTP requests, then the consumers' current batches and the loops,
+                             then the relay's last flush — before what is left is cancelled
+                             (default 10; nothing committed is lost by a cancel)
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -42,4 +50,7 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 3
     consumer_linger_ms: float = 0.0
     topic_partitions: int = 6
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1)
     conflict_attempts: int = Field(default=5, ge=1)
+    shutdown_grace_s: float = Field(default=10.0, gt=0)

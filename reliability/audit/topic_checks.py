@@ -15,7 +15,6 @@ occurrences per key are in stream-version order"; duplicates are only counted.
 
 from __future__ import annotations
 
-import base64
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -29,7 +28,7 @@ from shared.contract import (
     ORDER_EVENTS,
     PAYMENT_EVENTS,
     SHIPPING_EVENTS,
-    DeadLetter,
+    DeadLetterFormatError,
     Envelope,
     Message,
     MessageFormatError,
@@ -38,6 +37,7 @@ from shared.contract import (
     decode,
     dlq_topic,
     message_class,
+    original_value,
 )
 from shared.eventstore import Recorded
 
@@ -224,12 +224,14 @@ def dead_lettered(record: TopicRecord) -> tuple[str, str, str | None] | None:
 
     A message is dead-lettered precisely when a consumer could not use it, possibly because it
     does not keep the contract; it still names its id, so it is read leniently when the codec
-    refuses it.
+    refuses it. The original is the dead letter without its `dlq*` attributes (or the bytes of
+    an undecodable one); a version 1 dead letter (plain JSON) is read too.
     """
     try:
-        letter = msgspec.json.decode(record.value or b"", type=DeadLetter)
-        raw = base64.b64decode(letter.value_base64)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        raw = original_value(record.value)
+    except DeadLetterFormatError:
+        return None
+    if raw is None:
         return None
     try:
         envelope = decode(raw)

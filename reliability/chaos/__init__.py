@@ -22,6 +22,9 @@ on) passes, or `--recovery-timeout-s` elapses. Recorded per fault:
 The faults (`--faults`, comma-separated; default all):
 
   kill-order / kill-payment / kill-shipping / kill-query   SIGKILL the service, restart it
+  sigterm-order / sigterm-payment / sigterm-shipping / sigterm-query
+                       SIGTERM the service (a graceful stop: exit status 0 required), restart
+                       it and wait for /health/ready
   kill-order-replica   a second order replica (same DB, other port) shares the load; SIGKILL
                        the first replica (likely the relay leader), restart it
   kill-kafka           SIGKILL the broker, restart it on the same data

@@ -33,6 +33,11 @@ ALL_FAULTS = (
     "kafka-latency",
     "kafka-reset",
     "kafka-blackhole",
+    "sigterm-order",  # reliability/chaos/faults_sigterm.py, like the three below
+    "sigterm-payment",
+    "sigterm-shipping",
+    "sigterm-query",
+    "kill-broker",  # reliability/chaos/faults_broker.py, on a 3-broker stack of its own
 )
 #: What `make test` runs (tests/reliability/test_chaos_reduced.py).
 REDUCED_FAULTS = ("kill-order", "kill-kafka", "pg-immediate", "poison")
@@ -55,6 +60,11 @@ DESCRIPTIONS = {
     "kafka-latency": "latency between {svc} and Kafka",
     "kafka-reset": "connection resets between {svc} and Kafka",
     "kafka-blackhole": "blackhole between {svc} and Kafka",
+    "sigterm-order": "SIGTERM the order service under load (graceful stop, exit 0), restart it",
+    "sigterm-payment": "SIGTERM the payment service under load (graceful stop, exit 0), restart it",
+    "sigterm-shipping": "SIGTERM the shipping service under load (graceful stop, exit 0), restart it",
+    "sigterm-query": "SIGTERM the query service under load (graceful stop, exit 0), restart it",
+    "kill-broker": "SIGKILL the controller node of a 3-broker Kafka cluster (RF 3, min ISR 2), restart it",
 }
 
 #: Consumer groups (= stored-position names) of the write services. The participants' groups

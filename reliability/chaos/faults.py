@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import httpx
 
+from reliability.chaos import faults_sigterm
 from reliability.chaos.config import (
     ALL_FAULTS,
     PAYMENT_CONSUMER,
@@ -43,6 +44,8 @@ Inject = Callable[[FaultResult], Awaitable[None]]
 
 
 def injector(h: ChaosHarness, fault: str) -> Inject:
+    if fault in faults_sigterm.FAULTS:
+        return faults_sigterm.injector(h, fault)
     if fault.startswith("kill-") and fault[5:] in SERVICE_NAMES:
         return lambda r: kill_service(h, fault[5:], r)
     table: dict[str, Inject] = {

@@ -19,6 +19,7 @@ from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
 from reliability.audit import AuditConfig, AuditReport, run_audit
 from reliability.audit.model import ORDER_STATUS
+from reliability.chaos import faults_broker
 from reliability.chaos.config import DESCRIPTIONS, SERVICE_NAMES, ChaosConfig, FaultResult, log
 from reliability.chaos.faults import injector
 from reliability.faultproxy import ProxyThread
@@ -70,23 +71,14 @@ class ChaosHarness:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if config.run_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chaos-")
-            run_dir = Path(self._tmp.name)
+            self._base_dir = Path(self._tmp.name)
         else:
-            run_dir = config.run_dir
-        (kafka_port, controller_port, pg_port, proxied_kafka_port, kafka_proxy_port, o, p, s, q, replica) = free_ports(
-            10
-        )
-        self.stack = LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
-        self.stack.kafka = ProxiedKafkaBroker(
-            self.stack.run_dir,
-            port=kafka_port,
-            controller_port=controller_port,
-            proxied_port=proxied_kafka_port,
-            advertised_proxy_port=kafka_proxy_port,
-            settings=self.stack.settings,
-        )
-        self.kafka_proxy_port = kafka_proxy_port
-        self.proxied_kafka_port = proxied_kafka_port
+            self._base_dir = config.run_dir
+        o, p, s, q, replica = free_ports(5)
+        #: Kafka nodes of the current stack: what the first fault needs (a broker fault, 3).
+        self.brokers = faults_broker.brokers_for(config.faults[0]) if config.faults else 1
+        self.stacks_started = 0
+        self.stack = self._new_stack(self._base_dir)
         self.ports = {"order": o, "payment": p, "shipping": s, "query": q}
         self.replica_port = replica
         self.pg_proxy: ProxyThread | None = None
@@ -102,24 +94,59 @@ class ChaosHarness:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _new_stack(self, run_dir: Path) -> LocalStack:
+        """One broker with a PROXIED listener for the proxy faults, or a cluster of `self.brokers`."""
+        if self.brokers > 1:
+            ports = free_ports(2 * self.brokers + 1)
+            n = self.brokers
+            return LocalStack(run_dir, kafka_ports=ports[:n], controller_ports=ports[n : 2 * n], pg_port=ports[-1])
+        kafka_port, controller_port, pg_port, self.proxied_kafka_port, self.kafka_proxy_port = free_ports(5)
+        stack = LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
+        stack.kafka = ProxiedKafkaBroker(
+            stack.run_dir,
+            port=kafka_port,
+            controller_port=controller_port,
+            proxied_port=self.proxied_kafka_port,
+            advertised_proxy_port=self.kafka_proxy_port,
+            settings=stack.settings,
+        )
+        return stack
+
+    def use_brokers(self, brokers: int) -> None:
+        """Replace the stack (and its services) by one with `brokers` Kafka nodes; the orders of
+        the old stack are not audited again."""
+        if brokers == self.brokers:
+            return
+        log(f"switching to a private stack with {brokers} Kafka broker(s)")
+        self._stop_stack()
+        self.brokers = brokers
+        self.stack = self._new_stack(self._base_dir / f"stack-{self.stacks_started + 1}")
+        self.placed_all = []
+        self.duplicates_seen = 0
+        self.start()
+
     def start(self) -> None:
         t = time.monotonic()
-        log(f"starting a private stack in {self.stack.run_dir}")
+        log(f"starting a private stack in {self.stack.run_dir} ({self.brokers} Kafka broker(s))")
+        self.stacks_started += 1
         self.stack.start()
         for db in ("order", "payment", "shipping", "query"):
             self.stack.create_database(db)
         self.timings["stack_s"] = round(time.monotonic() - t, 2)
         self.pg_proxy = ProxyThread("127.0.0.1", self.stack.pg_port, name="pg")
-        self.kafka_proxy = ProxyThread(
-            "127.0.0.1", self.proxied_kafka_port, listen_port=self.kafka_proxy_port, name="kafka"
-        )
+        self.kafka_proxy = None
+        if self.brokers == 1:  # the proxy faults run on one broker only
+            self.kafka_proxy = ProxyThread(
+                "127.0.0.1", self.proxied_kafka_port, listen_port=self.kafka_proxy_port, name="kafka"
+            )
         common = {"LOG_LEVEL": "WARNING", "RELAY_POLL_INTERVAL_S": "0.2"}
         for name in SERVICE_NAMES:
             self.env[name] = dict(common)
         self.env["order"]["SAGA_STEP_TIMEOUT_S"] = str(self.config.saga_timeout_s)
         proxied = self.env[self.config.proxied]
         proxied["DATABASE_URL"] = self._pg_dsn_via(self.pg_proxy.port, self.config.proxied)
-        proxied["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{self.kafka_proxy.port}"
+        if self.kafka_proxy is not None:
+            proxied["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{self.kafka_proxy.port}"
         t = time.monotonic()
         self.stack.start_services([], ports=self.ports)  # registers the ports; starts nothing
         for name in SERVICE_NAMES:
@@ -129,6 +156,13 @@ class ChaosHarness:
         log(f"stack up in {self.timings['stack_s']}s, services healthy in {self.timings['services_s']}s")
 
     def stop(self) -> None:
+        try:
+            self._stop_stack()
+        finally:
+            if not self.config.keep and self._tmp is not None:
+                self._tmp.cleanup()
+
+    def _stop_stack(self) -> None:
         if self.replica is not None:
             self.replica.stop()
         for proxy in (self.pg_proxy, self.kafka_proxy):
@@ -142,8 +176,6 @@ class ChaosHarness:
                 log(f"kept the run dir {self.stack.run_dir}")
             else:
                 self.stack.purge()
-                if self._tmp is not None:
-                    self._tmp.cleanup()
 
     def _pg_dsn_via(self, port: int, db: str) -> str:
         return self.stack.pg_dsn(db).replace(f":{self.stack.pg_port}/", f":{port}/")
@@ -181,11 +213,15 @@ class ChaosHarness:
         await asyncio.to_thread(self.stack.wait_healthy, list(names), timeout_s)
 
     def injector(self, fault: str) -> Callable[[FaultResult], Awaitable[None]]:
+        if fault in faults_broker.FAULTS:
+            return faults_broker.injector(self, fault)
         return injector(self, fault)
 
     # ------------------------------------------------------------------ one fault
 
     async def run_fault(self, fault: str) -> FaultResult:
+        if faults_broker.brokers_for(fault) != self.brokers:
+            await asyncio.to_thread(self.use_brokers, faults_broker.brokers_for(fault))
         result = FaultResult(fault, DESCRIPTIONS[fault].format(svc=self.config.proxied))
         inject = self.injector(fault)
         urls = [self.stack.service_url("order")]
@@ -229,6 +265,9 @@ class ChaosHarness:
         result.sent = summary["sent"]
         result.placed = summary["placed"]
         result.refused = result.sent - result.placed
+        answered = sorted(a.finished_at for a in load.placed)
+        gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
+        result.details["longest_202_gap_s"] = round(max(gaps, default=0.0), 3)
         self.placed_all.extend(load.placed_ids())
 
     async def _recover(self, result: FaultResult, fault_end: float, load: LoadResult) -> None:

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import orjson
 
 from reliability.audit import read_topics, topic_partitions
@@ -24,13 +23,14 @@ from shared.contract import (
     SHIPPING_EVENTS,
     CapturePayment,
     Command,
-    DeadLetter,
+    DeadLetterFormatError,
     Message,
     OrderConfirmed,
     PaymentCaptured,
     ScheduleShipment,
     ShipmentDispatched,
     dlq_topic,
+    read_dead_letter,
     utc_now,
 )
 
@@ -125,11 +125,10 @@ async def dead_lettered_by(bootstrap: str) -> dict[tuple[str, int, int], set[str
     for records in (await read_topics(bootstrap, dlqs)).values():
         for r in records:
             try:
-                letter = msgspec.json.decode(r.value or b"", type=DeadLetter)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                letter = read_dead_letter(r.value)
+            except DeadLetterFormatError:
                 continue
-            origin = letter.origin
-            out.setdefault((origin.topic, origin.partition, origin.offset), set()).add(letter.consumer)
+            out.setdefault(letter.origin, set()).add(letter.dlqconsumer)
     return out
 
 

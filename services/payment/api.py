@@ -6,14 +6,13 @@ The REST view is not the event contract: it shows the amount as flat `amount_cen
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from services.payment.domain import PaymentState
 from services.payment.handlers import Payments
 from shared.contract import PaymentStatus
-from shared.rest import EventView, error_responses
-from shared.runtime import runtime_of
+from shared.rest import add_reads
 
 _PAYMENT_EXAMPLE: dict[str, JsonValue] = {
     "payment_id": "9a3c3a77-5d0b-5d1e-8a59-2b1f0f1c6e21",
@@ -65,37 +64,5 @@ PaymentId = Path(description="the payment id (= uuid5 of the order id, see docs/
 def router(payments: Payments) -> APIRouter:
     """The payment endpoints, reading through the service's Payment aggregate."""
     api = APIRouter(tags=["payments"])
-
-    @api.get(
-        "/payments/{payment_id}",
-        response_model=PaymentView,
-        response_model_exclude_none=True,
-        responses=error_responses(404),
-        summary="A payment's current state",
-    )
-    async def get_payment(request: Request, payment_id: str = PaymentId) -> PaymentView:
-        _, state = await payments.load(runtime_of(request).store, payment_id)
-        return PaymentView.of(state)
-
-    @api.get(
-        "/payments",
-        response_model=list[PaymentView],
-        response_model_exclude_none=True,
-        summary="The payments of an order (oldest first; empty if none)",
-    )
-    async def list_payments(
-        request: Request, order_id: str = Query(min_length=1, description="the order whose payments to list")
-    ) -> list[PaymentView]:
-        return [PaymentView.of(s) for s in await payments.of_order(runtime_of(request).store, order_id)]
-
-    @api.get(
-        "/payments/{payment_id}/events",
-        response_model=list[EventView],
-        responses=error_responses(404),
-        summary="A payment's facts in stream order, with their envelopes",
-    )
-    async def get_payment_events(request: Request, payment_id: str = PaymentId) -> list[EventView]:
-        history, _ = await payments.load(runtime_of(request).store, payment_id)
-        return [EventView.of(e) for e in history]
-
+    add_reads(api, payments, PaymentView, id_param=PaymentId)
     return api

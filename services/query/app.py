@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from services.query import api, rebuild, sse
 from services.query.context import QueryContext
+from services.query.feed import CausalGapReleaser
 from services.query.generations import bootstrap_sql
 from services.query.notify import Notifications
 from services.query.settings import QuerySettings
@@ -37,7 +38,7 @@ def definition(settings: QuerySettings, context: QueryContext) -> ServiceDefinit
         settings=settings,
         routers=[api.router, sse.router, rebuild.router],
         schema=[VIEWS_SQL, bootstrap_sql(settings.query_consumer_prefix)],
-        loops=[context.notifications.run, context.supervisor.run],
+        loops=[context.notifications.run, context.supervisor.run, CausalGapReleaser(settings).run],
         description=DESCRIPTION,
         openapi_tags=[
             {"name": "views", "description": "read models: order summaries, lists, timelines, stats"},

@@ -9,6 +9,10 @@ CURRENT_GENERATION = Gauge("query_current_generation", "The view generation read
 REBUILD_PROGRESS = Gauge("query_rebuild_progress_ratio", "Share of the rebuild's target offsets applied (0..1)")
 SWITCHES = Counter("query_generation_switches_total", "Rebuilt view generations made current")
 SSE_CLIENTS = Gauge("query_sse_clients", "Open /stream connections")
+FEED_HELD = Counter("query_feed_held_total", "Facts the SSE feed held back until their cause was in it")
+FEED_CAUSAL_GAPS = Counter(
+    "query_feed_causal_gaps_total", "Held-back facts sent past FEED_CAUSAL_WAIT_MS without their cause (causalgap)"
+)
 MIN_VERSION_WAIT = Histogram(
     "query_min_version_wait_seconds",
     "Time GET /orders/{id}?min_version= waited, by outcome",

@@ -27,6 +27,9 @@ class QuerySettings(ServiceSettings):
     SSE_MAX_STREAM_S           a stream ends after this long; EventSource clients reconnect and
                                resume with Last-Event-ID. Bounds how long a graceful shutdown waits
                                for open streams (default 300)
+    FEED_CAUSAL_WAIT_MS        how long the SSE feed holds back a fact whose cause (a fact on an
+                               event topic, named by its causationid) has not reached the feed; past
+                               it the fact is sent with `"causalgap":"true"` (default 5000)
     VIEW_CONSUMERS             consumer-group members per view generation in this process (default 2):
                                Kafka splits the partitions between them, so one member's Python work
                                overlaps another's database round trips (replay throughput)
@@ -55,6 +58,7 @@ class QuerySettings(ServiceSettings):
     sse_poll_s: float = Field(default=2.0, gt=0)
     sse_batch: int = Field(default=500, ge=1)
     sse_max_stream_s: float = Field(default=300.0, gt=0)
+    feed_causal_wait_ms: float = Field(default=5000.0, ge=0)
     view_consumers: int = Field(default=2, ge=1, le=16)
     consumer_max_batch: int = Field(default=2000, ge=1)
     consumer_linger_ms: float = Field(default=5.0, ge=0)

@@ -4,6 +4,9 @@ The SSE `id` is `fact_feed.seq`, a number assigned in commit order (see views.sq
 survives rebuilds, so `Last-Event-ID` (header, or `?last_event_id=` for the first connect)
 resumes exactly after the last fact the client saw: missed facts are replayed from the
 table, then the stream goes live. Without it the stream starts at the current end.
+The feed is causal (see store.py and views.sql): a fact never comes before the fact its
+`causationid` names when that is a fact the views consume; one sent without its cause past
+FEED_CAUSAL_WAIT_MS carries the CloudEvents extension attribute `"causalgap": "true"`.
 Idle streams get a `: keep-alive` comment every SSE_KEEPALIVE_S. A stream ends after
 SSE_MAX_STREAM_S (an EventSource reconnects and resumes by itself); that bounds how long a
 graceful shutdown of the server waits for open streams.
@@ -36,6 +39,11 @@ def format_event(item: store.FeedItem) -> str:
 @router.get(
     "/stream",
     summary="Server-Sent Events of facts as they arrive; resume with Last-Event-ID",
+    description=(
+        "Each event's `data` is a fact as a CloudEvents document, its `id` the feed position. A fact"
+        " never comes before the fact its `causationid` names (when that is a fact on an event topic);"
+        ' one sent without its cause after FEED_CAUSAL_WAIT_MS carries `"causalgap": "true"`.'
+    ),
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
 )

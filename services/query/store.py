@@ -8,6 +8,10 @@ that bypassed the inbox into a loud failure (retry, then DLQ) instead of a dupli
 
 The timeline keeps each fact's data in the contract's current version (`schema_version` says
 which); rows written at an older version are upcast by the contract codec when read.
+
+The SSE feed is causal: facts of different topics arrive in any order, so a fact whose cause is
+a fact the views consume is held back (`fact_feed_held`, same transaction) until that cause is
+in the feed, or past FEED_CAUSAL_WAIT_MS, when it is sent marked `causalgap` (views.sql).
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from services.query.projection import COLUMNS, Batch, OrderReadModel, Received
-from shared.contract import Envelope, Fact, decode_data, encode
+from services.query.projection import COLUMNS, Batch, OrderReadModel, Received, causal_order
+from shared.contract import EVENT_TOPICS, Envelope, Fact, decode_data, encode, messages_on
 
 # The same constants are written in views.sql (query_feed_append).
 FEED_LOCK = 4539208  # fact_feed writers hold it until commit, so seq order = commit order
 VIEWS_CHANNEL = "query_views"  # NOTIFY after every applied batch (wakes /stream and min_version)
+
+#: The types of the facts the views consume: a fact caused by one of these waits for it in the
+#: SSE feed; one caused by anything else (a command, a request) has no cause to wait for.
+FEED_CAUSE_TYPES = frozenset(cls.TYPE for topic in EVENT_TOPICS for cls in messages_on(topic))
 
 
 def schema_of(generation: int) -> str:
@@ -49,6 +57,7 @@ class _TimelineRow(msgspec.Struct, gc=False):
     causation_id: str
     schema_version: int
     data: Fact
+    causation_type: str | None
 
 
 def _timeline_row(f: Received) -> _TimelineRow:
@@ -64,6 +73,7 @@ def _timeline_row(f: Received) -> _TimelineRow:
         f.causation_id,
         f.data.VERSION,
         f.data,
+        f.causation_type,
     )
 
 
@@ -73,10 +83,12 @@ def _timeline_row(f: Received) -> _TimelineRow:
 # `::text::json`: the document is already JSON text (the pool's json codec would quote it).
 _TIMELINE_INSERT = """
 INSERT INTO {schema}.timeline (order_id, event_id, type, source, subject, time, sequence,
-                               correlation_id, causation_id, schema_version, data)
-SELECT order_id, id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version, data
+                               correlation_id, causation_id, schema_version, data, causation_type)
+SELECT order_id, id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version, data,
+       causation_type
 FROM json_to_recordset($1::text::json) AS f(id text, type text, source text, subject text, time timestamptz,
-     sequence int, order_id text, correlation_id text, causation_id text, schema_version int, data json)
+     sequence int, order_id text, correlation_id text, causation_id text, schema_version int, data json,
+     causation_type text)
 """
 
 # projection.merge, in SQL: o = the stored row, excluded = the batch's merged patch.
@@ -130,36 +142,67 @@ def _apply_sql(schema: str) -> str:
     )
 
 
-async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *, feed: bool) -> None:
-    """Write a projected batch into a generation's tables (and the SSE feed when current)."""
+async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *, feed: bool) -> int:
+    """Write a projected batch into a generation's tables (and the SSE feed when current); how
+    many of its facts the feed holds back for their causes."""
     if not batch.facts:
-        return
+        return 0
     # Sorted keys: concurrent batches (replicas) lock shared order rows in one order, no deadlock.
     models = [batch.orders[k] for k in sorted(batch.orders)]
     rows = [_timeline_row(f) for f in batch.facts]
     await conn.execute(
         _apply_sql(schema_of(generation)), _encoder.encode(rows).decode(), _encoder.encode(models).decode()
     )
-    await append_feed(conn, generation, batch.facts if feed else [])
+    return await append_feed(conn, generation, batch.facts if feed else [])
 
 
-async def append_feed(conn: asyncpg.Connection, generation: int, facts: Sequence[Received]) -> None:
-    """Add facts to the SSE feed as CloudEvents documents (a fact already there keeps its id)
-    and NOTIFY the readers of `generation`, in the caller's transaction (views.sql,
-    query_feed_append)."""
-    await conn.execute(
-        "SELECT query_feed_append($1, $2, $3, $4::text[]::json[])",
+def awaited_cause(fact: Received) -> str | None:
+    """The id of the fact this one must follow in the feed: its cause when that is a fact the
+    views consume (`causationtype` says so); None when a command or a request caused it."""
+    if fact.causation_type in FEED_CAUSE_TYPES and fact.causation_id and fact.causation_id != fact.id:
+        return fact.causation_id
+    return None
+
+
+async def append_feed(conn: asyncpg.Connection, generation: int, facts: Sequence[Received]) -> int:
+    """Add facts to the SSE feed as CloudEvents documents, causes first (a fact already there
+    keeps its id; one whose cause is not there yet is held back until it is), and NOTIFY the
+    readers of `generation`, in the caller's transaction (views.sql, query_feed_append).
+    Returns how many facts were held back."""
+    ordered = causal_order(facts) if len(facts) > 1 else list(facts)
+    held: int = await conn.fetchval(
+        "SELECT query_feed_append($1, $2, $3, $4, $5::text[]::json[])",
         generation,
-        [f.id for f in facts],
-        [f.data.order_id for f in facts],
-        [encode(f).decode() for f in facts],
+        [f.id for f in ordered],
+        [f.data.order_id for f in ordered],
+        [awaited_cause(f) for f in ordered],
+        [encode(f).decode() for f in ordered],
     )
+    return held
+
+
+async def release_overdue(conn: asyncpg.Connection, wait_ms: float) -> int:
+    """Append to the feed, marked `causalgap`, every fact held back for at least `wait_ms`
+    (and what waited for it); how many were marked (views.sql, query_feed_release)."""
+    released: int = await conn.fetchval("SELECT query_feed_release($1)", wait_ms)
+    return released
+
+
+async def next_release_in(conn: asyncpg.Connection, wait_ms: float) -> float | None:
+    """Seconds until the oldest held-back fact passes the bound (<= 0: due); None if none is held."""
+    due: float | None = await conn.fetchval(
+        """SELECT extract(epoch FROM min(held_at) + make_interval(secs => $1 / 1000) - clock_timestamp())::float8
+           FROM fact_feed_held""",
+        wait_ms,
+    )
+    return due
 
 
 # ---------------------------------------------------------------- reading the views
 
 _TIMELINE_COLUMNS = (
-    "event_id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version, data::text AS data"
+    "event_id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version,"
+    " data::text AS data, causation_type"
 )
 
 
@@ -176,6 +219,7 @@ def _received(r: asyncpg.Record) -> Received:
         correlation_id=r["correlation_id"],
         causation_id=r["causation_id"],
         data=data,
+        causation_type=r["causation_type"],
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.query import generations, store
-from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, REBUILD_PROGRESS, SWITCHES
+from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, FEED_HELD, REBUILD_PROGRESS, SWITCHES
 from services.query.notify import Notifications
 from services.query.projection import project
 from services.query.settings import QuerySettings
@@ -39,8 +39,10 @@ def batch_handler(generation: int) -> Handler:
         if state not in generations.LIVE_STATES:
             return  # retired or dropped under us: its consumer is being stopped
         batch = project(d.envelope for d in deliveries)
-        await store.apply_batch(uow.conn, generation, batch, feed=state == "current")
+        held = await store.apply_batch(uow.conn, generation, batch, feed=state == "current")
         FACTS_APPLIED.labels(state=state).inc(len(batch.facts))
+        if held:
+            FEED_HELD.inc(held)
 
     return handle
 
@@ -59,14 +61,24 @@ class GenerationSupervisor:
         self.settings = settings
         self.notifications = notifications
         self.runners: dict[int, _Running] = {}
+        self.ticked = False  # the live generations' consumers have been started once
+
+    def readiness(self) -> str | None:
+        """The kernel's readiness check of the view consumers (every live generation's)."""
+        if not self.ticked:
+            return "view generations not started yet"
+        waiting = sorted({r.name for running in self.runners.values() for r in running.runners if not r.assigned})
+        return "not assigned yet: " + ", ".join(waiting) if waiting else None
 
     async def run(self, runtime: Runtime, stop: asyncio.Event) -> None:
         """Background loop (ServiceDefinition.loops)."""
+        runtime.readiness.append(self.readiness)  # before the first await (see shared.runtime.Runtime)
         try:
             while not stop.is_set():
                 waiter = self.notifications.generations.waiter()
                 try:
                     await self.tick(runtime)
+                    self.ticked = True
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -6,14 +6,16 @@ before the response (the write side is synchronous; only other services' views l
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from collections.abc import Callable
+
+from fastapi import APIRouter, Header, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from services.shipping import handlers
-from services.shipping.domain import ShipmentState
-from services.shipping.handlers import Shipments
+from services.shipping.domain import DeliverShipment, DispatchShipment, ShipmentState
+from services.shipping.handlers import HttpCommand, Shipments
 from shared.contract import ShipmentDelivered, ShipmentDispatched, ShipmentStatus
-from shared.rest import EventView, error_responses, request_causation_id
+from shared.rest import add_reads, error_responses, request_causation_id
 from shared.runtime import runtime_of
 
 _SHIPMENT_EXAMPLE: dict[str, JsonValue] = {
@@ -85,73 +87,44 @@ RequestId = Header(
 def router(shipments: Shipments) -> APIRouter:
     """The shipment endpoints, reading and commanding through the service's Shipment aggregate."""
     api = APIRouter(tags=["shipments"])
+    add_reads(api, shipments, ShipmentView, id_param=ShipmentId)
 
-    @api.get(
-        "/shipments/{shipment_id}",
-        response_model=ShipmentView,
-        response_model_exclude_none=True,
-        responses=error_responses(404),
-        summary="A shipment's current state",
+    def add_command(action: str, command: Callable[[str], HttpCommand], summary: str, *, repeat_in: str) -> None:
+        """POST /shipments/{id}/<action>: 200 with the new state; a repeat is a no-op, else 409."""
+
+        async def run(
+            request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
+        ) -> ShipmentView:
+            state = await handlers.http_command(
+                shipments,
+                runtime_of(request).store,
+                command(shipment_id),
+                causation_id=request_causation_id(x_request_id),
+            )
+            return ShipmentView.of(state)
+
+        api.post(
+            f"/shipments/{{shipment_id}}/{action}",
+            name=f"{action}_shipment",
+            response_model=ShipmentView,
+            response_model_exclude_none=True,
+            status_code=200,
+            responses=error_responses(404, 409),
+            summary=summary,
+            description=f"200 with the new state. Repeating it on a {repeat_in} shipment is a no-op (200, "
+            "unchanged); from any other status → 409.",
+        )(run)
+
+    add_command(
+        "dispatch",
+        DispatchShipment,
+        f"Hand the goods to the carrier: SCHEDULED → DISPATCHED (emits {ShipmentDispatched.TYPE})",
+        repeat_in="DISPATCHED",
     )
-    async def get_shipment(request: Request, shipment_id: str = ShipmentId) -> ShipmentView:
-        _, state = await shipments.load(runtime_of(request).store, shipment_id)
-        return ShipmentView.of(state)
-
-    @api.get(
-        "/shipments",
-        response_model=list[ShipmentView],
-        response_model_exclude_none=True,
-        summary="The shipments of an order (oldest first; empty if none)",
+    add_command(
+        "deliver",
+        DeliverShipment,
+        f"The carrier delivered: DISPATCHED → DELIVERED (emits {ShipmentDelivered.TYPE})",
+        repeat_in="DELIVERED",
     )
-    async def list_shipments(
-        request: Request, order_id: str = Query(min_length=1, description="the order whose shipments to list")
-    ) -> list[ShipmentView]:
-        return [ShipmentView.of(s) for s in await shipments.of_order(runtime_of(request).store, order_id)]
-
-    @api.get(
-        "/shipments/{shipment_id}/events",
-        response_model=list[EventView],
-        responses=error_responses(404),
-        summary="A shipment's facts in stream order, with their envelopes",
-    )
-    async def get_shipment_events(request: Request, shipment_id: str = ShipmentId) -> list[EventView]:
-        history, _ = await shipments.load(runtime_of(request).store, shipment_id)
-        return [EventView.of(e) for e in history]
-
-    @api.post(
-        "/shipments/{shipment_id}/dispatch",
-        response_model=ShipmentView,
-        response_model_exclude_none=True,
-        status_code=200,
-        responses=error_responses(404, 409),
-        summary=f"Hand the goods to the carrier: SCHEDULED → DISPATCHED (emits {ShipmentDispatched.TYPE})",
-        description="200 with the new state. Repeating it on a DISPATCHED shipment is a no-op (200, "
-        "unchanged); from any other status → 409.",
-    )
-    async def dispatch_shipment(
-        request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
-    ) -> ShipmentView:
-        state = await handlers.dispatch(
-            shipments, runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
-        )
-        return ShipmentView.of(state)
-
-    @api.post(
-        "/shipments/{shipment_id}/deliver",
-        response_model=ShipmentView,
-        response_model_exclude_none=True,
-        status_code=200,
-        responses=error_responses(404, 409),
-        summary=f"The carrier delivered: DISPATCHED → DELIVERED (emits {ShipmentDelivered.TYPE})",
-        description="200 with the new state. Repeating it on a DELIVERED shipment is a no-op (200, "
-        "unchanged); from any other status → 409.",
-    )
-    async def deliver_shipment(
-        request: Request, shipment_id: str = ShipmentId, x_request_id: str | None = RequestId
-    ) -> ShipmentView:
-        state = await handlers.deliver(
-            shipments, runtime_of(request).store, shipment_id, causation_id=request_causation_id(x_request_id)
-        )
-        return ShipmentView.of(state)
-
     return api

@@ -173,21 +173,14 @@ def evolve(state: ShipmentState, fact: Fact) -> ShipmentState:
     """Apply one fact. Facts of other kinds only advance the version (the stream position)."""
     version = state.version + 1
     match fact:
-        case ShipmentScheduled():
+        case ShipmentScheduled() | ShipmentFailed():
             return ShipmentState(
                 shipment_id=fact.shipment_id,
                 order_id=fact.order_id,
                 version=version,
-                status=ShipmentStatus.SCHEDULED,
-                address=fact.address,
-            )
-        case ShipmentFailed():
-            return ShipmentState(
-                shipment_id=fact.shipment_id,
-                order_id=fact.order_id,
-                version=version,
-                status=ShipmentStatus.FAILED,
-                reason=fact.reason,
+                status=ShipmentStatus.SCHEDULED if isinstance(fact, ShipmentScheduled) else ShipmentStatus.FAILED,
+                address=fact.address if isinstance(fact, ShipmentScheduled) else None,
+                reason=fact.reason if isinstance(fact, ShipmentFailed) else None,
             )
         case ShipmentDispatched():
             return replace(state, version=version, status=ShipmentStatus.DISPATCHED)

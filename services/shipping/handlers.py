@@ -10,6 +10,7 @@ append in one transaction, deciding again a few times when a concurrent writer w
 from __future__ import annotations
 
 from functools import partial
+from typing import TypeAlias
 
 from services.shipping import domain
 from services.shipping.domain import DeliverShipment, DispatchShipment, ShipmentCommand, ShipmentState
@@ -23,6 +24,8 @@ from shared.eventstore import EventStore
 COMMAND_CONSUMER = SHIPPING_COMMANDS
 
 Shipments = Aggregate[ShipmentCommand, ShipmentState]
+#: The warehouse's and the carrier's commands, which arrive over HTTP.
+HttpCommand: TypeAlias = DispatchShipment | DeliverShipment
 
 
 def _shipment_id(command: ShipmentCommand) -> str:
@@ -48,13 +51,10 @@ def command_handler(aggregate: Shipments) -> Handler:
     return aggregate.consumer(accepts=(ScheduleShipment, CancelShipment))
 
 
-async def dispatch(aggregate: Shipments, store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
-    """SCHEDULED → DISPATCHED (a repeated dispatch is a no-op); the state afterwards."""
-    outcome = await aggregate.execute_alone(store, DispatchShipment(shipment_id), causation_id=causation_id)
-    return outcome.state
-
-
-async def deliver(aggregate: Shipments, store: EventStore, shipment_id: str, *, causation_id: str) -> ShipmentState:
-    """DISPATCHED → DELIVERED (a repeated deliver is a no-op); the state afterwards."""
-    outcome = await aggregate.execute_alone(store, DeliverShipment(shipment_id), causation_id=causation_id)
+async def http_command(
+    aggregate: Shipments, store: EventStore, command: HttpCommand, *, causation_id: str
+) -> ShipmentState:
+    """Dispatch (SCHEDULED → DISPATCHED) or deliver (DISPATCHED → DELIVERED); a repeat is a no-op.
+    The state afterwards."""
+    outcome = await aggregate.execute_alone(store, command, causation_id=causation_id)
     return outcome.state

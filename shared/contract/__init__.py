@@ -19,7 +19,16 @@ from shared.contract.base import (
     PaymentStatus,
     ShipmentStatus,
 )
-from shared.contract.dead_letter import DeadLetter, DeadLetterOrigin
+from shared.contract.dead_letter import (
+    DeadLetter,
+    DeadLetterFailure,
+    DeadLetterFormatError,
+    DeadLetterOrigin,
+    failed_message_id,
+    make_dead_letter,
+    original_value,
+    read_dead_letter,
+)
 from shared.contract.envelope import (
     Envelope,
     MessageFormatError,
@@ -132,6 +141,8 @@ __all__ = [
     "Channel",
     "Command",
     "DeadLetter",
+    "DeadLetterFailure",
+    "DeadLetterFormatError",
     "DeadLetterOrigin",
     "Envelope",
     "Fact",
@@ -184,8 +195,12 @@ __all__ = [
     "dlq_topic",
     "encode",
     "encode_data",
+    "failed_message_id",
+    "make_dead_letter",
     "message_class",
     "messages_on",
+    "original_value",
     "personal_fields",
+    "read_dead_letter",
     "utc_now",
 ]

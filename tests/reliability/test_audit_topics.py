@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 
-import msgspec
 import orjson
 import pytest
 
@@ -16,7 +15,7 @@ from shared.contract import (
     PAYMENT_COMMANDS,
     PAYMENT_EVENTS,
     CapturePayment,
-    DeadLetter,
+    DeadLetterFailure,
     DeadLetterOrigin,
     Envelope,
     Fact,
@@ -31,6 +30,7 @@ from shared.contract import (
     dlq_topic,
     encode,
     encode_data,
+    make_dead_letter,
 )
 
 from .fake_system import NOW, FakeSystem, checks_of, config, consistent_system, money, only
@@ -174,14 +174,20 @@ def test_commands_on_their_topics(system: FakeSystem) -> None:
 
 
 def _dlq_entry(original: bytes) -> bytes:
-    return msgspec.json.encode(
-        DeadLetter(
-            consumer="order.saga",
-            error="boom",
-            failed_at=NOW.isoformat(),
-            origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=0, offset=1, key="k"),
-            value_base64=base64.b64encode(original).decode(),
-        )
+    origin = DeadLetterOrigin(PAYMENT_EVENTS, 0, 1, "k")
+    return make_dead_letter(original, origin, DeadLetterFailure("order.saga", "boom", 3, NOW, NOW))[1]
+
+
+def _dlq_entry_v1(original: bytes) -> bytes:
+    """A dead letter as consumers wrote them before dead letters were CloudEvents (kept forever)."""
+    return orjson.dumps(
+        {
+            "consumer": "order.saga",
+            "error": "boom",
+            "failed_at": NOW.isoformat(),
+            "origin": {"topic": PAYMENT_EVENTS, "partition": 0, "offset": 1, "key": "k"},
+            "value_base64": base64.b64encode(original).decode(),
+        }
     )
 
 
@@ -201,4 +207,14 @@ def test_a_real_message_that_breaks_the_contract_is_still_recognised_in_a_dlq(sy
     real = next(e for e in system.logs["payment"] if isinstance(e.data, PaymentCaptured))
     broken = encode(real, data=encode_data(real.data).replace(b'"amount"', b'"amount_lost"'))
     system.publish(dlq_topic(PAYMENT_EVENTS), "k", _dlq_entry(broken))
+    only(check(system.snapshot(), config()), "dead_lettered_real_message", real.data.order_id)
+
+
+def test_a_version_1_dead_letter_of_a_real_message_is_recognised_too(system: FakeSystem) -> None:
+    dlq = dlq_topic(PAYMENT_EVENTS)
+    system.publish(dlq, "k", _dlq_entry_v1(b"\xff garbage"))
+    report = check(system.snapshot(), config())
+    assert report.ok and report.info["dlq"][dlq] == 1, report.render()
+    real = next(e for e in system.logs["payment"] if isinstance(e.data, PaymentCaptured))
+    system.publish(dlq, "k", _dlq_entry_v1(encode(real)))
     only(check(system.snapshot(), config()), "dead_lettered_real_message", real.data.order_id)

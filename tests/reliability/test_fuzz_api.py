@@ -40,7 +40,7 @@ pytestmark = [
 ]
 
 WRITE_SERVICES = ("order", "payment", "shipping")
-SKIPPED_PATHS = {"/stream", "/admin/rebuild", "/metrics", "/health"}
+SKIPPED_PATHS = {"/stream", "/admin/rebuild", "/metrics", "/health", "/health/live", "/health/ready"}
 EXAMPLES_PER_OPERATION = 10
 MAX_BODY_BYTES = 65536
 

@@ -6,6 +6,8 @@ settings its settings class reads (and validates with them), ports are those of 
 context / Dockerfile / target exists, every `depends_on` condition is valid and satisfiable,
 the topic job runs the code that creates every topic of the contract (`shared.topics`), and every
 topic name the code mentions is one of those. `docker compose config` is used too when it is installed.
+The profile `cluster` (a 3-broker KRaft cluster, its topic job, PostgreSQL and services) is checked
+the same way: one quorum, replication 3 / min ISR 2, every broker in the bootstrap list.
 """
 
 from __future__ import annotations
@@ -493,7 +495,7 @@ def test_docker_compose_config_accepts_the_file_when_the_cli_is_installed() -> N
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("`docker compose` is not installed here; the structural checks above still ran")
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "--profile", "ui", "config", "--quiet"],
+        [docker, "compose", "-f", str(COMPOSE_FILE), "--profile", "ui", "--profile", "cluster", "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -920,3 +922,146 @@ def test_kafka_ui_is_optional_behind_the_ui_profile() -> None:
     assert all("profiles" in s for s in svcs.values() if UI_SERVICE in depends_on(s))
     always = {n for n, s in svcs.items() if "profiles" not in s}
     assert always == {"kafka", "postgres", TOPIC_JOB, *APP}, "everything else starts with a plain `docker compose up`"
+
+
+# ------------------------------------------------------------------------- profile `cluster` --
+
+CLUSTER = "cluster"
+CLUSTER_BROKERS = ("kafka-1", "kafka-2", "kafka-3")
+CLUSTER_TOPIC_JOB = "kafka-topics-cluster"
+CLUSTER_PG = "postgres-cluster"
+CLUSTER_PORTS = {"order": 8011, "payment": 8012, "shipping": 8013, "query": 8014}
+CLUSTER_KAFKA_HOST_PORTS = {"kafka-1": 9192, "kafka-2": 9193, "kafka-3": 9194}
+
+
+def cluster_app(name: str) -> str:
+    return f"{name}-cluster"
+
+
+def listeners_of(service: str) -> tuple[dict[str, str], dict[str, str]]:
+    env = environment(services()[service])
+
+    def parse(value: str) -> dict[str, str]:
+        return dict(item.strip().split("://", 1) for item in value.split(","))
+
+    return parse(env["KAFKA_LISTENERS"]), parse(env["KAFKA_ADVERTISED_LISTENERS"])
+
+
+def cluster_internal_addresses() -> list[str]:
+    """Each cluster broker's address on the compose network (advertised as <hostname>:<port>)."""
+    out = []
+    for name in CLUSTER_BROKERS:
+        _, advertised = listeners_of(name)
+        host = services()[name].get("hostname", name)
+        out += [a for a in advertised.values() if a.split(":")[0] == host]
+    return out
+
+
+def test_the_cluster_profile_adds_services_and_changes_no_default_one() -> None:
+    svcs = services()
+    in_profile = {n for n, s in svcs.items() if CLUSTER in (s.get("profiles") or [])}
+    assert in_profile == {*CLUSTER_BROKERS, CLUSTER_TOPIC_JOB, CLUSTER_PG, *(cluster_app(a) for a in APP)}
+    for name in (*APP, "kafka", "postgres", TOPIC_JOB):
+        assert "profiles" not in svcs[name], f"{name} must keep starting with a plain `docker compose up`"
+    for name in in_profile:
+        assert svcs[name]["profiles"] == [CLUSTER], name
+    # Its PostgreSQL is the default one's definition, so the two systems never share event logs.
+    pg = {k: v for k, v in svcs[CLUSTER_PG].items() if k != "profiles"}
+    assert pg == svcs["postgres"]
+
+
+def test_cluster_is_three_kraft_nodes_in_one_quorum_with_replication_3_and_min_isr_2() -> None:
+    svcs = services()
+    envs = {name: environment(svcs[name]) for name in CLUSTER_BROKERS}
+    assert {str(svcs[name]["image"]) for name in CLUSTER_BROKERS} == {str(svcs["kafka"]["image"])}
+    assert sorted(env["KAFKA_NODE_ID"] for env in envs.values()) == ["1", "2", "3"]
+    ids = {env["CLUSTER_ID"] for env in envs.values()}
+    assert len(ids) == 1 and ids != {environment(svcs["kafka"])["CLUSTER_ID"]}, "one cluster id of its own"
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in envs.values()}
+    assert len(voters) == 1, "every node has the same static quorum"
+    expected = []
+    for name, env in envs.items():
+        listeners, advertised = listeners_of(name)
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        assert controller in listeners and controller not in advertised
+        host = svcs[name].get("hostname", name)
+        expected.append(f"{env['KAFKA_NODE_ID']}@{host}:{listeners[controller].rsplit(':', 1)[1]}")
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+        protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert set(listeners) <= set(protocols)
+        for listener, addr in advertised.items():
+            assert listeners[listener].rsplit(":", 1)[1] == addr.rsplit(":", 1)[1], f"{name}: {listener}"
+        host_side = [a for a in advertised.values() if a.split(":")[0] in ("127.0.0.1", "localhost")]
+        port = CLUSTER_KAFKA_HOST_PORTS[name]
+        assert host_side == [f"127.0.0.1:{port}"], advertised
+        assert [(p.host, p.container) for p in ports(svcs[name])] == [(port, port)]
+        assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
+        for key in (
+            "KAFKA_DEFAULT_REPLICATION_FACTOR",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        ):
+            assert env[key] == "3", f"{name}: {key}"
+        for key in ("KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+            assert env[key] == "2", f"{name}: {key}"
+        assert has_healthcheck(name, svcs[name])
+    assert sorted(voters.pop().split(",")) == sorted(expected)
+    assert len(set(cluster_internal_addresses())) == 3
+
+
+@pytest.mark.parametrize("service", APP)
+def test_cluster_services_run_the_same_images_against_every_broker(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svcs = services()
+    svc = svcs[cluster_app(service)]
+    assert svc["build"] == svcs[service]["build"], "the same image as the default service"
+    env = environment(svc)
+    known = env_names(settings_class(service))
+    assert {k for k in env if k.upper() not in known} == set(), f"{service}: settings it does not read"
+    settings = settings_from(settings_class(service), env, monkeypatch)
+    assert settings.http_host == "0.0.0.0"
+    assert settings.http_port == CLUSTER_PORTS[service]
+    assert [(p.host, p.container) for p in ports(svc)] == [(CLUSTER_PORTS[service], settings.http_port)]
+    dsn = urlsplit(settings.database_url)
+    own_db = {s.name: s.database for s in SERVICES}[service]
+    assert (dsn.hostname, dsn.path.lstrip("/")) == (CLUSTER_PG, own_db), settings.database_url
+    assert sorted(settings.kafka_bootstrap_servers.split(",")) == sorted(cluster_internal_addresses())
+    assert (settings.kafka_replication_factor, settings.kafka_min_insync_replicas) == (3, 2)
+    assert depends_on(svc) == {
+        CLUSTER_PG: "service_healthy",
+        **{b: "service_healthy" for b in CLUSTER_BROKERS},
+        CLUSTER_TOPIC_JOB: "service_completed_successfully",
+    }
+    # Everything else a service is configured with matches the default service.
+    same = {k: v for k, v in environment(svcs[service]).items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    assert {k: v for k, v in env.items() if k in same and k not in ("HTTP_PORT",)} == {
+        k: v for k, v in same.items() if k != "HTTP_PORT"
+    }
+
+
+def test_cluster_topic_job_creates_the_topics_with_replication_3_and_min_isr_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    svcs = services()
+    job = svcs[CLUSTER_TOPIC_JOB]
+    assert job["build"] == svcs[TOPIC_JOB]["build"] and job.get("command") == svcs[TOPIC_JOB].get("command")
+    assert str(job.get("restart")) == "no"
+    env = environment(job)
+    assert set(env) <= env_names(ServiceSettings)
+    settings = settings_from(ServiceSettings, env, monkeypatch)
+    assert sorted(settings.kafka_bootstrap_servers.split(",")) == sorted(cluster_internal_addresses())
+    assert (settings.kafka_replication_factor, settings.kafka_min_insync_replicas) == (3, 2)
+    assert depends_on(job) == {b: "service_healthy" for b in CLUSTER_BROKERS}
+
+
+async def test_cluster_topic_job_passes_the_replication_to_kafka(
+    fake_kafka: type[FakeAdmin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker/create_topics.py with the cluster job's environment creates RF 3, min ISR 2 topics."""
+    env = environment(services()[CLUSTER_TOPIC_JOB])
+    for key in ("KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS"):
+        monkeypatch.setenv(key, env[key])
+    job = load_script("create_topics.py")
+    assert await job.create_all(env["KAFKA_BOOTSTRAP_SERVERS"], 6, timeout_s=10) == 0
+    assert {t.replication_factor for t in fake_kafka.topics.values()} == {3}
+    assert {t.topic_configs["min.insync.replicas"] for t in fake_kafka.topics.values()} == {"2"}

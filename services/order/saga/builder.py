@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from services.order.domain import (
     CancelOrder,
@@ -68,33 +69,26 @@ class SagaDecision:
         return not self.saga_facts
 
 
+#: How the saga's log records each order command: its name and the status it moves the order to.
+_ORDER_COMMANDS: dict[type[SagaOrderCommand], tuple[str, OrderStatus]] = {
+    ConfirmOrder: ("confirm", OrderStatus.CONFIRMED),
+    ShipOrder: ("ship", OrderStatus.SHIPPED),
+    DeliverOrder: ("deliver", OrderStatus.DELIVERED),
+    RejectOrder: ("reject", OrderStatus.REJECTED),
+    CancelOrder: ("cancel", OrderStatus.CANCELLED),
+}
+
+
 def _order_command_issued(command: SagaOrderCommand) -> SagaOrderCommandIssued:
-    order_id = command.order_id
+    name, status = _ORDER_COMMANDS[type(command)]
+    issued = partial(SagaOrderCommandIssued, order_id=command.order_id, command=name, status=status)
     match command:
         case ConfirmOrder():
-            return SagaOrderCommandIssued(
-                order_id=order_id,
-                command="confirm",
-                status=OrderStatus.CONFIRMED,
-                payment_id=command.payment_id,
-                shipment_id=command.shipment_id,
-            )
-        case ShipOrder():
-            return SagaOrderCommandIssued(
-                order_id=order_id, command="ship", status=OrderStatus.SHIPPED, shipment_id=command.shipment_id
-            )
-        case DeliverOrder():
-            return SagaOrderCommandIssued(
-                order_id=order_id, command="deliver", status=OrderStatus.DELIVERED, shipment_id=command.shipment_id
-            )
-        case RejectOrder():
-            return SagaOrderCommandIssued(
-                order_id=order_id, command="reject", status=OrderStatus.REJECTED, reason=command.reason
-            )
-        case CancelOrder():
-            return SagaOrderCommandIssued(
-                order_id=order_id, command="cancel", status=OrderStatus.CANCELLED, reason=command.reason
-            )
+            return issued(payment_id=command.payment_id, shipment_id=command.shipment_id)
+        case ShipOrder() | DeliverOrder():
+            return issued(shipment_id=command.shipment_id)
+        case RejectOrder() | CancelOrder():
+            return issued(reason=command.reason)
 
 
 class Builder:

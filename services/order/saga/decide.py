@@ -20,7 +20,9 @@ was already issued, so any interleaving of replies converges:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
+from enum import StrEnum
 
 from services.domain_kit import require_currency, require_int, require_text
 from services.order.domain import (
@@ -221,6 +223,23 @@ def _fulfil_step(b: Builder) -> None:
         b.emit(SagaCompleted(order_id=s.order_id, status=OrderStatus.DELIVERED))
 
 
+def _undo_in_flight(b: Builder, known: StrEnum | None, start: str, undo: str) -> bool:
+    """`start` was sent to a participant that has not answered yet: queue `undo` right behind it,
+    once (a defensive compensation: commands are keyed by the participant's id, so it is
+    processed after the start). True if it was queued now."""
+    s = b.state
+    if known is None and start in s.issued and defensive(undo) not in s.issued:
+        b.issue(undo, defensive=True)
+        return True
+    return False
+
+
+def _settled(s: SagaState, known: StrEnum | None, undone: Collection[StrEnum], start: str, participant: str) -> bool:
+    """Nothing of a participant is left to undo: its status is one of `undone`, or it never
+    answered and either was never asked (`start` not issued) or was given up on."""
+    return known in undone or (known is None and (start not in s.issued or participant in s.gave_up))
+
+
 def _compensate_step(b: Builder) -> None:
     s = b.state
     # 1. The shipment first: while it is not undone, no money is given back, so a shipment
@@ -242,11 +261,10 @@ def _compensate_step(b: Builder) -> None:
         if s.shipment is ShipmentStatus.SCHEDULED and CANCEL_SHIPMENT not in s.issued:
             b.issue(CANCEL_SHIPMENT)
             return
-        if s.shipment is None and SCHEDULE in s.issued and defensive(CANCEL_SHIPMENT) not in s.issued:
-            b.issue(CANCEL_SHIPMENT, defensive=True)  # processed after the schedule in flight
+        if _undo_in_flight(b, s.shipment, SCHEDULE, CANCEL_SHIPMENT):
             return
-        shipment_settled = s.shipment in (ShipmentStatus.FAILED, ShipmentStatus.CANCELLED) or (
-            s.shipment is None and (SCHEDULE not in s.issued or SHIPMENT in s.gave_up)
+        shipment_settled = _settled(
+            s, s.shipment, (ShipmentStatus.FAILED, ShipmentStatus.CANCELLED), SCHEDULE, SHIPMENT
         )
     if not shipment_settled:
         return
@@ -258,13 +276,11 @@ def _compensate_step(b: Builder) -> None:
     if s.payment is PaymentStatus.CAPTURED and REFUND not in s.issued:
         b.issue(REFUND)
         return
-    if s.payment is None and AUTHORIZE in s.issued and defensive(VOID) not in s.issued:
-        b.issue(VOID, defensive=True)  # processed after the authorize in flight
+    if _undo_in_flight(b, s.payment, AUTHORIZE, VOID):
         return
-    payment_settled = s.payment in (PaymentStatus.DECLINED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED) or (
-        s.payment is None and (AUTHORIZE not in s.issued or PAYMENT in s.gave_up)
-    )
-    if not payment_settled:
+    if not _settled(
+        s, s.payment, (PaymentStatus.DECLINED, PaymentStatus.VOIDED, PaymentStatus.REFUNDED), AUTHORIZE, PAYMENT
+    ):
         return
 
     # 3. Everything is undone: record the outcome on the order, once.

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import yaml
 from jsonschema import Draft7Validator, Draft202012Validator
@@ -28,7 +27,7 @@ from shared.contract import (
     ALL_MESSAGES,
     CHANNELS,
     MESSAGES,
-    DeadLetter,
+    DeadLetterFailure,
     DeadLetterOrigin,
     Envelope,
     Message,
@@ -38,6 +37,7 @@ from shared.contract import (
     decode_data,
     encode,
     encode_data,
+    make_dead_letter,
     personal_fields,
     publish,
 )
@@ -364,17 +364,30 @@ def test_data_schemas_accept_and_reject_what_the_codec_does(
 
 def test_dead_letter_schema_describes_what_consumers_write() -> None:
     validator = Draft202012Validator(_schema_file(f"dead-letter.v{publish.DEAD_LETTER_VERSION}.json"))
-    letter = DeadLetter(
-        consumer="query",
-        error="order.placed data does not match its schema",
-        failed_at="2026-11-30T00:04:33+00:00",
-        origin=DeadLetterOrigin(topic="order.events", partition=0, offset=7, key=ORDER_ID),
-        value_base64="e30=",
+    when = datetime(2026, 11, 30, 0, 4, 33, tzinfo=UTC)
+    failure = DeadLetterFailure("query", "order.placed data does not match its schema", 3, when, when)
+    origin = DeadLetterOrigin("order.events", 0, 7, ORDER_ID)
+    original = encode(
+        Envelope(
+            id=ORDER_ID,
+            source="/services/payment",
+            subject=PAYMENT_ID,
+            sequence=3,
+            time=when,
+            correlation_id=ORDER_ID,
+            causation_id=ORDER_ID,
+            data=PaymentCaptured(
+                order_id=ORDER_ID, payment_id=PAYMENT_ID, amount=Money(amount_cents=1, currency="EUR")
+            ),
+        )
     )
-    value = json.loads(msgspec.json.encode(letter))
-    assert _errors(validator, value) == []
-    assert _errors(validator, _without(value, "origin"))
-    assert _errors(validator, _with(value, origin=_with(value["origin"], offset="7")))
+    for written in (original, b"{}", b"\xff not json"):  # a CloudEvent kept; anything else wrapped
+        value = json.loads(make_dead_letter(written, origin, failure)[1])
+        assert _errors(validator, value) == [], written
+        assert _errors(validator, _without(value, "dlqerror"))
+        assert _errors(validator, _with(value, dlqoffset=7))
+        assert _errors(validator, _with(value, dlqattempts="0"))
+        assert _errors(validator, _with(value, specversion="0.3"))
 
 
 def test_envelope_schema_describes_the_wire_form() -> None:

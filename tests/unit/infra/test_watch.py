@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import UTC, datetime
-
-import msgspec
 
 from infra.watch import correlation_of, format_line
 from shared.contract import (
@@ -14,7 +11,7 @@ from shared.contract import (
     PAYMENT_EVENTS,
     SHIPPING_COMMANDS,
     Address,
-    DeadLetter,
+    DeadLetterFailure,
     DeadLetterOrigin,
     Envelope,
     Message,
@@ -23,6 +20,7 @@ from shared.contract import (
     ScheduleShipment,
     dlq_topic,
     encode,
+    make_dead_letter,
 )
 
 WHEN = datetime(2026, 11, 22, 9, 15, 30, 123000, tzinfo=UTC)
@@ -88,15 +86,14 @@ def test_an_undecodable_message_is_shown_raw_with_its_reason_not_hidden() -> Non
 def test_a_dead_letter_shows_its_origin_and_error_and_the_original_order() -> None:
     captured = PaymentCaptured(order_id="order-9", payment_id="pay-1", amount=Money(amount_cents=1, currency="EUR"))
     original = encode(envelope(captured, "pay-1", 2, correlation_id="order-9"))
-    letter = DeadLetter(
-        consumer="order-saga",
-        error="boom",
-        failed_at=WHEN.isoformat(),
-        origin=DeadLetterOrigin(topic=PAYMENT_EVENTS, partition=2, offset=41, key="pay-1"),
-        value_base64=base64.b64encode(original).decode(),
-    )
+    origin = DeadLetterOrigin(PAYMENT_EVENTS, 2, 41, "pay-1")
+    _, letter = make_dead_letter(original, origin, DeadLetterFailure("order-saga", "boom", 3, WHEN, WHEN))
     dlq = dlq_topic(PAYMENT_EVENTS)
-    line = format_line(dlq, msgspec.json.encode(letter), colour=False)
-    assert "dead order-saga" in line and "from=payment.events[2]@41" in line and "error=boom" in line
-    assert correlation_of(dlq, msgspec.json.encode(letter)) == "order-9"
+    line = format_line(dlq, letter, colour=False)
+    assert "by=order-saga" in line and "from=payment.events[2]@41" in line and "error=boom" in line
+    assert f"dead {PaymentCaptured.TYPE}" in line and "attempts=3" in line and line.startswith("09:15:30.123")
+    assert correlation_of(dlq, letter) == "order-9"
     assert "undecodable" in format_line(dlq, b"{}", colour=False)
+    _, poison = make_dead_letter(b"\xff", origin, DeadLetterFailure("order-saga", "bad", 1, WHEN, WHEN))
+    assert "dead dead_letter.undecodable" in format_line(dlq, poison, colour=False)
+    assert correlation_of(dlq, poison) is None

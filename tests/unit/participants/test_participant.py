@@ -18,10 +18,12 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
+from services.payment.app import create_app as create_payment_app
 from services.payment.handlers import COMMAND_CONSUMER as PAYMENT_GROUP
 from services.payment.handlers import command_handler, payments
 from services.payment.settings import PaymentSettings
 from services.shipping import handlers as shipping
+from services.shipping.app import create_app as create_shipping_app
 from services.shipping.domain import DispatchShipment
 from services.shipping.settings import ShippingSettings
 from shared.consumer import Delivery
@@ -37,6 +39,7 @@ from shared.contract import (
     PaymentAuthorized,
     PaymentDeclined,
     ScheduleShipment,
+    ShipmentDelivered,
     ShipmentDispatched,
     ShipmentScheduled,
     encode,
@@ -309,3 +312,62 @@ def test_unserved_countries_are_parsed_from_a_comma_separated_setting() -> None:
 def test_the_consumer_groups_keep_their_names() -> None:
     assert PAYMENT_GROUP == "payment.commands"
     assert shipping.COMMAND_CONSUMER == "shipping.commands"
+
+
+def operations(app: Any) -> dict[tuple[str, str], tuple[str, str, list[str]]]:
+    """(path, method) → (operation id, summary, parameter names) of the aggregate's endpoints."""
+    return {
+        (path, method): (op["operationId"], op["summary"], [p["name"] for p in op.get("parameters", [])])
+        for path, item in app.openapi()["paths"].items()
+        if not path.startswith(("/health", "/metrics"))
+        for method, op in item.items()
+    }
+
+
+def test_the_read_endpoints_of_both_participants_keep_their_documented_operations() -> None:
+    """The read endpoints come from `shared.rest.add_reads`; clients and the API fuzzer rely on these."""
+    assert operations(create_payment_app(PaymentSettings())) == {
+        ("/payments/{payment_id}", "get"): (
+            "get_payment_payments__payment_id__get",
+            "A payment's current state",
+            ["payment_id"],
+        ),
+        ("/payments", "get"): (
+            "list_payments_payments_get",
+            "The payments of an order (oldest first; empty if none)",
+            ["order_id"],
+        ),
+        ("/payments/{payment_id}/events", "get"): (
+            "get_payment_events_payments__payment_id__events_get",
+            "A payment's facts in stream order, with their envelopes",
+            ["payment_id"],
+        ),
+    }
+    shipping_ops = operations(create_shipping_app(ShippingSettings()))
+    assert shipping_ops == {
+        ("/shipments/{shipment_id}", "get"): (
+            "get_shipment_shipments__shipment_id__get",
+            "A shipment's current state",
+            ["shipment_id"],
+        ),
+        ("/shipments", "get"): (
+            "list_shipments_shipments_get",
+            "The shipments of an order (oldest first; empty if none)",
+            ["order_id"],
+        ),
+        ("/shipments/{shipment_id}/events", "get"): (
+            "get_shipment_events_shipments__shipment_id__events_get",
+            "A shipment's facts in stream order, with their envelopes",
+            ["shipment_id"],
+        ),
+        ("/shipments/{shipment_id}/dispatch", "post"): (
+            "dispatch_shipment_shipments__shipment_id__dispatch_post",
+            f"Hand the goods to the carrier: SCHEDULED → DISPATCHED (emits {ShipmentDispatched.TYPE})",
+            ["shipment_id", "X-Request-ID"],
+        ),
+        ("/shipments/{shipment_id}/deliver", "post"): (
+            "deliver_shipment_shipments__shipment_id__deliver_post",
+            f"The carrier delivered: DISPATCHED → DELIVERED (emits {ShipmentDelivered.TYPE})",
+            ["shipment_id", "X-Request-ID"],
+        ),
+    }

@@ -8,6 +8,10 @@ from typing import Any
 
 from shared.contract import (
     Address,
+    AuthorizePayment,
+    CancelShipment,
+    CapturePayment,
+    Command,
     Envelope,
     Fact,
     Money,
@@ -25,12 +29,15 @@ from shared.contract import (
     PaymentFact,
     PaymentRefunded,
     PaymentVoided,
+    RefundPayment,
+    ScheduleShipment,
     ShipmentCancelled,
     ShipmentDelivered,
     ShipmentDispatched,
     ShipmentFact,
     ShipmentFailed,
     ShipmentScheduled,
+    VoidPayment,
     encode,
 )
 from shared.ids import derived_id
@@ -43,6 +50,18 @@ SOURCES: dict[type[Fact], str] = {
 }
 
 Received = Envelope[Fact]
+
+#: The saga's command behind each participant fact (the others are caused by HTTP requests).
+COMMAND_OF: dict[type[Fact], type[Command]] = {
+    PaymentAuthorized: AuthorizePayment,
+    PaymentDeclined: AuthorizePayment,
+    PaymentCaptured: CapturePayment,
+    PaymentVoided: VoidPayment,
+    PaymentRefunded: RefundPayment,
+    ShipmentScheduled: ScheduleShipment,
+    ShipmentFailed: ScheduleShipment,
+    ShipmentCancelled: CancelShipment,
+}
 
 
 def group_of(cls: type[Fact]) -> type[Fact]:
@@ -86,9 +105,11 @@ class Journey:
             sequence=self.versions[subject],
             time=self.clock,
             correlation_id=self.order_id,
-            # A fact caused by a fact names it; one caused by a command names the (unseen) command.
+            # A fact caused by a fact names it; one caused by a command names the (unseen) command;
+            # `causation_type` as the kernel sets it: the cause's type, None for an HTTP request.
             causation_id=caused_by.id if caused_by is not None else str(uuid.uuid4()),
             data=fact,
+            causation_type=caused_by.type if caused_by is not None else _command_type(type(fact)),
         )
         self.facts.append(env)
         return env
@@ -123,6 +144,11 @@ class Journey:
 
     def order(self, cls: type[OrderFact], caused_by: Received, **extra: Any) -> Received:
         return self.add(cls(order_id=self.order_id, **extra), caused_by=caused_by)
+
+
+def _command_type(cls: type[Fact]) -> str | None:
+    command = COMMAND_OF.get(cls)
+    return command.TYPE if command is not None else None
 
 
 def happy(order_id: str | None = None, **kw: Any) -> Journey:

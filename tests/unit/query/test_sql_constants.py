@@ -12,7 +12,7 @@ VIEWS_SQL = (Path(store.__file__).parent / "views.sql").read_text()
 
 
 def _function(name: str) -> str:
-    match = re.search(rf"FUNCTION {name}\(.*?END \$fn\$;", VIEWS_SQL, re.S)
+    match = re.search(rf"CREATE OR REPLACE FUNCTION {name}\(.*?END \$fn\$;", VIEWS_SQL, re.S)
     assert match, f"{name} is not defined in views.sql"
     return match.group(0)
 
@@ -22,10 +22,27 @@ def test_batches_share_the_generation_lock_a_switch_takes_alone() -> None:
 
 
 def test_the_feed_is_appended_under_the_feed_lock_and_wakes_the_views_channel() -> None:
-    body = _function("query_feed_append")
-    assert f"pg_advisory_xact_lock({store.FEED_LOCK})" in body
-    assert f"pg_notify('{store.VIEWS_CHANNEL}'" in body
-    assert body.index("pg_advisory_xact_lock") < body.index("INSERT INTO fact_feed"), "seq is assigned under the lock"
+    for writer in ("query_feed_append", "query_feed_release"):
+        body = _function(writer)
+        assert f"pg_advisory_xact_lock({store.FEED_LOCK})" in body, writer
+        assert f"pg_notify('{store.VIEWS_CHANNEL}'" in body, writer
+        lock = body.index("pg_advisory_xact_lock")
+        writes = [m.start() for m in re.finditer(r"query_feed_emit\(|INSERT INTO", body)]
+        assert writes and lock < min(writes), f"{writer}: seq is assigned (and holds decided) under the lock"
+    # Rows reach fact_feed in query_feed_append (its set-based common case) and query_feed_emit,
+    # which only the two writers (and itself, for what waited) call.
+    inserts = re.findall(
+        r"CREATE OR REPLACE FUNCTION (\w+)\((?:(?!END \$fn\$;).)*?INSERT INTO fact_feed ", VIEWS_SQL, re.S
+    )
+    assert inserts == ["query_feed_emit", "query_feed_append"]
+    callers = set(
+        re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\((?:(?!END \$fn\$;).)*?PERFORM query_feed_emit", VIEWS_SQL, re.S)
+    )
+    assert callers == {"query_feed_emit", "query_feed_append", "query_feed_release"}
+
+
+def test_a_fact_released_past_the_bound_is_marked_causalgap() -> None:
+    assert """',"causalgap":"true"}'""" in _function("query_feed_release")
 
 
 def test_the_orders_table_has_the_read_model_s_columns_in_order() -> None:

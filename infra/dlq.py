@@ -1,0 +1,246 @@
+"""`python -m infra dlq list|replay`: the dead letters of the topics, and resubmitting one after a fix.
+
+`list` reads every dead-letter topic (or one) from its beginning to its current end with a
+consumer in no group, so it never commits or moves anyone's offsets, and prints a table (or JSON).
+`replay` puts ONE dead letter's original message back on its topic: the original key and the
+original value (the bytes of an undecodable one exactly; a CloudEvent without its `dlq*`
+attributes). Consumers are idempotent by message id: a consumer that dead-lettered it handles it
+once (its inbox says 'dead_lettered'); one that handled it, or a replay already handled, drops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.contract import (
+    DLQ_TOPICS,
+    DeadLetter,
+    DeadLetterFormatError,
+    dlq_topic,
+    original_value,
+    read_dead_letter,
+)
+from shared.contract.topics import DLQ_SUFFIX
+from shared.kafka import make_admin, make_producer
+
+READ_TIMEOUT_S = 60.0
+_ERROR_SHOWN = 100  # characters of an error shown in the table (all of it with --json)
+
+
+class DlqError(Exception):
+    """What the operator asked for cannot be done (unknown topic or id): exit code 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One record of a dead-letter topic and what it says (None: not a dead letter at all)."""
+
+    dlq: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    letter: DeadLetter | None
+
+    def as_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"dlq": self.dlq, "partition": self.partition, "offset": self.offset}
+        row["key"] = self.key.decode(errors="replace") if self.key else None
+        if self.letter is None:
+            return row | {"error": "not a dead letter"}
+        letter = self.letter
+        topic, partition, offset = letter.origin
+        return row | {
+            "id": letter.id,
+            "type": letter.type,
+            "source": letter.source,
+            "subject": letter.subject,
+            "consumer": letter.dlqconsumer,
+            "attempts": letter.attempts,
+            "error": letter.dlqerror,
+            "first_failure": letter.dlqfirstfailure,
+            "last_failure": letter.dlqlastfailure,
+            "origin": {"topic": topic, "partition": partition, "offset": offset},
+        }
+
+
+def dlq_of(topic: str) -> str:
+    """The dead-letter topic named by `topic`, itself or the topic whose DLQ it is."""
+    return topic if topic.endswith(DLQ_SUFFIX) else dlq_topic(topic)
+
+
+async def read_dead_letters(
+    bootstrap: str, dlqs: Sequence[str], *, timeout_s: float = READ_TIMEOUT_S
+) -> list[DeadLetterRecord]:
+    """Every record of `dlqs` up to their current ends, in topic, partition, offset order.
+    Raises DlqError for a topic that does not exist."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,  # no group: nothing is committed, nobody's offsets move
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    partitions = await _partitions(bootstrap, dlqs)
+    missing = [t for t in dlqs if t not in partitions]
+    if missing:
+        raise DlqError(f"no such topic: {', '.join(missing)}")
+    tps = [TopicPartition(t, p) for t in dlqs for p in range(partitions[t])]
+    await consumer.start()
+    try:
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        out: list[DeadLetterRecord] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise DlqError(f"reading the dead letters took longer than {timeout_s:.0f}s")
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, records in batches.items():
+                out += [_record(tp, r.offset, r.key, r.value) for r in records if r.offset < ends[tp]]
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.dlq, r.partition, r.offset))
+
+
+async def _partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """The partition count of each of `topics` that exists."""
+    admin = make_admin(bootstrap, client_id="infra-dlq")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
+    try:
+        letter: DeadLetter | None = read_dead_letter(value)
+    except DeadLetterFormatError:
+        letter = None
+    return DeadLetterRecord(tp.topic, tp.partition, offset, key, value, letter)
+
+
+def table(records: Sequence[DeadLetterRecord]) -> str:
+    """The listing: one row per dead letter, per topic."""
+    header = ("DLQ TOPIC", "OFFSET", "ID", "TYPE", "CONSUMER", "ATTEMPTS", "LAST FAILURE", "ERROR")
+    rows = [header]
+    for r in records:
+        offset = str(r.offset) if r.partition == 0 else f"{r.partition}@{r.offset}"
+        if r.letter is None:
+            rows.append((r.dlq, offset, "?", "?", "?", "?", "?", "not a dead letter"))
+            continue
+        letter = r.letter
+        error = " ".join(letter.dlqerror.split())
+        error = error if len(error) <= _ERROR_SHOWN else error[: _ERROR_SHOWN - 1] + "…"
+        rows.append(
+            (
+                r.dlq,
+                offset,
+                letter.id,
+                letter.type,
+                letter.dlqconsumer,
+                letter.dlqattempts,
+                letter.dlqlastfailure,
+                error,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """Where the original went."""
+
+    message_id: str
+    message_type: str
+    dlq: str
+    dlq_offset: int
+    topic: str
+    partition: int
+    offset: int
+
+
+async def replay(bootstrap: str, topic: str, message_id: str, *, timeout_s: float = READ_TIMEOUT_S) -> Replayed:
+    """Produce the original of the dead letter `message_id` of `topic` (a DLQ or its source
+    topic) to the original topic, with the original key. The latest dead letter of that id is
+    used: a message dead-lettered by several consumers, or more than once, is the same original."""
+    dlq = dlq_of(topic)
+    found = [r for r in await read_dead_letters(bootstrap, [dlq], timeout_s=timeout_s) if r.letter is not None]
+    matching = [r for r in found if r.letter is not None and r.letter.id == message_id]
+    if not matching:
+        raise DlqError(f"no dead letter with id {message_id!r} in {dlq} ({len(found)} dead letters there)")
+    record = matching[-1]
+    letter = record.letter
+    assert letter is not None
+    value = original_value(record.value)
+    producer = make_producer(bootstrap, client_id="infra-dlq-replay")
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(letter.dlqtopic, value, key=record.key or None)
+    finally:
+        await producer.stop()
+    return Replayed(letter.id, letter.type, dlq, record.offset, letter.dlqtopic, meta.partition, meta.offset)
+
+
+def _default_bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra dlq", description=(__doc__ or "").splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--bootstrap",
+        default=_default_bootstrap(),
+        help="Kafka (default: KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:KAFKA_PORT)",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    listing = sub.add_parser("list", parents=[common], help="list the dead letters of every DLQ topic (or one)")
+    listing.add_argument("--topic", help="a DLQ topic or the topic whose DLQ to list (default: all)")
+    listing.add_argument("--json", action="store_true", help="one JSON array, every attribute and the whole error")
+    again = sub.add_parser("replay", parents=[common], help="resubmit one dead letter's original message to its topic")
+    again.add_argument("--topic", required=True, help="the DLQ topic or the topic whose DLQ holds it")
+    again.add_argument("--id", required=True, dest="message_id", help="the dead letter's id (its message id)")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            dlqs = [dlq_of(args.topic)] if args.topic else list(DLQ_TOPICS)
+            records = asyncio.run(read_dead_letters(args.bootstrap, dlqs))
+            if args.json:
+                print(msgspec.json.encode([r.as_json() for r in records]).decode(), file=out)
+            elif records:
+                print(table(records), file=out)
+            else:
+                print(f"no dead letters in {', '.join(dlqs)}", file=out)
+            return 0
+        done = asyncio.run(replay(args.bootstrap, args.topic, args.message_id))
+    except DlqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"replayed {done.message_type} {done.message_id} from {done.dlq}@{done.dlq_offset} "
+        f"to {done.topic} partition {done.partition} offset {done.offset}",
+        file=out,
+    )
+    return 0
