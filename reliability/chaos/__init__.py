@@ -28,6 +28,8 @@ The faults (`--faults`, comma-separated; default all):
   kill-order-replica   a second order replica (same DB, other port) shares the load; SIGKILL
                        the first replica (likely the relay leader), restart it
   kill-kafka           SIGKILL the broker, restart it on the same data
+  kill-broker          on a private 3-broker cluster: SIGKILL the active controller under
+                       load, restart it; POST /orders must keep answering 202
   pg-immediate         PostgreSQL immediate shutdown (no checkpoint, crash recovery), restart
   sigstop-payment / sigstop-shipping   SIGSTOP the service for `--sigstop-s` (> the saga
                        timeout), then SIGCONT: the saga times out and compensates, the late
