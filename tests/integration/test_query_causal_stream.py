@@ -63,6 +63,7 @@ class QueryProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        assert self.proc is None, "already started: stop it first (a second start would leak the first process)"
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.query", cwd=REPO, env=self.env, stdout=out, stderr=out
@@ -252,8 +253,8 @@ async def test_effects_produced_before_their_causes_stream_after_them_across_a_c
         assert_causal(live)
         assert not [doc["type"] for _, doc in ours if "causalgap" in doc], "every cause came: no gap"
         assert await held_count(dsn, [f.id for f in facts]) == 0
-        # A new reader from the start gets exactly what the live reader got, in the same order.
-        await service.start()
+        # A new reader from the start gets exactly what the live reader got, in the same order
+        # (from the same, still running, process).
         async with reading(service.url) as again:
             await again.until_seen({f.id for f in facts})
             assert again.events[: len(live)] == live
