@@ -14,7 +14,7 @@ Ready means every check passes:
                  has more members than the topics have partitions; it is still a ready
                  standby). A rebalance does not clear it, a restarted Kafka client does.
                  Loops that run consumers of their own (the query service's view
-                 generations) add a check to `Runtime.readiness`;
+                 generations) declare a check in `ServiceDefinition.readiness`;
 * `serving`    — no shutdown has begun (SIGTERM makes readiness 503 at once).
 
 Shutdown (SIGTERM, or the end of the app's lifespan), each phase bounded by SHUTDOWN_GRACE_S:

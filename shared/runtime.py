@@ -71,8 +71,8 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Health and shutdown (shared/lifecycle.py). The relay stops after the consumers and
-    #: loops, so it publishes what their last batches wrote. A loop that runs consumers of
-    #: its own appends a check to `readiness` before its first await.
+    #: loops, so it publishes what their last batches wrote. `readiness` holds the service's
+    #: own checks (`ServiceDefinition.readiness`), beside the kernel's.
     relay_stop: asyncio.Event = field(default_factory=asyncio.Event)
     relay_task: asyncio.Task[None] | None = None
     readiness: list[ReadinessCheck] = field(default_factory=list)
@@ -88,6 +88,8 @@ class ServiceDefinition:
     schema: Sequence[Path | str] = ()
     consumers: Callable[[EventStore], Sequence[ConsumerSpec]] = lambda store: ()
     loops: Sequence[BackgroundLoop] = ()
+    #: Extra readiness checks (None = ready, else the reason), e.g. consumers a loop runs itself.
+    readiness: Sequence[ReadinessCheck] = ()
     description: str = ""
     openapi_tags: list[dict[str, Any]] | None = None
 
@@ -355,7 +357,9 @@ async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) 
         local_bell=store.outbox_written,
         tracing=tracing,
     )
-    runtime = Runtime(settings=settings, pool=pool, store=store, relay=relay, migrated=True)
+    runtime = Runtime(
+        settings=settings, pool=pool, store=store, relay=relay, migrated=True, readiness=list(definition.readiness)
+    )
     runtime.relay_task = asyncio.create_task(relay.run(runtime.relay_stop), name="relay")
     consumer_settings = consumer_settings_of(settings)
     for spec in definition.consumers(store):
@@ -371,7 +375,6 @@ async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) 
         runtime.tasks.append(asyncio.create_task(runner.run(runtime.stop), name=f"consumer:{spec.name}"))
     for loop in definition.loops:
         runtime.tasks.append(asyncio.create_task(loop(runtime, runtime.stop), name=getattr(loop, "__name__", "loop")))
-    await asyncio.sleep(0)  # every task runs to its first await: loops have added their readiness checks
     return runtime
 
 

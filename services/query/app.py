@@ -39,6 +39,7 @@ def definition(settings: QuerySettings, context: QueryContext) -> ServiceDefinit
         routers=[api.router, sse.router, rebuild.router],
         schema=[VIEWS_SQL, bootstrap_sql(settings.query_consumer_prefix)],
         loops=[context.notifications.run, context.supervisor.run, CausalGapReleaser(settings).run],
+        readiness=[context.supervisor.readiness],
         description=DESCRIPTION,
         openapi_tags=[
             {"name": "views", "description": "read models: order summaries, lists, timelines, stats"},

@@ -72,7 +72,6 @@ class GenerationSupervisor:
 
     async def run(self, runtime: Runtime, stop: asyncio.Event) -> None:
         """Background loop (ServiceDefinition.loops)."""
-        runtime.readiness.append(self.readiness)  # before the first await (see shared.runtime.Runtime)
         try:
             while not stop.is_set():
                 waiter = self.notifications.generations.waiter()
