@@ -23,6 +23,14 @@ environment, first match wins:
    are quick; stopped by PID and purged when the session ends. It never touches a stack the
    user is running.
 
+Bearer tokens (docs/API.md, "Authorization"): the client gets a token maker. For the private,
+`make up` and testcontainers stacks it signs with that stack's development key
+(`<run dir>/auth/signing-key.pem`, infra/tokens.py). An external stack must say how:
+`E2E_SIGNING_KEY_FILE` (the PEM EC P-256 private key whose public half, with the RFC 7638
+thumbprint `kid` that infra/tokens.py gives it, is in the services' JWKS; `make up` writes
+`.run/auth/signing-key.pem`), with `E2E_AUTH_ISSUER` / `E2E_AUTH_AUDIENCE` when the services
+do not use the defaults (events-first-dev / events-first).
+
 Other knobs: `E2E_FLOW_TIMEOUT_S` (default 30) bounds every wait for an asynchronous outcome;
 `E2E_KEEP_STACK=1` leaves the private stack running (its run dir is printed) for a post-mortem.
 """
@@ -40,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from client import Endpoints, SystemClient, new_customer, order_body
+from client import Endpoints, SystemClient, TokenMaker, new_customer, order_body
 from streams import KafkaTap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +74,8 @@ class SystemUnderTest:
     # directory its processes log to: None when the stack is not ours to inspect.
     pg_dsn: Callable[[str], str] | None = None
     log_dir: Path | None = None
+    # Makes bearer tokens the services accept (see "Bearer tokens" above).
+    tokens: TokenMaker | None = None
 
     @property
     def can_pause(self) -> bool:
@@ -78,6 +88,36 @@ def _env_flag(name: str) -> bool:
 
 def _say(msg: str) -> None:
     print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _token_maker(key_dir: Path, issuer: str | None = None, audience: str | None = None) -> TokenMaker:
+    """Tokens signed with the development key in `key_dir` (created there if absent)."""
+    from dataclasses import replace
+
+    from infra.tokens import ensure_dev_keys
+    from shared.auth import Role
+
+    keys = ensure_dev_keys(key_dir)
+    keys = replace(keys, issuer=issuer or keys.issuer, audience=audience or keys.audience)
+
+    def make(role: str, customer_id: str | None) -> str:
+        return keys.mint(role=Role(role), customer_id=customer_id)
+
+    return make
+
+
+def _external_tokens() -> TokenMaker:
+    key_file = os.environ.get("E2E_SIGNING_KEY_FILE", "").strip()
+    if not key_file:
+        raise RuntimeError("an external stack needs E2E_SIGNING_KEY_FILE (its signing key) to make tokens")
+    return _token_maker(
+        Path(key_file).parent,
+        os.environ.get("E2E_AUTH_ISSUER", "").strip() or None,
+        os.environ.get("E2E_AUTH_AUDIENCE", "").strip() or None,
+    )
 
 
 # --------------------------------------------------------------------------- the stacks
@@ -115,7 +155,13 @@ def _private_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             return stack.service_process(name).send_signal(sig)
 
         yield SystemUnderTest(
-            "private", endpoints, STEP_TIMEOUT_S, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs"
+            "private",
+            endpoints,
+            STEP_TIMEOUT_S,
+            send,
+            pg_dsn=stack.pg_admin_dsn,
+            log_dir=stack.run_dir / "logs",
+            tokens=_token_maker(stack.run_dir / "auth"),
         )
     finally:
         if _env_flag("E2E_KEEP_STACK"):
@@ -143,7 +189,15 @@ def _make_up_stack() -> Iterator[SystemUnderTest]:
     def send(name: str, sig: int) -> bool:
         return stack.service_process(name).send_signal(sig)
 
-    yield SystemUnderTest("make-up", endpoints, None, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs")
+    yield SystemUnderTest(
+        "make-up",
+        endpoints,
+        None,
+        send,
+        pg_dsn=stack.pg_admin_dsn,
+        log_dir=stack.run_dir / "logs",
+        tokens=_token_maker(stack.run_dir / "auth"),
+    )
 
 
 def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
@@ -174,6 +228,9 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
         pg_host, pg_port = pg.get_container_host_ip(), pg.get_exposed_port(5432)
         bootstrap = kafka.get_bootstrap_server()
         ports = dict(zip(SERVICES, free_ports(len(SERVICES))))
+        from infra.tokens import ensure_dev_keys
+
+        auth_env = ensure_dev_keys(tmp / "auth").env()
         procs: dict[str, ServiceProcess] = {}
         for name in SERVICES:
             env = {
@@ -182,6 +239,7 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
                 f"{name.upper()}_PORT": str(ports[name]),
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DATABASE_URL": f"postgresql://app:app@{pg_host}:{pg_port}/{name}",
+                **auth_env,
             }
             if name == "order":
                 env["SAGA_STEP_TIMEOUT_S"] = str(STEP_TIMEOUT_S)
@@ -207,7 +265,13 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
                 return f"postgresql://app:app@{pg_host}:{pg_port}/{database}"
 
             yield SystemUnderTest(
-                "testcontainers", endpoints, STEP_TIMEOUT_S, send, pg_dsn=dsn, log_dir=tmp / "tc" / "logs"
+                "testcontainers",
+                endpoints,
+                STEP_TIMEOUT_S,
+                send,
+                pg_dsn=dsn,
+                log_dir=tmp / "tc" / "logs",
+                tokens=_token_maker(tmp / "auth"),
             )
         finally:
             for p in procs.values():
@@ -219,7 +283,7 @@ def sut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemUnderTest]:
     external = Endpoints.from_env()
     if external is not None:
         _say(f"external stack: {external}")
-        yield SystemUnderTest("external", external, None, None)
+        yield SystemUnderTest("external", external, None, None, tokens=_external_tokens())
     elif _env_flag("E2E_USE_MAKE_UP"):
         yield from _make_up_stack()
     elif _env_flag("E2E_TESTCONTAINERS"):
@@ -244,7 +308,8 @@ async def _warm_up(client: SystemClient) -> None:
 
 @pytest.fixture(scope="session")
 async def client(sut: SystemUnderTest) -> AsyncIterator[SystemClient]:
-    async with SystemClient(sut.endpoints) as c:
+    assert sut.tokens is not None
+    async with SystemClient(sut.endpoints, sut.tokens) as c:
         try:
             await _warm_up(c)
         except Exception as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.procs import ServiceProcess
+from infra.tokens import ensure_dev_keys
 
 if TYPE_CHECKING:
     from infra.stack import LocalStack
@@ -44,8 +45,10 @@ SERVICES: tuple[ServiceDef, ...] = (
 
 
 def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
-    """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings)."""
+    """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings):
+    its port, Kafka, its database, and the keys it trusts (`auth_env`)."""
     env = {
+        **auth_env(stack),
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(svc.port()),
         svc.port_env: str(svc.port()),
@@ -54,6 +57,15 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
     if svc.database:
         env["DATABASE_URL"] = stack.pg_dsn(svc.database)
     return env
+
+
+def auth_env(stack: LocalStack) -> dict[str, str]:
+    """The development JWKS under `<run_dir>/auth/` (created once, infra/tokens.py), unless the
+    environment already names the keys to trust (AUTH_JWKS_FILE or AUTH_JWKS_URL): then the
+    services inherit those, e.g. a real identity provider's, or a test session's own."""
+    if os.environ.get("AUTH_JWKS_FILE") or os.environ.get("AUTH_JWKS_URL"):
+        return {}
+    return ensure_dev_keys(stack.run_dir / "auth").env()
 
 
 SERVICE_ENV: Callable[[LocalStack, ServiceDef], dict[str, str]] = default_service_env
