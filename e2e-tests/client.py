@@ -178,7 +178,8 @@ def customer_of(content: bytes) -> str:
     except ValueError:
         return NO_CUSTOMER
     customer = body.get("customer_id") if isinstance(body, dict) else None
-    return customer if isinstance(customer, str) and customer else NO_CUSTOMER
+    usable = isinstance(customer, str) and 0 < len(customer) <= 200 and customer.isprintable()
+    return customer if usable and isinstance(customer, str) else NO_CUSTOMER
 
 
 def bearer(token: str | None) -> dict[str, str]:

@@ -9,7 +9,9 @@ development stand-in for an identity provider, never a production one.
     python -m infra token --role staff            # sub = staff, role = staff (or --role admin)
     python -m infra token --customer c-1 --ttl 60 # expires in 60 s (default 3600)
 
-The bare token is printed on the last line of the output.
+The bare token is printed on the last line of the output. The project's own tools that call
+the APIs (the bench, the reliability load, audit and chaos, the tests) sign with the same key,
+through `ActingAuth`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Generator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -79,6 +83,55 @@ class DevKeys:
     def env(self) -> dict[str, str]:
         """What a service needs in its environment to accept these tokens."""
         return {"AUTH_JWKS_FILE": str(self.jwks_path), "AUTH_ISSUER": self.issuer, "AUTH_AUDIENCE": self.audience}
+
+
+#: The customer a `POST /orders` acts as when its body names none (invalid input: still a customer).
+NO_CUSTOMER = "no-customer"
+
+
+@dataclass
+class ActingAuth(httpx.Auth):
+    """httpx auth for the project's tools: a request that brings no Authorization header gets
+    a token, as the customer its `POST /orders` body names (placing is a customer's act) and as
+    an admin otherwise. Tokens are minted once per identity (valid for `ttl_s`)."""
+
+    keys: DevKeys
+    ttl_s: int = 24 * 3600
+    _cache: dict[tuple[Role, str | None], str] = field(default_factory=dict)
+
+    def token(self, role: Role, customer_id: str | None = None) -> str:
+        if (role, customer_id) not in self._cache:
+            self._cache[role, customer_id] = self.keys.mint(role=role, customer_id=customer_id, ttl_s=self.ttl_s)
+        return self._cache[role, customer_id]
+
+    def headers(self, role: Role, customer_id: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, customer_id)}"}
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if "authorization" not in request.headers:
+            if request.method == "POST" and request.url.path.endswith("/orders"):
+                token = self.token(Role.CUSTOMER, customer_of(request.content))
+            else:
+                token = self.token(Role.ADMIN)
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def customer_of(content: bytes) -> str:
+    """The `customer_id` a POST /orders body names (NO_CUSTOMER if it names no usable one: the
+    body is invalid input then, refused whoever sends it)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return NO_CUSTOMER
+    customer = body.get("customer_id") if isinstance(body, dict) else None
+    usable = isinstance(customer, str) and 0 < len(customer) <= 200 and customer.isprintable()
+    return customer if usable and isinstance(customer, str) else NO_CUSTOMER
+
+
+def stack_auth(run_dir: Path) -> ActingAuth:
+    """Tokens for the stack whose run dir is `run_dir` (`make up`, a test's, the bench's)."""
+    return ActingAuth(ensure_dev_keys(Path(run_dir) / "auth"))
 
 
 def ensure_dev_keys(directory: Path) -> DevKeys:

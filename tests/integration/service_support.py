@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from infra.stack import LocalStack
-from tests.auth_support import ActingAuth, test_keys
+from tests.auth_support import acting
 
 
 @asynccontextmanager
@@ -20,7 +20,7 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     bearer tokens: tests/auth_support.py)."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        auth = ActingAuth(test_keys())
+        auth = acting()
         async with httpx.AsyncClient(
             transport=transport, base_url="http://service.test", timeout=30, auth=auth
         ) as client:
