@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from client import Endpoints, SystemClient, TokenMaker, new_customer, order_body
@@ -74,8 +75,13 @@ class SystemUnderTest:
     # directory its processes log to: None when the stack is not ours to inspect.
     pg_dsn: Callable[[str], str] | None = None
     log_dir: Path | None = None
-    # Makes bearer tokens the services accept (see "Bearer tokens" above).
-    tokens: TokenMaker | None = None
+    # Signs bearer tokens the services accept (see "Bearer tokens" above).
+    signer: Signer | None = None
+
+    @property
+    def tokens(self) -> TokenMaker:
+        assert self.signer is not None, "no signing key for this stack"
+        return self.signer.make
 
     @property
     def can_pause(self) -> bool:
@@ -93,27 +99,77 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------- tokens
 
 
-def _token_maker(key_dir: Path, issuer: str | None = None, audience: str | None = None) -> TokenMaker:
-    """Tokens signed with the development key in `key_dir` (created there if absent)."""
+@dataclass(frozen=True)
+class Signer:
+    """The stack's signing key: good tokens for the client, and bad ones for test_authorization."""
+
+    keys: Any  # infra.tokens.DevKeys
+
+    def make(self, role: str, customer_id: str | None) -> str:
+        from shared.auth import Role
+
+        token: str = self.keys.mint(role=Role(role), customer_id=customer_id)
+        return token
+
+    def bad_tokens(self) -> dict[str, str]:
+        """One token of each kind the services must refuse with 401, by name."""
+        import base64
+        import hashlib
+        import hmac
+        import json
+
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        now = int(time.time())
+        claims = {"iss": self.keys.issuer, "aud": self.keys.audience, "sub": "staff", "role": "admin"}
+        claims |= {"iat": now, "exp": now + 600}
+        kid = {"kid": self.keys.kid}
+
+        def signed(key: Any = None, headers: dict[str, str] | None = None, **changes: Any) -> str:
+            token: str = jwt.encode(
+                {**claims, **changes}, key or self.keys.private_key, algorithm="ES256", headers=headers or kid
+            )
+            return token
+
+        head_none = b64(json.dumps({"alg": "none", "typ": "JWT", **kid}).encode())
+        head_hs = b64(json.dumps({"alg": "HS256", "typ": "JWT", **kid}).encode())
+        body = b64(json.dumps(claims).encode())
+        public = self.keys.jwks_path.read_bytes()
+        mac = b64(hmac.new(public, f"{head_hs}.{body}".encode(), hashlib.sha256).digest())
+        return {
+            "malformed": "not-a-jwt",
+            "expired": signed(iat=now - 120, exp=now - 60),
+            "wrong_signature": signed(key=ec.generate_private_key(ec.SECP256R1())),
+            "unknown_kid": signed(headers={"kid": "no-such-key"}),
+            "wrong_audience": signed(aud="someone-else"),
+            "wrong_issuer": signed(iss="https://evil.example"),
+            "alg_none": f"{head_none}.{body}.",
+            "hs256_with_public_key": f"{head_hs}.{body}.{mac}",
+            "no_role": jwt.encode(
+                {k: v for k, v in claims.items() if k != "role"}, self.keys.private_key, algorithm="ES256", headers=kid
+            ),
+        }
+
+
+def _signer(key_dir: Path, issuer: str | None = None, audience: str | None = None) -> Signer:
+    """The development key in `key_dir` (created there if absent)."""
     from dataclasses import replace
 
     from infra.tokens import ensure_dev_keys
-    from shared.auth import Role
 
     keys = ensure_dev_keys(key_dir)
-    keys = replace(keys, issuer=issuer or keys.issuer, audience=audience or keys.audience)
-
-    def make(role: str, customer_id: str | None) -> str:
-        return keys.mint(role=Role(role), customer_id=customer_id)
-
-    return make
+    return Signer(replace(keys, issuer=issuer or keys.issuer, audience=audience or keys.audience))
 
 
-def _external_tokens() -> TokenMaker:
+def _external_signer() -> Signer:
     key_file = os.environ.get("E2E_SIGNING_KEY_FILE", "").strip()
     if not key_file:
         raise RuntimeError("an external stack needs E2E_SIGNING_KEY_FILE (its signing key) to make tokens")
-    return _token_maker(
+    return _signer(
         Path(key_file).parent,
         os.environ.get("E2E_AUTH_ISSUER", "").strip() or None,
         os.environ.get("E2E_AUTH_AUDIENCE", "").strip() or None,
@@ -161,7 +217,7 @@ def _private_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             send,
             pg_dsn=stack.pg_admin_dsn,
             log_dir=stack.run_dir / "logs",
-            tokens=_token_maker(stack.run_dir / "auth"),
+            signer=_signer(stack.run_dir / "auth"),
         )
     finally:
         if _env_flag("E2E_KEEP_STACK"):
@@ -196,7 +252,7 @@ def _make_up_stack() -> Iterator[SystemUnderTest]:
         send,
         pg_dsn=stack.pg_admin_dsn,
         log_dir=stack.run_dir / "logs",
-        tokens=_token_maker(stack.run_dir / "auth"),
+        signer=_signer(stack.run_dir / "auth"),
     )
 
 
@@ -271,7 +327,7 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
                 send,
                 pg_dsn=dsn,
                 log_dir=tmp / "tc" / "logs",
-                tokens=_token_maker(tmp / "auth"),
+                signer=_signer(tmp / "auth"),
             )
         finally:
             for p in procs.values():
@@ -283,7 +339,7 @@ def sut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemUnderTest]:
     external = Endpoints.from_env()
     if external is not None:
         _say(f"external stack: {external}")
-        yield SystemUnderTest("external", external, None, None, tokens=_external_tokens())
+        yield SystemUnderTest("external", external, None, None, signer=_external_signer())
     elif _env_flag("E2E_USE_MAKE_UP"):
         yield from _make_up_stack()
     elif _env_flag("E2E_TESTCONTAINERS"):
@@ -308,13 +364,19 @@ async def _warm_up(client: SystemClient) -> None:
 
 @pytest.fixture(scope="session")
 async def client(sut: SystemUnderTest) -> AsyncIterator[SystemClient]:
-    assert sut.tokens is not None
     async with SystemClient(sut.endpoints, sut.tokens) as c:
         try:
             await _warm_up(c)
         except Exception as exc:
             raise RuntimeError(f"the system under test ({sut.mode}, {sut.endpoints}) is not usable: {exc}") from exc
         yield c
+
+
+@pytest.fixture(scope="session")
+def bad_tokens(sut: SystemUnderTest) -> dict[str, str]:
+    """Tokens the services must refuse with 401, by kind (Signer.bad_tokens)."""
+    assert sut.signer is not None
+    return sut.signer.bad_tokens()
 
 
 @pytest.fixture

@@ -60,11 +60,9 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
 
 
 def auth_env(stack: LocalStack) -> dict[str, str]:
-    """The development JWKS under `<run_dir>/auth/` (created once, infra/tokens.py), unless the
-    environment already names the keys to trust (AUTH_JWKS_FILE or AUTH_JWKS_URL): then the
-    services inherit those, e.g. a real identity provider's, or a test session's own."""
-    if os.environ.get("AUTH_JWKS_FILE") or os.environ.get("AUTH_JWKS_URL"):
-        return {}
+    """The keys the stack's services trust: its development JWKS under `<run_dir>/auth/`
+    (created once, infra/tokens.py), whatever this process's environment says, so that the
+    tools signing with that key (`python -m infra token`, the bench, the chaos load) always fit."""
     return ensure_dev_keys(stack.run_dir / "auth").env()
 
 

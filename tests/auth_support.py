@@ -2,7 +2,8 @@
 
 `tests/conftest.py` creates the key pair (fixture `auth_keys`, autouse) and points
 `AUTH_JWKS_FILE` at it, so every app a test builds, and every service process a test starts
-(infra/services.py passes a set AUTH_JWKS_FILE through), accepts its tokens. `acting()` gives a
+from this environment, accepts its tokens (services started through infra.stack trust their
+stack's own key instead: sign for those with infra.tokens.stack_auth). `acting()` gives a
 client the identity the tests written before authorization assume (infra.tokens.ActingAuth:
 POST /orders as the customer the body names, everything else as an admin). Authorization
 itself is tested in tests/unit/test_auth.py and e2e-tests/test_authorization.py.

@@ -368,7 +368,7 @@ def test_order_bad_bodies(apps: LiveApps) -> None:
         p.send(
             "POST",
             "/orders",
-            json={**VALID_ORDER, "customer_id": "other"},
+            json={**VALID_ORDER, "payment_token": "tok_other"},  # same customer, same key, other body
             headers={"Idempotency-Key": "fuzz-same"},
             allowed=(422,),
         )

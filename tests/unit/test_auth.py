@@ -236,3 +236,18 @@ async def test_the_kernel_answers_401_and_403_in_the_one_error_shape(app: FastAP
         }
         assert schema["paths"]["/who"]["get"]["security"] == [{"bearer": []}]
         assert "security" not in schema["paths"]["/health"]["get"]
+
+
+async def test_metrics_are_open_to_loopback_and_staffs_from_elsewhere(app: FastAPI, keys: DevKeys) -> None:
+    local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    remote = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+    async with (
+        httpx.AsyncClient(transport=local, base_url="http://t") as here,
+        httpx.AsyncClient(transport=remote, base_url="http://t") as there,
+    ):
+        assert (await here.get("/metrics")).status_code == 200
+        assert (await there.get("/metrics")).status_code == 401
+        customer = {"Authorization": f"Bearer {keys.mint(role=Role.CUSTOMER, customer_id='c-1')}"}
+        assert (await there.get("/metrics", headers=customer)).status_code == 403
+        staff = {"Authorization": f"Bearer {keys.mint(role=Role.STAFF)}"}
+        assert (await there.get("/metrics", headers=staff)).status_code == 200
