@@ -8,6 +8,7 @@ development stand-in for an identity provider, never a production one.
     python -m infra token --customer c-1          # a customer token: sub = c-1, role = customer
     python -m infra token --role staff            # sub = staff, role = staff (or --role admin)
     python -m infra token --customer c-1 --ttl 60 # expires in 60 s (default 3600)
+    python -m infra token --init                  # only create the key pair (docker compose's job)
 
 The bare token is printed on the last line of the output. The project's own tools that call
 the APIs (the bench, the reliability load, audit and chaos, the tests) sign with the same key,
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m infra token", description=__doc__.splitlines()[0])
     who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--init", action="store_true", help="only create the key pair (if absent); print no token")
     who.add_argument("--customer", metavar="CUSTOMER_ID", help="a customer token for this customer id")
     who.add_argument("--role", choices=[Role.STAFF.value, Role.ADMIN.value], help="a staff or admin token")
     parser.add_argument("--subject", help="the staff/admin user name (default: the role)")
@@ -191,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.customer is not None and args.subject is not None:
         parser.error("--subject is for --role; a customer token's subject is the customer id")
     keys = ensure_dev_keys(Path(InfraSettings().run_dir) / "auth")
+    if args.init:
+        print(f"development signing key ready: kid {keys.kid}, JWKS {keys.jwks_path}")
+        return 0
     if args.customer is not None:
         token = keys.mint(role=Role.CUSTOMER, customer_id=args.customer, ttl_s=args.ttl)
         who_text = f"customer {args.customer}"
