@@ -231,8 +231,8 @@ async def get_order(
         waiter = signal.waiter()  # before reading, so a commit in between is not missed
         async with current_views(request) as views:
             model = await views.order(order_id)
-        if model is not None and model.known and not principal.may_access(model.customer_id):
-            return _order_not_found(f"order {order_id!r} is not known")
+        if model is not None and not principal.may_access(model.customer_id):
+            model = None  # another customer's order waits like an unknown one: no existence oracle
         current = model.version if model is not None else 0
         if model is not None and current >= min_version:
             MIN_VERSION_WAIT.labels(outcome="reached").observe(time.monotonic() - started)

@@ -251,3 +251,32 @@ async def test_metrics_are_open_to_loopback_and_staffs_from_elsewhere(app: FastA
         assert (await there.get("/metrics", headers=customer)).status_code == 403
         staff = {"Authorization": f"Bearer {keys.mint(role=Role.STAFF)}"}
         assert (await there.get("/metrics", headers=staff)).status_code == 200
+
+
+async def test_a_verified_token_is_remembered_until_it_expires_or_a_minute_passes(
+    keys: DevKeys, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shared.auth
+
+    calls: list[str] = []
+    real = verifier._verify
+
+    async def counting(token: str) -> tuple[Principal, float]:
+        calls.append(token)
+        return await real(token)
+
+    monkeypatch.setattr(verifier, "_verify", counting)
+    long_lived, short_lived = keys.mint(role=Role.STAFF, ttl_s=3600), keys.mint(role=Role.STAFF, ttl_s=30)
+    for _ in range(3):
+        await verifier.verify(long_lived)
+        await verifier.verify(short_lived)
+    assert calls == [long_lived, short_lived]  # verified once each
+    now = time.time()
+    # (only the cache's clock moves: PyJWT's own still says both tokens are valid)
+    monkeypatch.setattr(shared.auth.time, "time", lambda: now + 45)  # past the short one's exp
+    await verifier.verify(long_lived)
+    await verifier.verify(short_lived)
+    assert calls == [long_lived, short_lived, short_lived]  # the expired entry was not used
+    monkeypatch.setattr(shared.auth.time, "time", lambda: now + 120)  # past the minute
+    await verifier.verify(long_lived)
+    assert calls[-1] == long_lived and len(calls) == 4
