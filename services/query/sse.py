@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -25,6 +26,11 @@ from fastapi.responses import StreamingResponse
 from services.query import store
 from services.query.context import context_of, pool_of
 from services.query.metrics import SSE_CLIENTS
+from shared.keystore import revealed
+from shared.runtime import runtime_of
+
+#: Every personal value (sealed `pd1.`, legacy `pd0.`) starts so inside a JSON document.
+_MAY_HOLD_PERSONAL = '"pd'
 
 router = APIRouter(tags=["stream"])
 
@@ -34,6 +40,19 @@ MAX_ID = 2**63 - 1  # fact_feed.seq is a BIGINT
 
 def format_event(item: store.FeedItem) -> str:
     return f"id: {item.seq}\ndata: {item.document}\n\n"
+
+
+async def revealed_items(request: Request, items: list[store.FeedItem]) -> list[store.FeedItem]:
+    """The feed's documents as a read edge shows them: personal values opened, or `[erased]`
+    (the feed table holds them sealed, as they came from Kafka). One key-store query per batch."""
+    marked = [i for i, item in enumerate(items) if _MAY_HOLD_PERSONAL in item.document]
+    if not marked:
+        return items
+    opened = await revealed(runtime_of(request).keystore, [orjson.loads(items[i].document) for i in marked])
+    shown = list(items)
+    for i, document in zip(marked, opened, strict=True):
+        shown[i] = store.FeedItem(items[i].seq, orjson.dumps(document).decode())
+    return shown
 
 
 @router.get(
@@ -89,7 +108,7 @@ async def _events(request: Request, order_id: str | None, resume_from: int | Non
             async with pool.acquire() as conn:
                 items = await store.feed_after(conn, last, order_id, settings.sse_batch)
             if items:
-                yield "".join(format_event(i) for i in items)
+                yield "".join(format_event(i) for i in await revealed_items(request, items))
                 last = items[-1].seq
                 last_write = time.monotonic()
                 if len(items) == settings.sse_batch:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from shared.contract.base import Address, Command, Fact, Id, Text
+from shared.contract.base import Address, Command, Fact, Id, Text, legacy_address
 from shared.contract.topics import SHIPPING_COMMANDS, SHIPPING_EVENTS
+from shared.contract.upcasting import upcaster
 
 
 class ShippingCommand(Command, frozen=True, kw_only=True):
@@ -16,7 +17,10 @@ class ShippingCommand(Command, frozen=True, kw_only=True):
 
 
 class ScheduleShipment(ShippingCommand, frozen=True, kw_only=True):
+    """Version 2: the address's personal fields are sealed (as `order.placed` carries them)."""
+
     TYPE: ClassVar[str] = "shipment.schedule"
+    VERSION: ClassVar[int] = 2
 
     address: Address
 
@@ -34,9 +38,18 @@ class ShipmentFact(Fact, frozen=True, kw_only=True):
 
 
 class ShipmentScheduled(ShipmentFact, frozen=True, kw_only=True):
+    """Version 2: the address's personal fields are sealed (copied from the command)."""
+
     TYPE: ClassVar[str] = "shipment.scheduled"
+    VERSION: ClassVar[int] = 2
 
     address: Address
+
+
+@upcaster(ScheduleShipment.TYPE, "shipment.scheduled", from_version=1)
+def _shipment_address_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 → v2: the clear address of a v1 shipment message is marked legacy text (`pd0.`)."""
+    return legacy_address(data, "address")
 
 
 class ShipmentFailed(ShipmentFact, frozen=True, kw_only=True):
