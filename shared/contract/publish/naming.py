@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.contract.base import Message
+from shared.contract.customer import CUSTOMER_FACTS
 from shared.contract.dead_letter import DeadLetter
 from shared.contract.envelope import CLOUDEVENTS_SPEC_VERSION, JSON_CONTENT_TYPE
 from shared.contract.registry import CHANNELS, Channel
-from shared.contract.customer import CUSTOMER_FACTS
 from shared.contract.saga import SAGA_FACTS
 from shared.contract.topics import DLQ_SUFFIX
 from shared.contract.upcasting import registered_steps
