@@ -16,7 +16,6 @@ from shared.consumer import Delivery
 from shared.contract import (
     PAYMENT_EVENTS,
     SHIPPING_EVENTS,
-    Address,
     Envelope,
     Fact,
     Message,
@@ -31,7 +30,7 @@ from shared.contract import (
 from shared.db import create_pool, migrate
 from shared.eventstore import EventStore
 from shared.ids import derived_id
-from tests.integration.order_support import ADDRESS, order_body
+from tests.integration.order_support import ADDRESS, order_body, sealed
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +53,7 @@ def reply(order_id: str, kind: type[PaymentFact] | type[ShipmentScheduled], offs
         topic, source, subject = PAYMENT_EVENTS, "/services/payment", payment_id
     else:
         shipment_id = derived_id(order_id, "shipment")
-        fact = kind(order_id=order_id, shipment_id=shipment_id, address=Address(**ADDRESS))
+        fact = kind(order_id=order_id, shipment_id=shipment_id, address=sealed(ADDRESS))
         topic, source, subject = SHIPPING_EVENTS, "/services/shipping", shipment_id
     envelope: Envelope[Message] = Envelope(
         id=str(uuid.uuid4()),
