@@ -191,7 +191,7 @@ async def test_an_old_confirmed_order_goes_on_to_delivered(old: OldDatabase, sta
         k: v for k, v in recorded(order_id)["GET /orders/{id}"].items() if k not in ("status", "version")
     }
     events = (await old.client.get(f"/orders/{order_id}/events")).json()
-    assert events[:2] == recorded(order_id)["GET /orders/{id}/events"]
+    assert events[:2] == at_current_versions(recorded(order_id)["GET /orders/{id}/events"])
     assert [(e["type"], e["version"]) for e in events[2:]] == [("order.shipped", 3), ("order.delivered", 4)]
     # The saga went on exactly as a delivered journey of the previous code did.
     view = await reaches(old.client, f"/sagas/{order_id}", timeout_s=STEP_S, completed=True)
