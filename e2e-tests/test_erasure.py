@@ -163,6 +163,9 @@ async def test_erasure_shreds_the_personal_data_everywhere(client: SystemClient,
     assert await scan_topics(client, secrets_of(address)) == []
     if sut.pg_dsn is None or sut.log_dir is None:
         pytest.skip(f"Kafka checked; the {sut.mode} stack's databases and logs are not ours to read")
+    mine = {delivered_id, rejected_id, other_id, f"customer-{customer}"}
+    report = await audit(client, sut, mine)
+    assert [str(v) for v in report.violations if v.order_id in mine] == [], "the audit is unaffected by erasure"
     dumps = {name: await asyncio.to_thread(pg_dump, sut.pg_dsn(name)) for name in names}
     assert "keystore" in dumps and all(dumps.values())
     in_dumps = [name for name, dump in dumps.items() for secret in secrets_of(address) if secret in dump]
@@ -174,6 +177,32 @@ async def test_erasure_shreds_the_personal_data_everywhere(client: SystemClient,
         in_logs += found
     assert {"order.log", "payment.log", "shipping.log", "query.log"} <= {p.name for p in files}, files
     assert in_logs == [], f"the name or street is in the logs: {in_logs}"
+
+
+async def audit(client: SystemClient, sut: SystemUnderTest, orders: set[str]) -> Any:
+    """`python -m reliability audit` over the stack, once it passes for `orders` (bounded)."""
+    from reliability.audit.cli import run_audit
+    from reliability.audit.config import AuditConfig
+
+    assert sut.pg_dsn is not None
+    config = AuditConfig(
+        order_dsn=sut.pg_dsn("order"),
+        payment_dsn=sut.pg_dsn("payment"),
+        shipping_dsn=sut.pg_dsn("shipping"),
+        query_dsn=sut.pg_dsn("query"),
+        kafka_bootstrap=client.endpoints.kafka,
+        query_url=client.endpoints.query,
+        saga_timeout_s=sut.step_timeout_s or 30.0,
+    )
+
+    async def passes() -> Any:
+        report = await run_audit(config, orders - {o for o in orders if o.startswith("customer-")})
+        found = [str(v) for v in report.violations if v.order_id in orders]
+        if found:
+            raise NotYet(f"audit: {found}")
+        return report
+
+    return await eventually(passes, 60, what="the audit of the erased customer's orders", max_interval=2.0)
 
 
 def expect_json(value: bytes | None) -> Json:
