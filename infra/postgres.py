@@ -282,14 +282,29 @@ class PostgresServer:
         included, which need a connection to it)."""
         import asyncpg
 
-        await bootstrap_roles(conn)
-        keystore = await asyncpg.connect(
-            host=str(self.socket_dir), port=self.port, user=ADMIN_ROLE, database=KEYSTORE_DATABASE, timeout=5
+        # A run dir made before least privilege has every database owned by `app`, tables included.
+        legacy = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname = ANY($1::text[]) AND pg_get_userbyid(datdba) = $2",
+            list(SERVICE_DATABASES),
+            APP_ROLE,
         )
-        try:
-            await keystore.execute(KEYSTORE_GRANTS)
-        finally:
-            await keystore.close()
+        await bootstrap_roles(conn)
+        for database, sql in [
+            *((r["datname"], upgrades_sql(r["datname"])) for r in legacy),
+            (KEYSTORE_DATABASE, KEYSTORE_GRANTS),
+        ]:
+            inside = await asyncpg.connect(
+                host=str(self.socket_dir), port=self.port, user=ADMIN_ROLE, database=database, timeout=5
+            )
+            try:
+                await inside.execute(sql)
+            finally:
+                await inside.close()
+
+
+def upgrades_sql(database: str) -> str:
+    """Inside a service database made before least privilege: its objects to the service's role."""
+    return f"REASSIGN OWNED BY {_ident(APP_ROLE)} TO {_ident(service_role(database))}"
 
 
 def _ident(name: str) -> str:

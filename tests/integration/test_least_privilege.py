@@ -4,6 +4,8 @@ the key store, shipping's and query's may only read it, payment's may not connec
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -55,3 +57,36 @@ async def test_readers_read_the_keys_and_only_the_order_service_makes_or_destroy
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_database_made_before_least_privilege_is_handed_to_its_service_role(stack: LocalStack) -> None:
+    """A run dir from before: `payment` and its tables owned by `app`. Starting again hands both
+    to `payment_service` (the bootstrap is idempotent, and leaves the other databases as they were)."""
+    admin = await asyncpg.connect(stack.pg_admin_dsn())
+    try:
+        await admin.execute('ALTER DATABASE "payment" OWNER TO app')
+    finally:
+        await admin.close()
+    old = await asyncpg.connect(stack.pg_dsn("payment"))
+    try:
+        await old.execute("SET ROLE app; CREATE TABLE legacy_probe (x int)")
+    finally:
+        await old.close()
+    try:
+        await asyncio.to_thread(stack.postgres.start)
+        conn = await asyncpg.connect(stack.service_dsn("payment", "payment"))
+        try:
+            owners = await conn.fetchrow(
+                """SELECT pg_get_userbyid(d.datdba) AS db, (SELECT tableowner FROM pg_tables
+                   WHERE tablename = 'legacy_probe') AS tbl FROM pg_database d WHERE d.datname = 'payment'"""
+            )
+            assert (owners["db"], owners["tbl"]) == ("payment_service", "payment_service")
+            await conn.execute("INSERT INTO legacy_probe VALUES (1)")
+        finally:
+            await conn.close()
+    finally:
+        cleanup = await asyncpg.connect(stack.pg_dsn("payment"))
+        try:
+            await cleanup.execute("DROP TABLE IF EXISTS legacy_probe")
+        finally:
+            await cleanup.close()
