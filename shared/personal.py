@@ -19,7 +19,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,15 @@ def legacy(text: str) -> str:
     return f"{LEGACY_VERSION}.{_b64(text.encode())}"
 
 
-def is_personal(value: str) -> bool:
-    return bool(_SEALED.match(value) or _LEGACY.match(value))
+def holds_personal(document: Any) -> bool:
+    """Whether a JSON-like document holds any personal value (sealed or legacy text)."""
+    if isinstance(document, str):
+        return bool(_SEALED.match(document) or _LEGACY.match(document))
+    if isinstance(document, Mapping):
+        return any(holds_personal(item) for item in document.values())
+    if isinstance(document, (list, tuple)):
+        return any(holds_personal(item) for item in document)
+    return False
 
 
 def key_id_of(value: str) -> str | None:
@@ -144,9 +151,3 @@ def reveal(document: Any, keys: Mapping[str, DataKey | None], field: str = "") -
     if isinstance(document, (list, tuple)):
         return [reveal(item, keys, field) for item in document]
     return document
-
-
-def seal_fields(key: DataKey, values: Mapping[str, str], fields: Iterable[str]) -> dict[str, str]:
-    """`values` with each of `fields` sealed (the others as they are)."""
-    wanted = set(fields)
-    return {name: seal(key, name, text) if name in wanted else text for name, text in values.items()}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.contract import PaymentAuthorized
 from shared.eventstore import Recorded
 from shared.keystore import revealed
+from shared.personal import holds_personal
 
 if TYPE_CHECKING:
     from shared.aggregate import Aggregate, StreamState
@@ -38,6 +39,8 @@ async def revealed_views(request: Request, views: list[V]) -> list[V]:
     from shared.runtime import runtime_of  # shared.runtime imports this module
 
     documents = [view.model_dump(mode="json") for view in views]
+    if not holds_personal(documents):
+        return views
     opened = await revealed(runtime_of(request).keystore, documents)
     return [type(view).model_validate(document) for view, document in zip(views, opened, strict=True)]
 

@@ -9,7 +9,7 @@ from shared.personal import (
     ERASED,
     PERSONAL_PATTERN,
     DataKey,
-    is_personal,
+    holds_personal,
     key_ids_in,
     legacy,
     new_secret,
@@ -24,7 +24,7 @@ OTHER = DataKey("b" * 32, "cust-2", 1, new_secret())
 
 def test_a_sealed_value_opens_with_its_key_and_field_only() -> None:
     sealed = seal(KEY, "name", "Ada Lovelace")
-    assert "Ada" not in sealed and re.match(PERSONAL_PATTERN, sealed) and is_personal(sealed)
+    assert "Ada" not in sealed and re.match(PERSONAL_PATTERN, sealed) and holds_personal({"a": [sealed]})
     assert sealed != seal(KEY, "name", "Ada Lovelace"), "a fresh nonce each time"
     assert open_value(sealed, "name", {KEY.key_id: KEY}) == "Ada Lovelace"
     assert open_value(sealed, "city", {KEY.key_id: KEY}) == ERASED, "bound to its field"
@@ -38,7 +38,7 @@ def test_legacy_text_and_plain_values() -> None:
     assert re.match(PERSONAL_PATTERN, legacy("1 Main St"))
     assert open_value(legacy("1 Main St"), "line1", {}) == "1 Main St"
     assert open_value("SKU-1", "sku", {}) == "SKU-1"
-    assert not re.match(PERSONAL_PATTERN, "Ada") and not is_personal("Ada")
+    assert not re.match(PERSONAL_PATTERN, "Ada") and not holds_personal({"name": "Ada", "n": 1})
 
 
 def test_reveal_opens_a_document_by_field_name_and_names_its_keys() -> None:
