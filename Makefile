@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
+.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench-personal bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E
 
 bench-codecs: venv ## codec micro-benchmark that chose the contract's msgspec: msgspec vs pydantic vs dataclass+orjson
 	$(PY) -m bench.codecs
+
+bench-personal: venv ## crypto-shredding's CPU per order: seal at placement, open per read (bench/results/personal.json)
+	$(PY) -m bench.personal
 
 bench-tracing: venv ## CPU per message hop with tracing off, on, and on but sampled out (bench/results/tracing.json)
 	$(PY) -m bench.tracing

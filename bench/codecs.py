@@ -36,7 +36,9 @@ import msgspec
 import orjson
 import pydantic
 
+from services.order.customers import seal_address
 from shared.contract import MAX_CENTS, Address, OrderLine, OrderPlaced
+from shared.personal import DataKey
 
 RESULTS = Path(__file__).with_name("results")
 REPEATS = 7
@@ -53,8 +55,9 @@ PLACED = OrderPlaced(
         OrderLine(sku="SKU-BOOK", quantity=2, unit_price_cents=1250),
         OrderLine(sku="SKU-PEN", quantity=3, unit_price_cents=290),
     ),
-    shipping_address=Address(
-        name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"
+    shipping_address=seal_address(
+        DataKey("0" * 32, "cust-1", 1, bytes(32)),
+        Address(name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"),
     ),
 )
 #: The same value with one line's quantity at 0: every codec must refuse it.

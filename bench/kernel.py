@@ -24,9 +24,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from infra.stack import LocalStack, free_ports
+from services.order.customers import seal_address
 from shared.contract import ORDER_EVENTS, Address, OrderLine, OrderPlaced, encode_data
 from shared.db import create_pool, migrate
 from shared.eventstore import EventStore
+from shared.personal import DataKey
 from shared.topics import ensure_topics
 
 RESULTS = Path(__file__).with_name("results")
@@ -54,8 +56,9 @@ def placed(order_id: str) -> OrderPlaced:
             OrderLine(sku="SKU-1", quantity=2, unit_price_cents=1500),
             OrderLine(sku="SKU-2", quantity=1, unit_price_cents=1599),
         ),
-        shipping_address=Address(
-            name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"
+        shipping_address=seal_address(
+            DataKey("0" * 32, "cust-1", 1, bytes(32)),
+            Address(name="Ada Lovelace", line1="12 St James's Sq", city="London", postal_code="SW1Y 4JH", country="GB"),
         ),
     )
 

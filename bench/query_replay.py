@@ -36,6 +36,7 @@ from aiokafka.admin import NewTopic
 
 from infra.stack import LocalStack, free_port
 from infra.tokens import stack_auth
+from services.order.customers import seal_address
 from services.query import generations, store
 from services.query.app import create_app
 from services.query.settings import QuerySettings
@@ -69,6 +70,7 @@ from shared.contract import (
 )
 from shared.ids import derived_id
 from shared.kafka import make_admin
+from shared.personal import DataKey
 
 RESULTS = Path(__file__).with_name("results")
 JOURNEYS = int(os.environ.get("BENCH_QUERY_JOURNEYS", "13000"))
@@ -78,7 +80,10 @@ PROFILE = os.environ.get("BENCH_QUERY_PROFILE")  # write a cProfile of the rebui
 OUT = Path(os.environ.get("BENCH_QUERY_OUT") or RESULTS / "query-replay-latest.json")
 GROUPS: tuple[type[Fact], ...] = (OrderFact, PaymentFact, ShipmentFact)
 SOURCES = {OrderFact: "/services/order", PaymentFact: "/services/payment", ShipmentFact: "/services/shipping"}
-ADDRESS = Address(name="N", line1="1 Main St", city="C", postal_code="1", country="DE")
+ADDRESS = seal_address(
+    DataKey("0" * 32, "cust-1", 1, bytes(32)),
+    Address(name="N", line1="1 Main St", city="C", postal_code="1", country="DE"),
+)
 
 # (share of journeys, the facts of the journey in order)
 MIX: list[tuple[float, list[type[Fact]]]] = [

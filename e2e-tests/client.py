@@ -376,6 +376,9 @@ class SystemClient:
         o: Json = expect(await self.order(order_id), 200)
         return o
 
+    async def erase_personal_data(self, customer_id: str) -> httpx.Response:
+        return await self.http.delete(f"{self.endpoints.order}/customers/{customer_id}/personal-data")
+
     async def order_events(self, order_id: str) -> httpx.Response:
         return await self.http.get(f"{self.endpoints.order}/orders/{order_id}/events")
 

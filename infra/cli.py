@@ -48,7 +48,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if len(brokers) > 1:
         print(f"kafka     bootstrap {stack.kafka_bootstrap}; topics: replication factor {rf}, min ISR {min_isr}")
     print(
-        f"postgres  127.0.0.1:{stack.pg_port:<12} (dbs {', '.join(DATABASES)}; role app/app)"
+        f"postgres  127.0.0.1:{stack.pg_port:<12} (dbs {', '.join(DATABASES)}; a role per service, operator app/app)"
         f"  ready in {stack.timings.get('postgres_ready_s', 0):.1f}s   log {_rel(stack.postgres.log_path)}"
     )
     rc = 0

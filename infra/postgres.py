@@ -31,13 +31,30 @@ from infra.pg_install import (
 )
 from infra.procs import POLL_S, ManagedProcess, PidRecord, tail
 from infra.settings import InfraSettings
+from shared.keystore import SCHEMA as KEYSTORE_SCHEMA
 
 if TYPE_CHECKING:
     import asyncpg
 
-DATABASES = ("order", "payment", "shipping", "query")
+#: The services' databases, and the key store of customers' data keys (shared/keystore.py).
+SERVICE_DATABASES = ("order", "payment", "shipping", "query")
+KEYSTORE_DATABASE = "keystore"
+DATABASES = (*SERVICE_DATABASES, KEYSTORE_DATABASE)
+#: The operator's role (tests, audit, `psql`): a member of every service role, so it reaches everything.
 APP_ROLE = "app"
 APP_PASSWORD = "app"
+#: Least privilege: each service logs in with its own role, which owns only its own database.
+#: The key store is owned by the order service (makes and destroys keys); shipping and query
+#: may connect to it and read the keys; payment may not connect to it at all.
+KEYSTORE_OWNER = "order"
+KEYSTORE_READERS = ("shipping", "query")
+
+
+def service_role(service: str) -> str:
+    """The login role of a service (its password is the same word, for development)."""
+    return f"{service}_service"
+
+
 ADMIN_ROLE = "postgres"
 STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 _MAX_SOCKET_DIR = 107 - len("/.s.PGSQL.65535.lock") - 1
@@ -261,24 +278,84 @@ class PostgresServer:
             await conn.close()
 
     async def _bootstrap(self, conn: asyncpg.Connection) -> None:
-        """Idempotent: the `app` login role and one database per service, owned by app."""
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
-        verb = "ALTER" if exists else "CREATE"
-        await conn.execute(
-            f"{verb} ROLE {APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{APP_PASSWORD}'"
+        """Idempotent: the roles and databases of `bootstrap_roles` (the key store's grants
+        included, which need a connection to it)."""
+        import asyncpg
+
+        # A run dir made before least privilege has every database owned by `app`, tables included.
+        legacy = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname = ANY($1::text[]) AND pg_get_userbyid(datdba) = $2",
+            list(SERVICE_DATABASES),
+            APP_ROLE,
         )
-        for db in DATABASES:
-            await create_database(conn, db, APP_ROLE)
+        await bootstrap_roles(conn)
+        for database, sql in [
+            *((r["datname"], upgrades_sql(r["datname"])) for r in legacy),
+            (KEYSTORE_DATABASE, KEYSTORE_GRANTS),
+        ]:
+            inside = await asyncpg.connect(
+                host=str(self.socket_dir), port=self.port, user=ADMIN_ROLE, database=database, timeout=5
+            )
+            try:
+                await inside.execute(sql)
+            finally:
+                await inside.close()
+
+
+def upgrades_sql(database: str) -> str:
+    """Inside a service database made before least privilege: its objects to the service's role."""
+    return f"REASSIGN OWNED BY {_ident(APP_ROLE)} TO {_ident(service_role(database))}"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _login_role(conn: asyncpg.Connection, role: str, password: str) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    verb = "ALTER" if exists else "CREATE"
+    await conn.execute(
+        f"{verb} ROLE {_ident(role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'"
+    )
+
+
+async def bootstrap_roles(conn: asyncpg.Connection) -> None:
+    """Idempotent, as a superuser: one login role per service owning its own database (nobody
+    else may connect: CONNECT revoked from PUBLIC), the key store owned by the order service's
+    role with CONNECT for the readers, and the operator role `app` a member of every service role."""
+    await _login_role(conn, APP_ROLE, APP_PASSWORD)
+    for service in SERVICE_DATABASES:
+        await _login_role(conn, service_role(service), service_role(service))
+    owners = {db: service_role(db) for db in SERVICE_DATABASES} | {KEYSTORE_DATABASE: service_role(KEYSTORE_OWNER)}
+    for db, owner in owners.items():
+        if not await create_database(conn, db, owner):
+            await conn.execute(f"ALTER DATABASE {_ident(db)} OWNER TO {_ident(owner)}")
+        await conn.execute(f"REVOKE ALL ON DATABASE {_ident(db)} FROM PUBLIC")
+    readers = ", ".join(_ident(service_role(s)) for s in KEYSTORE_READERS)
+    await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(KEYSTORE_DATABASE)} TO {readers}")
+    members = ", ".join(_ident(service_role(s)) for s in SERVICE_DATABASES)
+    await conn.execute(f"GRANT {members} TO {_ident(APP_ROLE)}")
+
+
+_READERS = ", ".join(_ident(service_role(s)) for s in KEYSTORE_READERS)
+#: Run in the key store (as a superuser): its table, made as (so owned by) the order service's
+#: role, which the readers may only read.
+KEYSTORE_GRANTS = f"""
+SET ROLE {_ident(service_role(KEYSTORE_OWNER))};
+{KEYSTORE_SCHEMA}
+RESET ROLE;
+GRANT SELECT ON customer_keys TO {_READERS};
+ALTER DEFAULT PRIVILEGES FOR ROLE {_ident(service_role(KEYSTORE_OWNER))} IN SCHEMA public
+    GRANT SELECT ON TABLES TO {_READERS};
+"""
 
 
 async def create_database(conn: asyncpg.Connection, name: str, owner: str = APP_ROLE) -> bool:
     """CREATE DATABASE unless it exists; True if created."""
     if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
         return False
-    ident = '"' + name.replace('"', '""') + '"'
-    owner_ident = '"' + owner.replace('"', '""') + '"'
     try:
-        await conn.execute(f"CREATE DATABASE {ident} OWNER {owner_ident}")
+        await conn.execute(f"CREATE DATABASE {_ident(name)} OWNER {_ident(owner)}")
     except Exception as exc:  # a concurrent creator won the race
         if "already exists" not in str(exc):
             raise

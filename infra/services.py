@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from infra.postgres import KEYSTORE_DATABASE
 from infra.procs import ServiceProcess
 from infra.tokens import ensure_dev_keys
 
@@ -27,6 +28,7 @@ class ServiceDef:
     module: str
     default_port: int
     database: str | None  # PostgreSQL database it owns (README: addresses)
+    keystore: bool = False  # given KEYSTORE_URL: it reads personal data (payment does not)
 
     @property
     def port_env(self) -> str:
@@ -37,10 +39,10 @@ class ServiceDef:
 
 
 SERVICES: tuple[ServiceDef, ...] = (
-    ServiceDef("order", "services.order", 8001, "order"),
+    ServiceDef("order", "services.order", 8001, "order", keystore=True),
     ServiceDef("payment", "services.payment", 8002, "payment"),
-    ServiceDef("shipping", "services.shipping", 8003, "shipping"),
-    ServiceDef("query", "services.query", 8004, "query"),
+    ServiceDef("shipping", "services.shipping", 8003, "shipping", keystore=True),
+    ServiceDef("query", "services.query", 8004, "query", keystore=True),
 )
 
 
@@ -55,7 +57,9 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
     }
     if svc.database:
-        env["DATABASE_URL"] = stack.pg_dsn(svc.database)
+        env["DATABASE_URL"] = stack.service_dsn(svc.name, svc.database)
+    if svc.keystore:
+        env["KEYSTORE_URL"] = stack.service_dsn(svc.name, KEYSTORE_DATABASE)
     return env
 
 

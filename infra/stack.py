@@ -19,7 +19,7 @@ from types import TracebackType
 from infra._aio import run_sync
 from infra.kafka_broker import KafkaBroker
 from infra.kafka_cluster import KafkaCluster, cluster_ports, in_threads, is_broker_name
-from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database
+from infra.postgres import ADMIN_ROLE, APP_PASSWORD, APP_ROLE, PostgresServer, create_database, service_role
 from infra.procs import ManagedProcess, PidRecord, ServiceProcess, list_records
 from infra.services import SERVICE_ENV, SERVICES, ServiceDef
 from infra.settings import InfraSettings
@@ -125,8 +125,14 @@ class LocalStack:
         return {"KAFKA_REPLICATION_FACTOR": str(rf), "KAFKA_MIN_INSYNC_REPLICAS": str(min_isr)}
 
     def pg_dsn(self, database: str) -> str:
-        """DSN of the non-superuser `app` role that the services use."""
+        """DSN of the non-superuser operator role `app` (a member of every service role: tests,
+        the audit, scratch databases)."""
         return f"postgresql://{APP_ROLE}:{APP_PASSWORD}@127.0.0.1:{self.pg_port}/{database}"
+
+    def service_dsn(self, service: str, database: str) -> str:
+        """DSN of a service's own login role (infra/postgres.py: least privilege)."""
+        role = service_role(service)
+        return f"postgresql://{role}:{role}@127.0.0.1:{self.pg_port}/{database}"
 
     def pg_admin_dsn(self, database: str = "postgres") -> str:
         """Superuser DSN (creating databases, inspecting; never for services)."""

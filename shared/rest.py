@@ -23,12 +23,33 @@ from shared.auth import Caller, Principal
 from shared.contract import PaymentAuthorized
 from shared.errors import NotFound
 from shared.eventstore import Recorded
+from shared.keystore import revealed
+from shared.personal import holds_personal
 
 if TYPE_CHECKING:
     from shared.aggregate import Aggregate, StreamState
 
 S = TypeVar("S", bound="StreamState")
+V = TypeVar("V", bound=BaseModel)
 S_contra = TypeVar("S_contra", contravariant=True)
+
+
+async def revealed_views(request: Request, views: list[V]) -> list[V]:
+    """Views as a read edge shows them: every sealed personal value opened with its customer's
+    key, or `[erased]` once the key is destroyed (shared/personal.py). One key-store query for
+    all of them, none when they hold no sealed value."""
+    from shared.runtime import runtime_of  # shared.runtime imports this module
+
+    documents = [view.model_dump(mode="json") for view in views]
+    if not holds_personal(documents):
+        return views
+    opened = await revealed(runtime_of(request).keystore, documents)
+    return [type(view).model_validate(document) for view, document in zip(views, opened, strict=True)]
+
+
+async def revealed_view(request: Request, view: V) -> V:
+    """One view as a read edge shows it (`revealed_views`)."""
+    return (await revealed_views(request, [view]))[0]
 
 
 def request_causation_id(header: str | None) -> str:
@@ -193,11 +214,11 @@ def add_reads(api: APIRouter, aggregate: Aggregate[Any, S], view: StateView[S], 
     # No docstrings below: FastAPI would show them as the operations' descriptions.
     async def get_one(request: Request, principal: Principal, **path: str) -> BaseModel:
         _, state = await load_visible(request, principal, path[id_name])
-        return view.of(state)
+        return await revealed_view(request, view.of(state))
 
     async def get_events(request: Request, principal: Principal, **path: str) -> list[EventView]:
         history, _ = await load_visible(request, principal, path[id_name])
-        return [EventView.of(e) for e in history]
+        return await revealed_views(request, [EventView.of(e) for e in history])
 
     async def list_of_order(
         request: Request,
@@ -205,7 +226,7 @@ def add_reads(api: APIRouter, aggregate: Aggregate[Any, S], view: StateView[S], 
         order_id: str = Query(min_length=1, description=f"the order whose {things} to list"),
     ) -> list[BaseModel]:
         states = await aggregate.of_order(runtime_of(request).store, order_id)
-        return [view.of(s) for s in states if visible(principal, s)]
+        return await revealed_views(request, [view.of(s) for s in states if visible(principal, s)])
 
     # FastAPI reads an endpoint's parameters from its signature: these two take the path's `<name>_id`.
     get_one.__signature__ = get_events.__signature__ = by_id  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from shared.consumer import TRANSIENT_ERRORS, ConsumerRunner, ConsumerSettings, 
 from shared.db import create_pool, migrate
 from shared.errors import DomainError
 from shared.eventstore import ConcurrencyConflict, EventStore
+from shared.keystore import Keystore, KeystoreUnavailable
 from shared.lifecycle import ReadinessCheck, add_health_routes, shut_down
 from shared.lifecycle import serve as _serve
 from shared.logs import configure_logging
@@ -81,6 +82,8 @@ class Runtime:
     readiness: list[ReadinessCheck] = field(default_factory=list)
     migrated: bool = False
     draining: bool = False
+    #: The key store of customers' data keys, when the service is given `KEYSTORE_URL`.
+    keystore: Keystore | None = None
 
 
 @dataclass
@@ -95,6 +98,8 @@ class ServiceDefinition:
     readiness: Sequence[ReadinessCheck] = ()
     description: str = ""
     openapi_tags: list[dict[str, Any]] | None = None
+    #: True for the one service that makes and destroys customers' data keys (order).
+    keystore_writer: bool = False
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -273,6 +278,8 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
             yield
         finally:
             await shut_down(runtime, settings.shutdown_grace_s)
+            if runtime.keystore is not None:
+                await runtime.keystore.close()
             await probe.close()
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)  # export the last spans
@@ -348,6 +355,14 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
     for transient in TRANSIENT_ERRORS:
         app.add_exception_handler(transient, unavailable)
 
+    @app.exception_handler(KeystoreUnavailable)
+    async def keystore_away(_: Request, exc: KeystoreUnavailable) -> JSONResponse:
+        # Nothing that needed a data key was written (placement, erasure) or shown (a read).
+        log.warning("request failed: the key store is unavailable", extra={"error": str(exc)})
+        return error_response(
+            503, "keystore_unavailable", "the key store is unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
+
     @app.exception_handler(ConcurrencyConflict)
     async def conflict(_: Request, exc: ConcurrencyConflict) -> JSONResponse:
         return error_response(409, "version_conflict", str(exc))
@@ -387,6 +402,8 @@ async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) 
     runtime = Runtime(
         settings=settings, pool=pool, store=store, relay=relay, migrated=True, readiness=list(definition.readiness)
     )
+    if settings.keystore_url:
+        runtime.keystore = Keystore(settings.keystore_url, writer=definition.keystore_writer)
     runtime.relay_task = asyncio.create_task(relay.run(runtime.relay_stop), name="relay")
     consumer_settings = consumer_settings_of(settings)
     for spec in definition.consumers(store):

@@ -10,6 +10,8 @@ class ServiceSettings(BaseSettings):
     """Settings every service reads. Each service subclasses it with its own defaults.
 
     DATABASE_URL             the service's own PostgreSQL database
+    KEYSTORE_URL             the key store of customers' data keys (shared/keystore.py), given
+                             only to the services that read personal data (default: none)
     KAFKA_BOOTSTRAP_SERVERS  Kafka bootstrap address (default 127.0.0.1:9092)
     HTTP_HOST / HTTP_PORT    where the REST API listens
     LOG_LEVEL                DEBUG, INFO, WARNING, ERROR (default INFO)
@@ -46,6 +48,7 @@ class ServiceSettings(BaseSettings):
 
     database_url: str = "postgresql://app:app@127.0.0.1:5432/postgres"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    keystore_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

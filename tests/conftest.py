@@ -42,10 +42,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     run_dir = Path(os.environ.get("TEST_RUN_DIR") or tmp_path_factory.mktemp("stack"))
     kafka_port, controller_port, pg_port = free_ports(3)
     local = LocalStack(run_dir, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
+    keystore_url = os.environ.get("KEYSTORE_URL")
     try:
         local.start()
+        # In-process services reach the session's key store (as the operator role, see infra/postgres.py).
+        os.environ["KEYSTORE_URL"] = local.pg_dsn("keystore")
         yield local
     finally:
+        if keystore_url is None:
+            os.environ.pop("KEYSTORE_URL", None)
+        else:
+            os.environ["KEYSTORE_URL"] = keystore_url
         local.purge()
 
 

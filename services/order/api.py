@@ -31,7 +31,7 @@ from services.order.views import CancelAcceptedView, OrderAccepted, OrderView, P
 from shared.auth import Caller, Forbidden, Principal, Role, require_role
 from shared.contract import AuthorizePayment, OrderPlaced
 from shared.errors import NotFound
-from shared.rest import ErrorBody, EventView, error_responses, request_causation_id
+from shared.rest import ErrorBody, EventView, error_responses, request_causation_id, revealed_view, revealed_views
 from shared.runtime import runtime_of
 
 router = APIRouter()
@@ -98,6 +98,7 @@ async def place_order(
         body.to_command(str(uuid.uuid4())),
         causation_id=causation_id,
         step_timeout_s=_settings(request).saga_step_timeout_s,
+        keystore=runtime_of(request).keystore,
         idempotency=key,
     )
     response.headers["Location"] = f"/orders/{placed.order_id}"
@@ -125,7 +126,9 @@ async def get_order(
         description="replay the log up to this fact (1 = as placed); beyond the current version → 404",
     ),
 ) -> OrderView:
-    return OrderView.of(await queries.get_order(runtime_of(request).store, order_id, as_of_version, principal))
+    return await revealed_view(
+        request, OrderView.of(await queries.get_order(runtime_of(request).store, order_id, as_of_version, principal))
+    )
 
 
 @router.get(
@@ -136,7 +139,9 @@ async def get_order(
     summary="The order's facts in stream order, with their envelopes",
 )
 async def get_order_events(request: Request, principal: Caller, order_id: str = OrderId) -> list[EventView]:
-    return [EventView.of(e) for e in await queries.order_events(runtime_of(request).store, order_id, principal)]
+    return await revealed_views(
+        request, [EventView.of(e) for e in await queries.order_events(runtime_of(request).store, order_id, principal)]
+    )
 
 
 @router.post(
@@ -187,4 +192,4 @@ async def cancel_order(
 )
 async def get_saga(request: Request, principal: Caller, order_id: str = OrderId) -> SagaView:
     state, events = await queries.get_saga(runtime_of(request).store, order_id, principal)
-    return SagaView.of(state, events)
+    return await revealed_view(request, SagaView.of(state, events))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.order import api, deadlines, handlers
+from services.order import api, deadlines, erasure, handlers
 from services.order.settings import OrderSettings
 from shared.contract import (
     ORDER_EVENTS,
@@ -50,14 +50,16 @@ def definition(settings: OrderSettings) -> ServiceDefinition:
     return ServiceDefinition(
         name="order",
         settings=settings,
-        routers=[api.router],
+        routers=[api.router, erasure.router],
         schema=[SCHEMA],
         consumers=consumers,
         loops=[deadlines.deadline_loop(settings)],
         description=DESCRIPTION,
+        keystore_writer=True,
         openapi_tags=[
             {"name": "orders", "description": "the Order aggregate: place, read (and time-travel), cancel"},
             {"name": "sagas", "description": "the order-fulfilment saga of each order"},
+            {"name": "customers", "description": "erasure of a customer's personal data (crypto-shredding)"},
         ],
     )
 

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
 from prometheus_client import Counter
 
 from services.order import domain, saga
+from services.order.customers import lock_customer, require_keystore, seal_address
 from services.order.domain import OrderCommand, OrderState, PlaceOrder
 from services.order.idempotency import IdempotencyKey, Placed, claim_idempotency_key
 from services.order.saga import SagaDecision, SagaState
@@ -46,6 +47,7 @@ from shared.contract import PAYMENT_EVENTS, SHIPPING_EVENTS, Fact, SagaDeadlineS
 from shared.errors import IllegalTransition, NotFound
 from shared.eventstore import EventStore, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by
+from shared.keystore import Keystore
 
 log = logging.getLogger("services.order")
 
@@ -93,24 +95,34 @@ async def place_order(
     *,
     causation_id: str,
     step_timeout_s: float,
+    keystore: Keystore | None,
     idempotency: IdempotencyKey | None = None,
 ) -> Placed:
     """Append the order's placement and start the saga (which sends the authorization), in one
     transaction. The payment token goes from `command` to the saga's start, in memory only.
 
+    The address's personal fields are sealed with the customer's data key (made if the
+    customer has none) under the customer's lock (services/order/customers.py) before the
+    domain decides: no fact, command or row ever holds them in clear. A key store that cannot
+    be reached raises KeystoreUnavailable (503) and nothing is appended.
+
     With an Idempotency-Key, the key row is inserted first: a concurrent request with the same
     key waits on its primary key and then reads the committed answer back, so one key places
     at most one order. Same key with another body → InvalidCommand (422).
     """
-    placed = ORDERS.plan(command.order_id, OrderState(), [command]).facts  # validation before any I/O
-    placed_state = domain.fold(placed)
-    answer = Placed(command.order_id, str(placed_state.status), placed_state.version, placed_state.total_cents)
+    clear = domain.fold(ORDERS.plan(command.order_id, OrderState(), [command]).facts)  # validation before I/O
+    answer = Placed(command.order_id, str(clear.status), clear.version, clear.total_cents)
     async with store.transaction() as uow:
         if idempotency is not None:
             earlier = await claim_idempotency_key(uow, idempotency, answer)
             if earlier is not None:
                 IDEMPOTENT_REPLAYS.inc()
                 return earlier
+        await lock_customer(uow.conn, command.customer_id)
+        key = await require_keystore(keystore).current_key(command.customer_id)
+        sealed = replace(command, shipping_address=seal_address(key, command.shipping_address))
+        placed = ORDERS.plan(command.order_id, OrderState(), [sealed]).facts
+        placed_state = domain.fold(placed)
         with caused_by(command.order_id, causation_id):
             start = saga.StartSaga.for_order(placed_state, command.payment_token, step_timeout_s)
             decision = saga.decide(start, SagaState(), utc_now())

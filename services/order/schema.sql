@@ -33,3 +33,6 @@ CREATE TABLE IF NOT EXISTS saga_deadlines (
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS saga_deadlines_due ON saga_deadlines (deadline) WHERE deadline IS NOT NULL;
+
+-- Erasure (services/order/customers.py) looks up a customer's orders by their placement.
+CREATE INDEX IF NOT EXISTS events_placed_by_customer ON events ((data->>'customer_id')) WHERE type = 'order.placed';

@@ -14,7 +14,9 @@ class OrderSettings(ServiceSettings):
     that lost a write race is decided again before answering 409) plus:
 
     DATABASE_URL           the order database: orders, sagas, idempotency keys, deadlines
-                           (default postgresql://app:app@127.0.0.1:5432/order)
+                           (default postgresql://order_service:order_service@127.0.0.1:5432/order)
+    KEYSTORE_URL           the key store, read/write: makes, reads and destroys customers' data keys
+                           (default postgresql://order_service:order_service@127.0.0.1:5432/keystore)
     HTTP_PORT              REST port (default 8001; ORDER_PORT is accepted too, as `make up` sets it)
     SAGA_STEP_TIMEOUT_S    how long the saga waits for a participant's answer before it
                            compensates (default 30). Fixed per saga when it starts.
@@ -24,7 +26,8 @@ class OrderSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
-    database_url: str = "postgresql://app:app@127.0.0.1:5432/order"
+    database_url: str = "postgresql://order_service:order_service@127.0.0.1:5432/order"
+    keystore_url: str | None = "postgresql://order_service:order_service@127.0.0.1:5432/keystore"
     http_port: int = Field(default=8001, validation_alias=AliasChoices("http_port", "order_port"))
     saga_step_timeout_s: float = Field(default=DEFAULT_STEP_TIMEOUT_S, gt=0)
     saga_tick_s: float = Field(default=0.5, gt=0)

@@ -12,7 +12,7 @@ from shared.settings import ServiceSettings
 class PaymentSettings(ServiceSettings):
     """Payment settings; everything in `ServiceSettings` plus:
 
-    DATABASE_URL          the payment database (default postgresql://app:app@127.0.0.1:5432/payment)
+    DATABASE_URL          the payment database (default postgresql://payment_service:payment_service@127.0.0.1:5432/payment)
     HTTP_PORT             REST port (default 8002; PAYMENT_PORT is accepted too, as `make up` sets it)
     PAYMENT_LIMIT_CENTS   authorizations above this amount are declined `amount_over_limit`
                           (default 1000000)
@@ -20,6 +20,6 @@ class PaymentSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
-    database_url: str = "postgresql://app:app@127.0.0.1:5432/payment"
+    database_url: str = "postgresql://payment_service:payment_service@127.0.0.1:5432/payment"
     http_port: int = Field(default=8002, validation_alias=AliasChoices("http_port", "payment_port"))
     payment_limit_cents: int = Field(default=DEFAULT_LIMIT_CENTS, ge=0)

@@ -34,7 +34,7 @@ from services.query.metrics import MIN_VERSION_WAIT
 from services.query.projection import OrderReadModel, Received, causal_order
 from shared.auth import Caller, Forbidden, Role, require_role
 from shared.contract import OrderStatus, PaymentStatus, ShipmentStatus
-from shared.rest import ErrorBody, error_response, error_responses
+from shared.rest import ErrorBody, error_response, error_responses, revealed_views
 
 router = APIRouter(tags=["views"])
 
@@ -310,9 +310,8 @@ async def get_timeline(request: Request, order_id: str, principal: Caller) -> An
         facts = await views.timeline(order_id)
     if not facts:
         return _order_not_found(f"no facts about order {order_id}")
-    return Timeline(
-        order_id=order_id, order_rule=TIMELINE_RULE, events=[TimelineEntry.of(f) for f in causal_order(facts)]
-    )
+    entries = await revealed_views(request, [TimelineEntry.of(f) for f in causal_order(facts)])
+    return Timeline(order_id=order_id, order_rule=TIMELINE_RULE, events=entries)
 
 
 @router.get(

@@ -12,7 +12,9 @@ from shared.settings import ServiceSettings
 class QuerySettings(ServiceSettings):
     """Query settings; everything in `ServiceSettings` plus:
 
-    DATABASE_URL               the views database (default postgresql://app:app@127.0.0.1:5432/query)
+    DATABASE_URL               the views database (default postgresql://query_service:query_service@127.0.0.1:5432/query)
+    KEYSTORE_URL               the key store, read-only: opens personal fields for the timeline and the SSE feed
+                               (default postgresql://query_service:query_service@127.0.0.1:5432/keystore)
     HTTP_PORT                  REST port (default 8004; QUERY_PORT is accepted too, as `make up` sets it)
     QUERY_TOPICS               comma-separated event topics the views are built from
                                (default: the contract's three event topics); benchmarks
@@ -48,7 +50,8 @@ class QuerySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", populate_by_name=True)
 
-    database_url: str = "postgresql://app:app@127.0.0.1:5432/query"
+    database_url: str = "postgresql://query_service:query_service@127.0.0.1:5432/query"
+    keystore_url: str | None = "postgresql://query_service:query_service@127.0.0.1:5432/keystore"
     http_port: int = Field(default=8004, validation_alias=AliasChoices("http_port", "query_port"))
     query_topics: str = ",".join(EVENT_TOPICS)
     query_consumer_prefix: str = "query.views"

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -32,7 +33,12 @@ from services.query import generations, store
 from services.query.context import context_of, pool_of
 from services.query.metrics import SSE_CLIENTS
 from shared.auth import Caller, Role
+from shared.keystore import revealed
 from shared.rest import error_response, error_responses
+from shared.runtime import runtime_of
+
+#: Every personal value (sealed `pd1.`, legacy `pd0.`) starts so inside a JSON document.
+_MAY_HOLD_PERSONAL = '"pd'
 
 router = APIRouter(tags=["stream"])
 
@@ -42,6 +48,19 @@ MAX_ID = 2**63 - 1  # fact_feed.seq is a BIGINT
 
 def format_event(item: store.FeedItem) -> str:
     return f"id: {item.seq}\ndata: {item.document}\n\n"
+
+
+async def revealed_items(request: Request, items: list[store.FeedItem]) -> list[store.FeedItem]:
+    """The feed's documents as a read edge shows them: personal values opened, or `[erased]`
+    (the feed table holds them sealed, as they came from Kafka). One key-store query per batch."""
+    marked = [i for i, item in enumerate(items) if _MAY_HOLD_PERSONAL in item.document]
+    if not marked:
+        return items
+    opened = await revealed(runtime_of(request).keystore, [orjson.loads(items[i].document) for i in marked])
+    shown = list(items)
+    for i, document in zip(marked, opened, strict=True):
+        shown[i] = store.FeedItem(items[i].seq, orjson.dumps(document).decode())
+    return shown
 
 
 @router.get(
@@ -114,7 +133,7 @@ async def _events(
                     scope = store.CustomerScope(store.schema_of(await generations.current_generation(conn)), customer)
                 items = await store.feed_after(conn, last, order_id, settings.sse_batch, customer=scope)
             if items:
-                yield "".join(format_event(i) for i in items)
+                yield "".join(format_event(i) for i in await revealed_items(request, items))
                 last = items[-1].seq
                 last_write = time.monotonic()
                 if len(items) == settings.sse_batch:

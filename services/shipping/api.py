@@ -17,7 +17,7 @@ from services.shipping.domain import DeliverShipment, DispatchShipment, Shipment
 from services.shipping.handlers import HttpCommand, Shipments
 from shared.auth import Role, require_role
 from shared.contract import ShipmentDelivered, ShipmentDispatched, ShipmentStatus
-from shared.rest import add_reads, error_responses, request_causation_id
+from shared.rest import add_reads, error_responses, request_causation_id, revealed_view
 from shared.runtime import runtime_of
 
 _SHIPMENT_EXAMPLE: dict[str, JsonValue] = {
@@ -103,7 +103,7 @@ def router(shipments: Shipments) -> APIRouter:
                 command(shipment_id),
                 causation_id=request_causation_id(x_request_id),
             )
-            return ShipmentView.of(state)
+            return await revealed_view(request, ShipmentView.of(state))
 
         api.post(
             f"/shipments/{{shipment_id}}/{action}",

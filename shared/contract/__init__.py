@@ -19,6 +19,12 @@ from shared.contract.base import (
     PaymentStatus,
     ShipmentStatus,
 )
+from shared.contract.customer import (
+    CUSTOMER_FACTS,
+    CustomerFact,
+    PersonalDataErased,
+    customer_stream_id,
+)
 from shared.contract.dead_letter import (
     DeadLetter,
     DeadLetterFailure,
@@ -119,6 +125,7 @@ __all__ = [
     "ALL_TOPICS",
     "CHANNELS",
     "COMMAND_TOPICS",
+    "CUSTOMER_FACTS",
     "DLQ_TOPICS",
     "EVENT_TOPICS",
     "MAX_CENTS",
@@ -140,6 +147,7 @@ __all__ = [
     "CapturePayment",
     "Channel",
     "Command",
+    "CustomerFact",
     "DeadLetter",
     "DeadLetterFailure",
     "DeadLetterFormatError",
@@ -166,6 +174,7 @@ __all__ = [
     "PaymentRefunded",
     "PaymentStatus",
     "PaymentVoided",
+    "PersonalDataErased",
     "RefundPayment",
     "SagaAnomalyDetected",
     "SagaCancelRequested",
@@ -190,6 +199,7 @@ __all__ = [
     "ShippingCommand",
     "UnknownMessageType",
     "VoidPayment",
+    "customer_stream_id",
     "decode",
     "decode_data",
     "dlq_topic",

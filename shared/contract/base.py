@@ -10,9 +10,11 @@ the JSON Schema of the message; fields holding personal data are marked `x-perso
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
+
+from shared.personal import PERSONAL_PATTERN, legacy
 
 #: PostgreSQL BIGINT upper bound: money beyond it cannot be stored or summed safely.
 MAX_CENTS = 2**63 - 1
@@ -25,7 +27,14 @@ Cents = Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS, description="An amount i
 Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$", description="ISO-4217 alphabetic code.")]
 Country = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$", description="ISO-3166 alpha-2 code.")]
 Personal = Annotated[
-    str, msgspec.Meta(min_length=1, extra_json_schema={PERSONAL_DATA_KEY: True}, description="Personal data.")
+    str,
+    msgspec.Meta(
+        pattern=PERSONAL_PATTERN,
+        extra_json_schema={PERSONAL_DATA_KEY: True},
+        description="Personal data, sealed with the customer's data key: `pd1.<key id>.<base64url(nonce, "
+        "AES-256-GCM ciphertext and tag)>` (shared/personal.py). `pd0.<base64url(text)>` is legacy clear text "
+        "of a version 1 fact, made only by the upcasters when such a fact is read.",
+    ),
 ]
 
 
@@ -72,6 +81,23 @@ class Address(Value, frozen=True, kw_only=True):
     city: Personal
     postal_code: Personal
     country: Country
+
+
+#: The fields of an `Address` sealed with the customer's key (each sealed under its own name).
+ADDRESS_PERSONAL_FIELDS = ("name", "line1", "city", "postal_code")
+
+
+def legacy_address(data: dict[str, Any], field: str) -> dict[str, Any]:
+    """For a v1 → v2 upcaster: `data` with the clear personal fields of its address `field`
+    marked as legacy text (`pd0.`), as the sealed contract requires; nothing is encrypted."""
+    address = data.get(field)
+    if not isinstance(address, dict):
+        return data
+    marked = {
+        name: legacy(value) if name in ADDRESS_PERSONAL_FIELDS and isinstance(value, str) and value else value
+        for name, value in address.items()
+    }
+    return {**data, field: marked}
 
 
 class OrderLine(Value, frozen=True, kw_only=True):

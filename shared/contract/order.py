@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from shared.contract.base import Address, Cents, Currency, Fact, Id, OrderLine, Text
+from shared.contract.base import Address, Cents, Currency, Fact, Id, OrderLine, Text, legacy_address
 from shared.contract.topics import ORDER_EVENTS
+from shared.contract.upcasting import upcaster
 
 
 class OrderFact(Fact, frozen=True, kw_only=True):
@@ -13,15 +14,23 @@ class OrderFact(Fact, frozen=True, kw_only=True):
 
 
 class OrderPlaced(OrderFact, frozen=True, kw_only=True):
-    """A customer placed an order; the saga starts fulfilling it. The payment token is not here."""
+    """A customer placed an order; the saga starts fulfilling it. The payment token is not here.
+    Version 2: the address's personal fields are sealed with the customer's data key."""
 
     TYPE: ClassVar[str] = "order.placed"
+    VERSION: ClassVar[int] = 2
 
     customer_id: Id
     items: tuple[OrderLine, ...]
     currency: Currency
     total_cents: Cents
     shipping_address: Address
+
+
+@upcaster(OrderPlaced.TYPE, from_version=1)
+def _placed_address_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 → v2: the clear address of a v1 placement is marked legacy text (`pd0.`)."""
+    return legacy_address(data, "shipping_address")
 
 
 class OrderConfirmed(OrderFact, frozen=True, kw_only=True):

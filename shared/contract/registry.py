@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from shared.contract.base import PERSONAL_DATA_KEY, Message
+from shared.contract.customer import CUSTOMER_FACTS
 from shared.contract.order import ORDER_FACTS
 from shared.contract.payment import PAYMENT_COMMANDS_DECLARED, PAYMENT_FACTS
 from shared.contract.saga import SAGA_FACTS
@@ -28,6 +29,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     *SHIPPING_COMMANDS_DECLARED,
     *SHIPPING_FACTS,
     *SAGA_FACTS,
+    *CUSTOMER_FACTS,
 )
 
 MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in ALL_MESSAGES}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from shared.contract.base import Address, Cents, Currency, Fact, Id, OrderStatus, Text
+from shared.contract.base import Address, Cents, Currency, Fact, Id, OrderStatus, Text, legacy_address
 from shared.contract.upcasting import upcaster
 
 
@@ -22,7 +22,10 @@ class SagaFact(Fact, frozen=True, kw_only=True):
 
 
 class SagaStarted(SagaFact, frozen=True, kw_only=True):
+    """Version 2: the address's personal fields are sealed (copied from `order.placed`)."""
+
     TYPE: ClassVar[str] = "saga.started"
+    VERSION: ClassVar[int] = 2
 
     customer_id: str = ""
     payment_id: Id
@@ -32,6 +35,12 @@ class SagaStarted(SagaFact, frozen=True, kw_only=True):
     shipping_address: Address
     step_timeout_s: float
     started_at: datetime | None = None
+
+
+@upcaster(SagaStarted.TYPE, from_version=1)
+def _saga_address_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 → v2: the clear address of a v1 saga start is marked legacy text (`pd0.`)."""
+    return legacy_address(data, "shipping_address")
 
 
 class SagaStepRequested(SagaFact, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from shared.contract.base import Address, Command, Fact, Id, Text
+from shared.contract.base import Address, Command, Fact, Id, Text, legacy_address
 from shared.contract.topics import SHIPPING_COMMANDS, SHIPPING_EVENTS
 from shared.contract.upcasting import upcaster
 
@@ -23,6 +23,9 @@ class ShippingCommand(Command, frozen=True, kw_only=True):
 
 
 class ScheduleShipment(ShippingCommand, frozen=True, kw_only=True):
+    """Version 2: the address's personal fields are sealed (as `order.placed` carries them) and the
+    order's `customer_id` is added."""
+
     TYPE: ClassVar[str] = "shipment.schedule"
     VERSION: ClassVar[int] = 2
 
@@ -43,11 +46,20 @@ class ShipmentFact(Fact, frozen=True, kw_only=True):
 
 
 class ShipmentScheduled(ShipmentFact, frozen=True, kw_only=True):
+    """Version 2: the address's personal fields are sealed (copied from the command)."""
+
     TYPE: ClassVar[str] = "shipment.scheduled"
     VERSION: ClassVar[int] = 2
 
     address: Address
     customer_id: Id | None = None
+
+
+@upcaster(ScheduleShipment.TYPE, "shipment.scheduled", from_version=1)
+def _shipment_address_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 → v2: the clear address of a v1 shipment message is marked legacy text (`pd0.`);
+    `customer_id` (additive) defaults to None: staff-only visibility."""
+    return legacy_address(data, "address")
 
 
 class ShipmentFailed(ShipmentFact, frozen=True, kw_only=True):
@@ -84,7 +96,7 @@ SHIPPING_FACTS: tuple[type[ShipmentFact], ...] = (
 )
 
 
-@upcaster(ScheduleShipment.TYPE, ShipmentScheduled.TYPE, ShipmentFailed.TYPE, from_version=1)
+@upcaster(ShipmentFailed.TYPE, from_version=1)
 def _customer_unknown(data: dict[str, Any]) -> dict[str, Any]:
     """Additive: the data is unchanged; `customer_id` defaults to None (staff-only visibility)."""
     return data

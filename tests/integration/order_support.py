@@ -15,8 +15,10 @@ import orjson
 
 from infra.stack import LocalStack
 from services.order.app import create_app
+from services.order.customers import seal_address
 from services.order.settings import OrderSettings
-from shared.contract import Envelope, Fact, encode, utc_now
+from shared.contract import Address, Envelope, Fact, encode, utc_now
+from shared.personal import DataKey
 from tests.integration.kafka_support import produce
 from tests.integration.service_support import running, scratch_database
 
@@ -27,6 +29,11 @@ ADDRESS = {
     "postal_code": "SW1Y 4JH",
     "country": "GB",
 }
+
+
+def sealed(address: dict[str, str]) -> Address:
+    """An address as the contract carries it: its personal fields sealed (with a test key)."""
+    return seal_address(DataKey("0" * 32, "cust-test", 1, bytes(32)), Address(**address))
 
 
 def order_body(**overrides: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from infra.pg_install import embedded_bin_dir
-from infra.postgres import DATABASES
+from infra.postgres import DATABASES, KEYSTORE_DATABASE, SERVICE_DATABASES, service_role
 from infra.procs import PidRecord, ServiceProcess
 from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
@@ -121,18 +121,24 @@ async def test_local_stack_lifecycle(own_stack: LocalStack) -> None:
     await asyncio.to_thread(stack.start)
     assert stack.live_pids() == pids
 
-    # PostgreSQL: the non-superuser app role owns each service database.
+    # PostgreSQL: each service database is owned by its service's non-superuser role (the key
+    # store by the order service's); the operator role app, a member of them, reaches them all.
+    owners = {db: service_role(db) for db in SERVICE_DATABASES} | {KEYSTORE_DATABASE: service_role("order")}
     for db in DATABASES:
-        conn = await asyncpg.connect(stack.pg_dsn(db))
-        try:
-            row = await conn.fetchrow(
-                "SELECT current_user AS u, r.rolsuper AS su, pg_get_userbyid(d.datdba) AS owner "
-                "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()"
-            )
-            assert (row["u"], row["su"], row["owner"]) == ("app", False, "app")
-            await conn.execute("CREATE TABLE infra_probe (x int); DROP TABLE infra_probe")
-        finally:
-            await conn.close()
+        for dsn, user in (
+            (stack.pg_dsn(db), "app"),
+            (stack.service_dsn(owners[db].removesuffix("_service"), db), owners[db]),
+        ):
+            conn = await asyncpg.connect(dsn)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT current_user AS u, r.rolsuper AS su, pg_get_userbyid(d.datdba) AS owner "
+                    "FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()"
+                )
+                assert (row["u"], row["su"], row["owner"]) == (user, False, owners[db])
+                await conn.execute("CREATE TABLE infra_probe (x int); DROP TABLE infra_probe")
+            finally:
+                await conn.close()
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(stack.pg_dsn("order").replace("app:app@", "app:wrong@"))
     admin = await asyncpg.connect(stack.pg_admin_dsn())

@@ -3,6 +3,7 @@ order decide in turn on the state the earlier ones left, and the deadline index 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,6 @@ from shared.consumer import Delivery
 from shared.contract import (
     PAYMENT_EVENTS,
     SHIPPING_EVENTS,
-    Address,
     Envelope,
     Fact,
     Message,
@@ -32,7 +32,8 @@ from shared.contract import (
 from shared.db import create_pool, migrate
 from shared.eventstore import EventStore
 from shared.ids import derived_id
-from tests.integration.order_support import ADDRESS, order_body
+from shared.keystore import Keystore
+from tests.integration.order_support import ADDRESS, order_body, sealed
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def reply(order_id: str, kind: type[PaymentFact] | type[ShipmentScheduled], offs
         topic, source, subject = PAYMENT_EVENTS, "/services/payment", payment_id
     else:
         shipment_id = derived_id(order_id, "shipment")
-        fact = kind(order_id=order_id, shipment_id=shipment_id, address=Address(**ADDRESS))
+        fact = kind(order_id=order_id, shipment_id=shipment_id, address=sealed(ADDRESS))
         topic, source, subject = SHIPPING_EVENTS, "/services/shipping", shipment_id
     envelope: Envelope[Message] = Envelope(
         id=str(uuid.uuid4()),
@@ -75,7 +76,11 @@ def reply(order_id: str, kind: type[PaymentFact] | type[ShipmentScheduled], offs
 async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: EventStore) -> None:
     order_id = str(uuid.uuid4())
     command = PlaceOrderRequest.model_validate(order_body()).to_command(order_id)
-    await place_order(store, command, causation_id="req-1", step_timeout_s=30)
+    keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)  # the session's (tests/conftest.py)
+    try:
+        await place_order(store, command, causation_id="req-1", step_timeout_s=30, keystore=keystore)
+    finally:
+        await keystore.close()
     batch = [
         reply(order_id, PaymentAuthorized, 1),
         reply(str(uuid.uuid4()), PaymentAuthorized, 2),  # an order this service does not know

@@ -18,8 +18,9 @@ import pytest
 from infra.stack import LocalStack
 from services.shipping.app import SCHEMA, create_app
 from services.shipping.settings import ShippingSettings
-from shared.contract import ShipmentDispatched, ShipmentScheduled, message_class
+from shared.contract import MESSAGES, ShipmentDispatched, ShipmentScheduled
 from shared.ids import derived_id
+from shared.personal import reveal
 from tests.integration.participant_support import (
     command_message,
     connected,
@@ -50,6 +51,11 @@ async def client(stack: LocalStack) -> AsyncIterator[httpx.AsyncClient]:
         )
         async with running(create_app(settings)) as http:
             yield http
+
+
+def at_current_versions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recorded `GET …/events` answers as shown now: each fact in its type's current version."""
+    return [{**e, "schema_version": MESSAGES[e["type"]].VERSION} for e in events]
 
 
 class Flow:
@@ -110,7 +116,11 @@ async def test_schedule_publishes_scheduled_and_serves_the_state(client: httpx.A
     }
     [fact] = await facts_about(stack, EVENTS, flow.shipment_id, 1)
     assert_fact(fact, flow, "shipment.scheduled", caused_by=schedule[2], sequence=1)
-    assert fact["data"]["address"] == flow.address
+    # The command came at version 1, in clear (as the previous order service sent it): the fact
+    # carries it as legacy text, never in clear, and the read edges show it as it was.
+    wire = fact["data"]["address"]
+    assert all(wire[f].startswith("pd0.") for f in ("name", "line1", "city", "postal_code"))
+    assert reveal(wire, {}) == flow.address
     events = (await client.get(f"{flow.url}/events")).json()
     assert [(e["event_id"], e["type"], e["causation_id"]) for e in events] == [
         (fact["id"], "shipment.scheduled", schedule[2])
@@ -268,9 +278,10 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(s
                 for shipment in listed:
                     assert (await client.get(f"/shipments/{shipment['shipment_id']}")).json() == shipment
                 for shipment_id, events in answers["GET /shipments/{id}/events"].items():
-                    # Shown as before, the facts that start a shipment upcast to v2 (no customer_id known).
+                    # Shown as before, in the current version of each fact (`shipment.scheduled` v2:
+                    # the upcast legacy address reads as the text it was).
                     shown = (await client.get(f"/shipments/{shipment_id}/events")).json()
-                    assert shown == [{**e, "schema_version": message_class(e["type"]).VERSION} for e in events]
+                    assert shown == at_current_versions(events), order["journey"]
 
             # A v1 shipment still SCHEDULED is dispatched: its stream continues at version 2.
             order_id = v1_expected()["journeys"]["confirmed"][0]

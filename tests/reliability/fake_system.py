@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reliability.audit import AuditConfig, AuditReport, Snapshot, TopicRecord
+from services.order.customers import seal_address
 from shared.contract import (
     Address,
     AuthorizePayment,
@@ -52,11 +53,15 @@ from shared.contract import (
     encode,
 )
 from shared.eventstore import Recorded
+from shared.personal import DataKey
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 SOURCES = {"order": "/services/order", "payment": "/services/payment", "shipping": "/services/shipping"}
 PARTITIONS = 3
-ADDRESS = Address(name="Ada", line1="1 Main St", city="Paris", postal_code="75001", country="FR")
+ADDRESS = seal_address(
+    DataKey("0" * 32, "cust-1", 1, bytes(32)),
+    Address(name="Ada", line1="1 Main St", city="Paris", postal_code="75001", country="FR"),
+)
 
 ALL_OUTCOMES = ("CONFIRMED", "SHIPPED", "DELIVERED", "REJECTED", "CANCELLED")
 

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices, AliasPath
 
-from infra.postgres import DATABASES
+from infra.postgres import DATABASES, KEYSTORE_DATABASE, KEYSTORE_OWNER, KEYSTORE_READERS, service_role
 from infra.services import SERVICES
 from shared.settings import ServiceSettings
 from shared.topics import topic_specs
@@ -690,7 +690,15 @@ def test_service_environment_validates_and_points_at_the_compose_services(
     dsn = urlsplit(settings.database_url)
     own_db = {s.name: s.database for s in SERVICES}[service]
     assert (dsn.hostname, dsn.port or 5432, dsn.path.lstrip("/")) == ("postgres", 5432, own_db), settings.database_url
-    assert (dsn.username, dsn.password) == ("app", "app")
+    role = f"{service}_service"
+    assert (dsn.username, dsn.password) == (role, role), "each service logs in with its own role"
+    wanted = {s.name: s.keystore for s in SERVICES}[service]
+    if wanted:
+        keystore = urlsplit(settings.keystore_url or "")
+        assert (keystore.hostname, keystore.path.lstrip("/")) == ("postgres", KEYSTORE_DATABASE), settings.keystore_url
+        assert (keystore.username, keystore.password) == (role, role)
+    else:
+        assert settings.keystore_url is None, f"{service} must not reach the key store"
     assert settings.kafka_bootstrap_servers in internal_bootstrap(), settings.kafka_bootstrap_servers
 
 
@@ -874,7 +882,7 @@ def test_topic_names_in_the_code_are_topics_of_shared_topics() -> None:
 # -------------------------------------------------------------------------------- PostgreSQL --
 
 
-def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_app() -> None:
+def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_its_own_role() -> None:
     pg = services()["postgres"]
     assert re.match(r"^postgres:\d+(\.\d+)?(-[\w.]+)?$", str(pg["image"])), pg["image"]
     hc = pg.get("healthcheck") or {}
@@ -884,18 +892,32 @@ def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_app() 
     assert inits and all(p.is_file() for p in inits), f"init script mounts {mounts}"
     sql = "\n".join(p.read_text() for p in inits)
     sql = re.sub(r"--[^\n]*", "", sql)
-    role = re.search(r"CREATE ROLE\s+\"?app\"?\s+(?:WITH\s+)?([^;]*);", sql, re.IGNORECASE)
-    assert role, "CREATE ROLE app"
-    opts = role.group(1).upper()
-    assert "LOGIN" in opts and "NOSUPERUSER" in opts and "PASSWORD 'APP'" in opts, opts
+    roles = {
+        m.group(1): m.group(2).upper()
+        for m in re.finditer(r"CREATE ROLE\s+\"?(\w+)\"?\s+(?:WITH\s+)?([^;]*);", sql, re.IGNORECASE)
+    }
+    for role in ["app", *(service_role(s.name) for s in SERVICES)]:
+        password = "app" if role == "app" else role
+        assert role in roles, f"CREATE ROLE {role}"
+        opts = roles[role]
+        assert "LOGIN" in opts and "NOSUPERUSER" in opts and f"PASSWORD '{password.upper()}'" in opts, opts
     created = {
         m.group(1): m.group(2)
         for m in re.finditer(
             r"CREATE DATABASE\s+\"?(\w+)\"?\s+(?:WITH\s+)?OWNER\s*=?\s*\"?(\w+)\"?", sql, re.IGNORECASE
         )
     }
-    wanted = {s.database for s in SERVICES if s.database} | set(DATABASES)
-    assert created == {db: "app" for db in wanted}, created
+    owners = {s.database: service_role(s.name) for s in SERVICES if s.database}
+    assert created == {**owners, KEYSTORE_DATABASE: service_role(KEYSTORE_OWNER)}, created
+    assert set(created) == set(DATABASES)
+    for db in created:
+        assert re.search(rf'REVOKE ALL ON DATABASE "?{db}"? FROM PUBLIC', sql), f"{db}: CONNECT revoked from PUBLIC"
+    readers = ", ".join(service_role(s) for s in KEYSTORE_READERS)
+    assert f'GRANT CONNECT ON DATABASE "{KEYSTORE_DATABASE}" TO {readers};' in sql
+    assert f"GRANT SELECT ON TABLES TO {readers};" in sql
+    assert "payment_service" not in sql.split("GRANT CONNECT", 1)[1].split(";")[0], (
+        "payment never reaches the key store"
+    )
 
 
 # --------------------------------------------------------------------------- ports and UI --
@@ -1033,6 +1055,8 @@ def test_cluster_services_run_the_same_images_against_every_broker(
     dsn = urlsplit(settings.database_url)
     own_db = {s.name: s.database for s in SERVICES}[service]
     assert (dsn.hostname, dsn.path.lstrip("/")) == (CLUSTER_PG, own_db), settings.database_url
+    if settings.keystore_url is not None:
+        assert urlsplit(settings.keystore_url).hostname == CLUSTER_PG, settings.keystore_url
     assert sorted(settings.kafka_bootstrap_servers.split(",")) == sorted(cluster_internal_addresses())
     assert (settings.kafka_replication_factor, settings.kafka_min_insync_replicas) == (3, 2)
     assert depends_on(svc) == {
@@ -1043,7 +1067,8 @@ def test_cluster_services_run_the_same_images_against_every_broker(
     }
     assert svc["volumes"] == [AUTH_MOUNT]
     # Everything else a service is configured with matches the default service.
-    same = {k: v for k, v in environment(svcs[service]).items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    own = ("DATABASE_URL", "KEYSTORE_URL", "KAFKA_BOOTSTRAP_SERVERS")
+    same = {k: v for k, v in environment(svcs[service]).items() if k not in own}
     assert {k: v for k, v in env.items() if k in same and k not in ("HTTP_PORT",)} == {
         k: v for k, v in same.items() if k != "HTTP_PORT"
     }

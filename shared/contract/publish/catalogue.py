@@ -225,10 +225,11 @@ def events_markdown() -> str:
         "",
         *catalogue.fields_table(DeadLetter),
         "",
-        "## The saga's private facts",
+        "## The order service's private facts",
         "",
-        PRIVATE_NOTE + " They are versioned and upcast like the published messages all the same: the saga's log is "
-        "kept forever and every later version of the saga reads it. In asyncapi.yaml they are listed under "
+        PRIVATE_NOTE + " They are versioned and upcast like the published messages all the same: the order "
+        "service's log is kept forever and every later version of the saga reads it. In asyncapi.yaml they are listed "
+        "under "
         "`components.schemas` only.",
         "",
     ]

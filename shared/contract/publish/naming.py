@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contract.base import Message
+from shared.contract.customer import CUSTOMER_FACTS
 from shared.contract.dead_letter import DeadLetter
 from shared.contract.envelope import CLOUDEVENTS_SPEC_VERSION, JSON_CONTENT_TYPE
 from shared.contract.registry import CHANNELS, Channel
@@ -30,7 +31,12 @@ DEAD_LETTER_NAME = "dead-letter"
 DEAD_LETTER_VERSION: int = DeadLetter.VERSION
 REGENERATE = "run `make contract` (python -m shared.contract.publish) and commit the result"
 
-PRIVATE_NOTE = "Private to the order service: a saga fact is on no topic and never leaves the order service's log."
+PRIVATE_NOTE = (
+    "Private to the order service: a saga fact (or a customer fact) is on no topic and never leaves the order "
+    "service's log."
+)
+#: The facts on no topic: the saga's and the customer facts of erasure, both in the order service's log.
+PRIVATE_FACTS = (*SAGA_FACTS, *CUSTOMER_FACTS)
 
 SERVICE_DESCRIPTIONS = {
     "order": "The order service: the Order aggregate and the order-fulfilment saga.",
@@ -143,11 +149,12 @@ def _upcast_from(cls: type[Message]) -> list[int]:
 
 
 def _private(cls: type[Message]) -> bool:
-    """A message on no topic: only the saga's facts may be (the notes published about them say so)."""
+    """A message on no topic: only the order service's private facts may be (the notes published about
+    them say so)."""
     if cls.TOPIC is not None:
         return False
-    if cls not in SAGA_FACTS:
-        raise ValueError(f"{cls.TYPE} has no topic but is not a saga fact: say where it lives before publishing it")
+    if cls not in PRIVATE_FACTS:
+        raise ValueError(f"{cls.TYPE} has no topic but is not a private fact: say where it lives before publishing it")
     return True
 
 

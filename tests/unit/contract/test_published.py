@@ -26,6 +26,7 @@ from referencing.jsonschema import DRAFT7
 from shared.contract import (
     ALL_MESSAGES,
     CHANNELS,
+    CUSTOMER_FACTS,
     MESSAGES,
     DeadLetterFailure,
     DeadLetterOrigin,
@@ -44,6 +45,7 @@ from shared.contract import (
 from shared.contract.base import Money
 from shared.contract.saga import SAGA_FACTS
 from shared.contract.upcasting import registered_steps
+from shared.personal import DataKey, legacy, seal
 from tests.unit.contract import asyncapi_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -54,7 +56,9 @@ DOCUMENT_URI = "urn:events-first:asyncapi-under-test"
 ORDER_ID = "c069364f-5659-4b5f-b309-a3412a8126da"
 PAYMENT_ID = "9e5530b7-d9cd-51eb-b328-87f8c1d87156"
 SHIPMENT_ID = "550e256d-fba3-55e2-8fed-6573dcefdded"
-ADDRESS = {"name": "Ada Lovelace", "line1": "1 Rue de Rivoli", "city": "Paris", "postal_code": "75001", "country": "FR"}
+CLEAR_ADDRESS = {"name": "Ada Lovelace", "line1": "1 Rue de Rivoli", "city": "Paris", "postal_code": "75001"}
+KEY = DataKey("0" * 32, "cust-1", 1, bytes(32))
+ADDRESS = {**{field: seal(KEY, field, text) for field, text in CLEAR_ADDRESS.items()}, "country": "FR"}
 ORDER_PLACED = {
     "order_id": ORDER_ID,
     "customer_id": "cust-1",
@@ -296,6 +300,24 @@ DATA_EXAMPLES: list[tuple[str, str, dict[str, Any], bool]] = [
     ("order.placed", "lowercase currency", _with(ORDER_PLACED, currency="eur"), False),
     ("order.placed", "no address", _without(ORDER_PLACED, "shipping_address"), False),
     ("order.placed", "empty postal code", _with(ORDER_PLACED, shipping_address=_with(ADDRESS, postal_code="")), False),
+    (
+        "order.placed",
+        "address in clear",
+        _with(ORDER_PLACED, shipping_address={**CLEAR_ADDRESS, "country": "FR"}),
+        False,
+    ),
+    (
+        "order.placed",
+        "legacy clear text",
+        _with(ORDER_PLACED, shipping_address=_with(ADDRESS, name=legacy("Ada"))),
+        True,
+    ),
+    (
+        "order.placed",
+        "bad key id",
+        _with(ORDER_PLACED, shipping_address=_with(ADDRESS, name="pd1.xyz." + "A" * 40)),
+        False,
+    ),
     ("order.confirmed", "ids", {"order_id": ORDER_ID, "payment_id": PAYMENT_ID, "shipment_id": SHIPMENT_ID}, True),
     ("order.rejected", "empty reason", {"order_id": ORDER_ID, "reason": ""}, False),
     ("payment.captured", "v2 amount", PAYMENT_V2, True),
@@ -489,12 +511,12 @@ def test_every_channel_is_in_the_document_with_its_messages(document: dict[str, 
             assert key == {"type": "string", "description": channel.key}
 
 
-def test_every_message_is_on_its_channel_or_is_a_private_saga_fact(document: dict[str, Any]) -> None:
+def test_every_message_is_on_its_channel_or_is_a_private_fact(document: dict[str, Any]) -> None:
     on_channels = json.dumps(document["channels"])
     for cls in ALL_MESSAGES:
         assert f"{cls.TYPE}.v{cls.VERSION}" in document["components"]["schemas"], cls.TYPE
         if cls.TOPIC is None:
-            assert cls in SAGA_FACTS
+            assert cls in SAGA_FACTS + CUSTOMER_FACTS
             assert cls.TYPE not in document["components"]["messages"]
             assert f"/{cls.TYPE}'" not in on_channels and f'/{cls.TYPE}"' not in on_channels
             assert (

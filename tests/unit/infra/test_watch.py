@@ -22,6 +22,7 @@ from shared.contract import (
     encode,
     make_dead_letter,
 )
+from shared.personal import legacy
 
 WHEN = datetime(2026, 11, 22, 9, 15, 30, 123000, tzinfo=UTC)
 
@@ -62,10 +63,11 @@ def test_an_old_schema_version_is_shown_upcast() -> None:
 
 
 def test_commands_are_marked_and_colour_is_only_added_when_asked() -> None:
-    address = Address(name="Ada", line1="1 Main St", city="Paris", postal_code="75001", country="FR")
+    name, line1 = legacy("Ada"), legacy("1 Main St")
+    address = Address(name=name, line1=line1, city=legacy("Paris"), postal_code=legacy("75001"), country="FR")
     raw = encode(envelope(ScheduleShipment(order_id="o", shipment_id="ship-1", address=address), "ship-1", 0))
     plain = format_line(SHIPPING_COMMANDS, raw, colour=False)
-    assert " cmd  shipment.schedule" in plain and "address={name:Ada,line1:1 Main St," in plain
+    assert " cmd  shipment.schedule" in plain and f"address={{name:{name},line1:{line1}," in plain
     coloured = format_line(SHIPPING_COMMANDS, raw, colour=True)
     assert coloured.startswith("\033[") and plain in coloured
 

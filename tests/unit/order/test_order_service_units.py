@@ -35,7 +35,7 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     for name in ("DATABASE_URL", "HTTP_PORT", "ORDER_PORT", "SAGA_STEP_TIMEOUT_S", "SAGA_TICK_S", "CONFLICT_ATTEMPTS"):
         monkeypatch.delenv(name, raising=False)
     defaults = OrderSettings()
-    assert defaults.database_url == "postgresql://app:app@127.0.0.1:5432/order"
+    assert defaults.database_url == "postgresql://order_service:order_service@127.0.0.1:5432/order"
     assert (defaults.http_port, defaults.saga_step_timeout_s, defaults.saga_tick_s) == (8001, 30.0, 0.5)
     assert defaults.conflict_attempts == 5 and not hasattr(defaults, "conflict_retries")
 

@@ -41,6 +41,10 @@ from shared.contract import (
     encode,
 )
 from shared.ids import derived_id
+from shared.personal import legacy
+
+#: An address as the contract carries it (personal fields never in clear).
+ADDRESS = Address(name=legacy("A"), line1=legacy("1 St"), city=legacy("X"), postal_code=legacy("1"), country="DE")
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SOURCES: dict[type[Fact], str] = {
@@ -123,7 +127,7 @@ class Journey:
                 items=(OrderLine(sku="SKU-1", quantity=1, unit_price_cents=self.total_cents),),
                 currency=self.currency,
                 total_cents=self.total_cents,
-                shipping_address=Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"),
+                shipping_address=ADDRESS,
             )
         )
 
@@ -139,7 +143,7 @@ class Journey:
 
     def shipment(self, cls: type[ShipmentFact], **extra: Any) -> Received:
         if cls is ShipmentScheduled:
-            extra.setdefault("address", Address(name="A", line1="1 St", city="X", postal_code="1", country="DE"))
+            extra.setdefault("address", ADDRESS)
         return self.add(cls(order_id=self.order_id, shipment_id=self.shipment_id, **extra))
 
     def order(self, cls: type[OrderFact], caused_by: Received, **extra: Any) -> Received:

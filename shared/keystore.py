@@ -1,0 +1,159 @@
+"""The key store: one PostgreSQL database holding one data key per customer (shared/personal.py).
+
+Only the services that must read personal data are given its DSN (`KEYSTORE_URL`): the order
+service makes, reads and destroys keys; shipping and query only read them; payment has none.
+A destroyed key keeps its row (key id, customer, generation, `destroyed_at`) with the secret
+gone, so a reader can tell "erased" from "never existed" and a new key gets the next
+generation. Keys are never cached: once destroyed, no process can open its values again.
+
+Every failure to reach the store is `KeystoreUnavailable` (the runtime answers 503 with
+`Retry-After`); the pool holds no connection until one is needed, so a service starts, and
+serves what needs no key, while the store is away.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from shared.personal import DataKey, key_ids_in, new_secret, reveal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS customer_keys (
+    key_id        TEXT        PRIMARY KEY,
+    customer_id   TEXT        NOT NULL,
+    generation    INTEGER     NOT NULL,
+    secret        BYTEA       NULL,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    destroyed_at  TIMESTAMPTZ NULL,
+    UNIQUE (customer_id, generation),
+    CHECK ((secret IS NULL) = (destroyed_at IS NOT NULL))
+);
+-- At most one live key per customer.
+CREATE UNIQUE INDEX IF NOT EXISTS customer_keys_live ON customer_keys (customer_id) WHERE secret IS NOT NULL;
+"""
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InsufficientPrivilegeError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+class KeystoreUnavailable(Exception):
+    """The key store could not be reached (or refused this role): nothing that needs a key was done."""
+
+
+class Keystore:
+    """Data keys by customer and by key id. `writer`: this service may create the table and keys."""
+
+    def __init__(self, dsn: str, *, writer: bool = False, timeout_s: float = 2.0, max_size: int = 5) -> None:
+        self.dsn = dsn
+        self.writer = writer
+        self.timeout_s = timeout_s
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._migrated = False
+
+    async def _acquire_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=0, max_size=self.max_size, timeout=self.timeout_s, command_timeout=self.timeout_s
+            )
+            assert pool is not None
+            self._pool = pool
+        if self.writer and not self._migrated:
+            async with self._pool.acquire(timeout=self.timeout_s) as conn:
+                await conn.execute(SCHEMA)
+            self._migrated = True
+        return self._pool
+
+    async def current_key(self, customer_id: str) -> DataKey:
+        """The customer's live key, made now (next generation) if it has none."""
+        assert self.writer, "only the key store's writer makes keys"
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                for _ in range(2):  # a concurrent maker of the same customer's key wins the second read
+                    row = await conn.fetchrow(
+                        """WITH live AS (
+                               SELECT key_id, customer_id, generation, secret FROM customer_keys
+                               WHERE customer_id = $1 AND secret IS NOT NULL),
+                           made AS (
+                               INSERT INTO customer_keys (key_id, customer_id, generation, secret)
+                               SELECT $2, $1, COALESCE(
+                                   (SELECT max(generation) FROM customer_keys WHERE customer_id = $1), 0) + 1, $3
+                               WHERE NOT EXISTS (SELECT 1 FROM live)
+                               ON CONFLICT DO NOTHING
+                               RETURNING key_id, customer_id, generation, secret)
+                           SELECT * FROM live UNION ALL SELECT * FROM made""",
+                        customer_id,
+                        uuid.uuid4().hex,
+                        new_secret(),
+                    )
+                    if row is not None:
+                        return _key(row)
+        except _UNAVAILABLE as exc:
+            raise KeystoreUnavailable(repr(exc)) from exc
+        raise KeystoreUnavailable(f"no key could be made for customer {customer_id}")
+
+    async def keys(self, key_ids: Iterable[str]) -> dict[str, DataKey | None]:
+        """The live keys among `key_ids`; a destroyed or unknown one maps to None."""
+        wanted = sorted(set(key_ids))
+        if not wanted:
+            return {}
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                rows = await conn.fetch(
+                    """SELECT key_id, customer_id, generation, secret FROM customer_keys
+                       WHERE key_id = ANY($1::text[]) AND secret IS NOT NULL""",
+                    wanted,
+                )
+        except asyncpg.UndefinedTableError:
+            rows = []  # no key was ever made: nothing sealed can name one
+        except _UNAVAILABLE as exc:
+            raise KeystoreUnavailable(repr(exc)) from exc
+        found: dict[str, DataKey | None] = dict.fromkeys(wanted)
+        found.update({row["key_id"]: _key(row) for row in rows})
+        return found
+
+    async def destroy(self, customer_id: str) -> list[str]:
+        """Destroy every live key of the customer (the secret is overwritten by NULL); the ids of
+        the keys destroyed now (none when already erased: destroying is idempotent)."""
+        assert self.writer, "only the key store's writer destroys keys"
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                rows = await conn.fetch(
+                    """UPDATE customer_keys SET secret = NULL, destroyed_at = now()
+                       WHERE customer_id = $1 AND secret IS NOT NULL RETURNING key_id""",
+                    customer_id,
+                )
+        except _UNAVAILABLE as exc:
+            raise KeystoreUnavailable(repr(exc)) from exc
+        return sorted(row["key_id"] for row in rows)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+def _key(row: asyncpg.Record) -> DataKey:
+    return DataKey(row["key_id"], row["customer_id"], row["generation"], bytes(row["secret"]))
+
+
+async def revealed(keystore: Keystore | None, document: Any) -> Any:
+    """A read edge's JSON-like document with its personal values opened (one key-store query
+    for all the keys it names); without a key store every sealed value reads as erased."""
+    wanted = key_ids_in(document)
+    keys = await keystore.keys(wanted) if keystore is not None and wanted else {}
+    return reveal(document, keys)
