@@ -58,6 +58,10 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "payment.captured": 2,
     "payment.voided": 2,
     "payment.refunded": 2,
+    # v2: the address's personal fields sealed (docs/CONTRACT.md, "Personal data").
+    "order.placed": 2,
+    "shipment.schedule": 2,
+    "shipment.scheduled": 2,
 }
 
 
