@@ -145,6 +145,18 @@ class Keystore:
             raise KeystoreUnavailable(repr(exc)) from exc
         return sorted(row["key_id"] for row in rows)
 
+    async def destroyed(self, customer_id: str) -> list[str]:
+        """The ids of the customer's keys destroyed so far."""
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                rows = await conn.fetch(
+                    "SELECT key_id FROM customer_keys WHERE customer_id = $1 AND secret IS NULL", customer_id
+                )
+        except _UNAVAILABLE as exc:
+            raise KeystoreUnavailable(repr(exc)) from exc
+        return sorted(row["key_id"] for row in rows)
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
