@@ -64,6 +64,9 @@ SCHEMA_VERSIONS: dict[str, int] = {
     "payment.captured": 2,
     "payment.voided": 2,
     "payment.refunded": 2,
+    # v2: the address's personal fields sealed (docs/CONTRACT.md, "Personal data") and, for the
+    # shipping messages, the order's customer_id added.
+    "order.placed": 2,
     "shipment.schedule": 2,
     "shipment.scheduled": 2,
     "shipment.failed": 2,

@@ -243,6 +243,7 @@ def _every_endpoint(w: World) -> list[tuple[str, str, str]]:
         ("query", "GET", "/stream"),
         ("query", "POST", "/admin/rebuild"),
         ("query", "GET", "/admin/generations"),
+        ("order", "DELETE", f"/customers/{a.customer}/personal-data"),
     ]
 
 
@@ -290,6 +291,29 @@ async def test_bad_tokens_are_401_everywhere_and_append_nothing(
     await _nothing_placed_for(client, tap, customer)
     assert (await client.order_ok(world.a.order_id))["status"] == "CONFIRMED"
     assert (await client.shipments_of(world.a.order_id))[0]["status"] == "SCHEDULED"
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+async def test_erasure_is_the_customers_own_or_an_admins(client: SystemClient, world: World) -> None:
+    """Staff may not erase; a customer may erase only itself (another → 403 before anything is
+    looked at); the customer and an admin are let through to the rule (409 while an order is open)."""
+    path = f"/customers/{world.a.customer}/personal-data"
+    for token, status, code in (
+        (world.staff, 403, "forbidden"),
+        (world.b.token, 403, "customer_mismatch"),
+        (world.a.token, 409, "personal_data_still_needed"),
+        (world.admin, 409, "personal_data_still_needed"),
+    ):
+        resp = await _call(client, "order", "DELETE", path, token)
+        assert (resp.status_code, resp.json()["code"]) == (status, code), resp.text
+    for role in ("self", "admin"):
+        quiet = new_customer(f"authz-erase-{role}")  # no order: nothing still needs the address
+        token = client.token("customer", quiet) if role == "self" else world.admin
+        resp = await _call(client, "order", "DELETE", f"/customers/{quiet}/personal-data", token)
+        assert resp.status_code == 200, resp.text
+        assert (resp.json()["customer_id"], resp.json()["repeated"]) == (quiet, False), resp.text
 
 
 # --------------------------------------------------------------------------- open routes, OpenAPI

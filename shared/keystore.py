@@ -126,8 +126,10 @@ class Keystore:
         return found
 
     async def destroy(self, customer_id: str) -> list[str]:
-        """Destroy every live key of the customer (the secret is overwritten by NULL); the ids of
-        the keys destroyed now (none when already erased: destroying is idempotent)."""
+        """Destroy every live key of the customer (the secret is overwritten by NULL, and the
+        table vacuumed so the dead row versions holding it are gone from its pages; the WAL keeps
+        them until it is recycled); the ids of the keys destroyed now (none when already erased:
+        destroying is idempotent)."""
         assert self.writer, "only the key store's writer destroys keys"
         try:
             pool = await self._acquire_pool()
@@ -136,6 +138,20 @@ class Keystore:
                     """UPDATE customer_keys SET secret = NULL, destroyed_at = now()
                        WHERE customer_id = $1 AND secret IS NOT NULL RETURNING key_id""",
                     customer_id,
+                )
+                if rows:  # the old row versions, secret included, leave the table's pages now
+                    await conn.execute("VACUUM customer_keys")
+        except _UNAVAILABLE as exc:
+            raise KeystoreUnavailable(repr(exc)) from exc
+        return sorted(row["key_id"] for row in rows)
+
+    async def destroyed(self, customer_id: str) -> list[str]:
+        """The ids of the customer's keys destroyed so far."""
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=self.timeout_s) as conn:
+                rows = await conn.fetch(
+                    "SELECT key_id FROM customer_keys WHERE customer_id = $1 AND secret IS NULL", customer_id
                 )
         except _UNAVAILABLE as exc:
             raise KeystoreUnavailable(repr(exc)) from exc

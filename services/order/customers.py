@@ -93,6 +93,8 @@ async def erase_personal_data(
             last = history[-1]
             assert isinstance(last.data, PersonalDataErased)
             return Erasure(last.data, last.sequence, repeated=True)
+        if not destroyed:  # a first erasure whose keys went before its fact could be recorded
+            destroyed = await keys.destroyed(customer_id)
         fact = PersonalDataErased(customer_id=customer_id, key_ids=tuple(destroyed), erased_at=utc_now())
         with caused_by(stream, causation_id):
             await uow.append(stream, len(history), [fact])

@@ -7,6 +7,7 @@ concurrent placement); a key store that cannot be reached makes writes 503, appe
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from infra.stack import LocalStack, free_ports
 from shared.contract import Money, PaymentDeclined, customer_stream_id
 from shared.ids import derived_id
+from shared.keystore import Keystore
 from shared.personal import ERASED
 from tests.integration.order_support import fetch, order_body, order_service, place, publish_fact, reaches
 from tests.integration.service_support import scratch_database
@@ -171,3 +173,19 @@ async def test_a_key_store_that_cannot_be_reached_makes_writes_503_and_appends_n
         assert await fetch(dsn, "SELECT event_id FROM events") == []
         assert await fetch(dsn, "SELECT id FROM outbox") == []
         assert await fetch(dsn, "SELECT idempotency_key FROM order_idempotency_keys") == []
+
+
+async def test_an_erasure_interrupted_after_destroying_the_keys_is_recorded_by_its_retry(
+    service: Service, stack: LocalStack
+) -> None:
+    who = person()
+    order_id = await place(service.client, body_of(who))
+    await decline(stack, service.client, order_id)
+    keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)
+    try:
+        [key_id] = await keystore.destroy(who["customer_id"])  # as if the erasure died before its fact
+    finally:
+        await keystore.close()
+    retried = await service.client.delete(f"/customers/{who['customer_id']}/personal-data")
+    assert retried.status_code == 200 and retried.json()["key_ids"] == [key_id]
+    assert retried.json()["repeated"] is False
