@@ -65,9 +65,10 @@ def without_address(order: Json) -> Json:
     return {k: v for k, v in order.items() if k != "shipping_address"}
 
 
-async def feed_of(client: SystemClient, order_id: str, count: int) -> list[Json]:
-    """The order's facts as the SSE feed shows them, replayed from the start."""
-    async with sse(client.endpoints, order_id=order_id, last_event_id="0") as stream:
+async def feed_of(client: SystemClient, customer: str, order_id: str, count: int) -> list[Json]:
+    """The order's facts as the SSE feed shows its customer, replayed from the start."""
+    token = client.token("customer", customer)
+    async with sse(client.endpoints, token, order_id=order_id, last_event_id="0") as stream:
         events = await stream.collect(lambda seen: len(seen) >= count, timeout=30)
     return [e.json() for e in events]
 
@@ -127,7 +128,7 @@ async def test_erasure_shreds_the_personal_data_everywhere(client: SystemClient,
     assert shipment["address"] == address
     timeline = expect(await client.timeline(delivered_id), 200)
     assert placed_address(timeline["events"]) == address
-    feed = await feed_of(client, delivered_id, len(timeline["events"]))
+    feed = await feed_of(client, customer, delivered_id, len(timeline["events"]))
     assert placed_address(feed) == address
 
     # Erase (idempotent).
@@ -147,7 +148,7 @@ async def test_erasure_shreds_the_personal_data_everywhere(client: SystemClient,
     after_timeline = expect(await client.timeline(delivered_id), 200)
     assert placed_address(after_timeline["events"]) == shown
     assert [e["type"] for e in after_timeline["events"]] == [e["type"] for e in timeline["events"]]
-    assert placed_address(await feed_of(client, delivered_id, len(timeline["events"]))) == shown
+    assert placed_address(await feed_of(client, customer, delivered_id, len(timeline["events"]))) == shown
     assert (await client.order_ok(other_id))["shipping_address"] == other_address
     view = expect(await client.view(delivered_id), 200)
     assert view["status"] == "DELIVERED" and view["total_cents"] == written["total_cents"]
@@ -192,7 +193,7 @@ async def audit(client: SystemClient, sut: SystemUnderTest, orders: set[str]) ->
     from reliability.audit.cli import run_audit
     from reliability.audit.config import AuditConfig
 
-    assert sut.pg_dsn is not None
+    assert sut.pg_dsn is not None and sut.signer is not None
     config = AuditConfig(
         order_dsn=sut.pg_dsn("order"),
         payment_dsn=sut.pg_dsn("payment"),
@@ -201,6 +202,7 @@ async def audit(client: SystemClient, sut: SystemUnderTest, orders: set[str]) ->
         kafka_bootstrap=client.endpoints.kafka,
         query_url=client.endpoints.query,
         saga_timeout_s=sut.step_timeout_s or 30.0,
+        auth_dir=str(sut.signer.keys.jwks_path.parent),
     )
 
     async def passes() -> Any:
