@@ -26,6 +26,7 @@ class ServiceDef:
     module: str
     default_port: int
     database: str | None  # PostgreSQL database it owns (README: addresses)
+    upstreams: tuple[str, ...] = ()  # services it calls over HTTP: `<NAME>_URL` in its env
 
     @property
     def port_env(self) -> str:
@@ -40,6 +41,7 @@ SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("payment", "services.payment", 8002, "payment"),
     ServiceDef("shipping", "services.shipping", 8003, "shipping"),
     ServiceDef("query", "services.query", 8004, "query"),
+    ServiceDef("ui", "services.ui", 8000, None, upstreams=("order", "payment", "shipping", "query")),
 )
 
 
@@ -53,6 +55,10 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
     }
     if svc.database:
         env["DATABASE_URL"] = stack.pg_dsn(svc.database)
+    for name in svc.upstreams:
+        env[f"{name.upper()}_URL"] = stack.service_url(name)
+    if svc.name == "ui":
+        env["UI_DEV_KEYS_DIR"] = str(stack.run_dir / "auth")
     return env
 
 
