@@ -264,7 +264,8 @@ function renderPlace() {
   const select = (id, label, options, hint) => h("div", { class: "field" }, h("label", { for: id }, label),
     h("select", { id, name: id, "aria-describedby": hint ? `${id}-hint` : null }, ...options.map(([v, t]) => h("option", { value: v }, t))),
     hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : null);
-  const form = h("form", { onsubmit: async (e) => {
+  // novalidate: the order service decides what is valid, and its refusal names the field.
+  const form = h("form", { novalidate: true, onsubmit: async (e) => {
     e.preventDefault();
     const val = (id) => form.querySelector(`#${id}`).value.trim();
     const lines = [...items.querySelectorAll("[data-item]")].map((row) => {
@@ -278,7 +279,14 @@ function renderPlace() {
     submit.disabled = true;
     const res = await api("order", "/orders", { method: "POST", body: order, headers: { "Idempotency-Key": idempotencyKey } });
     submit.disabled = false;
-    if (!res.ok) { err.replaceChildren(alertBox(res)); err.querySelector("[role=alert]").focus?.(); return; }
+    if (!res.ok) {
+      err.replaceChildren(alertBox(res));
+      const m = /^items\.(\d+)\.(sku|quantity|unit_price_cents)$/.exec(res.body?.field || "");
+      const rows = items.querySelectorAll("[data-item]");
+      const bad = m && rows[Number(m[1])] ? rows[Number(m[1])].querySelectorAll("input")[["sku", "quantity", "unit_price_cents"].indexOf(m[2])] : null;
+      if (bad) { bad.setAttribute("aria-invalid", "true"); bad.focus(); }
+      return;
+    }
     sessionStorage.setItem(`placed:${res.body.order_id}`, String(res.body.version));
     go(`#/orders/${encodeURIComponent(res.body.order_id)}`);
   } },
@@ -417,7 +425,7 @@ function renderOrder(orderId) {
     const service = (f.source || "").split("/").filter(Boolean).pop() || f.source;
     timeline.append(h("li", { "data-type": f.type },
       h("div", {}, h("span", { class: "svc" }, service), " ", h("strong", {}, f.type), f.causalgap === "true" ? h("span", { class: "pending" }, " (cause not seen in time)") : null),
-      h("div", { class: "meta" }, `${when(f.time)} · caused by ${cause ? cause.type : `request ${short(f.causationid)}`} · #${id}`)));
+      h("div", { class: "meta" }, `${when(f.time)} · caused by ${cause ? cause.type : f.causationtype ? `${f.causationtype} ${short(f.causationid)}` : `request ${short(f.causationid)}`} · #${id}`)));
   };
 
   streamFacts(`/api/query/stream?order_id=${encodeURIComponent(orderId)}&last_event_id=0`, {
