@@ -338,7 +338,7 @@ function renderOrder(orderId) {
   const showStatus = (o) => {
     view = o;
     const pendingNote = o.status === "PENDING" ? h("p", { class: "pending" }, "Pending: the saga is running; this page updates as its facts arrive.") : null;
-    statusBox.replaceChildren(pendingNote, h("dl", { class: "facts", "aria-label": "Order status" },
+    statusBox.replaceChildren(...[pendingNote].filter(Boolean), h("dl", { class: "facts", "aria-label": "Order status" },
       h("dt", {}, "Status"), h("dd", { "data-testid": "order-status" }, badge(o.status)),
       o.reason ? h("dt", {}, "Reason") : null, o.reason ? h("dd", { "data-testid": "order-reason" }, o.reason) : null,
       h("dt", {}, "Total"), h("dd", {}, money(o.total_cents, o.currency)),
