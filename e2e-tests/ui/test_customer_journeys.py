@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from playwright.async_api import BrowserContext, Page, expect
+
+from reliability.faultproxy import FaultProxy
 
 from .conftest import customer_id, place_order, sign_in
 
@@ -132,3 +135,36 @@ async def test_a_customer_cannot_open_another_customers_order(browser: BrowserCo
     await other.goto(f"{ui_url}/#/orders/{order_id}")
     await expect(other.get_by_role("alert").first).to_contain_text(re.compile(r"Refused \((403|404)"))
     await expect(other.get_by_test_id("order-status")).to_have_count(0)
+
+
+async def test_a_lost_stream_resumes_with_last_event_id(browser: BrowserContext, page: Page, ui_url: str) -> None:
+    """The browser reaches the UI through a TCP proxy that resets every open connection: the
+    page's SSE stream reconnects by itself, sends Last-Event-ID, and misses no fact."""
+    target = urlsplit(ui_url)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 80, name="ui") as proxy:
+        via = f"http://127.0.0.1:{proxy.port}"
+        streams: list[dict[str, str]] = []
+        page.on("request", lambda r: streams.append(r.headers) if "/api/query/stream" in r.url else None)
+        await sign_in(page, via, "customer", customer_id("resume"))
+        order_id = await place_order(page)
+        await expect(page.get_by_test_id("order-status")).to_have_text("CONFIRMED")
+        timeline = page.get_by_role("list", name="Facts of this order, live")
+        facts_before = await timeline.get_by_role("listitem").count()
+        await _mark_loaded(page)
+        state = page.locator("#stream-state")
+        await expect(state).to_have_text("live")
+
+        assert proxy.reset_connections() >= 1  # the wire breaks under the open stream
+        await expect(state).to_contain_text("resumed after fact #")
+        last_seen = (await state.inner_text()).split("#")[1].rstrip(")")
+        assert streams[-1].get("last-event-id") == last_seen, streams[-1]
+
+        staff = await browser.new_page()  # a fact after the resume still reaches the page
+        await sign_in(staff, ui_url, "staff")
+        await staff.get_by_role("link", name="Warehouse").click()
+        await staff.get_by_role("button", name=f"Dispatch order {order_id}").click()
+        await expect(page.get_by_test_id("order-status")).to_have_text("SHIPPED")
+        await expect(timeline.locator("li[data-type='order.shipped']")).to_have_count(1)
+        types = await timeline.get_by_role("listitem").evaluate_all("items => items.map(i => i.dataset.type)")
+        assert len(types) == len(set(types)) >= facts_before + 2, types
+        await _still_same_page(page)
