@@ -70,12 +70,13 @@ async function streamFacts(url, { onFact, onState, signal }) {
       const headers = { Accept: "text/event-stream", ...authHeaders() };
       if (lastId !== null) headers["Last-Event-ID"] = lastId;
       const res = await fetch(url, { headers, signal });
-      if (!res.ok) {
+      if (res.status >= 400 && res.status < 500) { // refused: retrying would not change it
         let body = null;
         try { body = await res.json(); } catch { body = null; }
         onState("refused", { status: res.status, body });
-        if (res.status >= 400 && res.status < 500) return;
-      } else {
+        return;
+      }
+      if (res.ok) {
         onState("live", { lastId });
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";
@@ -333,7 +334,7 @@ function renderOrder(orderId) {
   let view = null;
   let refreshing = null;
   let again = false;
-  let travel = { version: null, latest: 0 };
+  const travel = { version: null, latest: 0, follow: true }; // follow: showing the newest version
 
   const showStatus = (o) => {
     view = o;
@@ -372,7 +373,11 @@ function renderOrder(orderId) {
         if (o.ok) showStatus(o.body);
         else if (o.status !== 404) denied.replaceChildren(alertBox(o));
         showSaga(sg);
-        if (o.ok && o.body.version > travel.latest) { travel.latest = o.body.version; if (travel.version === null) await showVersion(o.body.version); else drawTravel(); }
+        if (o.ok && o.body.version > travel.latest) {
+          travel.latest = o.body.version;
+          if (travel.follow) await showVersion(o.body.version); // at the newest version: stay there
+          else drawTravel();
+        }
       } while (again && !signal.aborted);
     })();
     await refreshing;
@@ -395,8 +400,9 @@ function renderOrder(orderId) {
   const drawTravel = () => {
     if (!shown) return;
     const v = travel.version;
-    const earlier = h("button", { type: "button", class: "secondary", disabled: v <= 1, onclick: () => showVersion(v - 1) }, "Earlier version");
-    const later = h("button", { type: "button", class: "secondary", disabled: v >= travel.latest, onclick: () => showVersion(v + 1) }, "Later version");
+    const step = (to) => { travel.follow = to >= travel.latest; showVersion(to); };
+    const earlier = h("button", { type: "button", class: "secondary", disabled: v <= 1, onclick: () => step(v - 1) }, "Earlier version");
+    const later = h("button", { type: "button", class: "secondary", disabled: v >= travel.latest, onclick: () => step(v + 1) }, "Later version");
     travelBox.replaceChildren(
       h("p", { "aria-live": "polite", "data-testid": "travel-version" }, `Version ${v} of ${travel.latest}`),
       h("dl", { class: "facts", "aria-label": `State after version ${v}` },
@@ -428,22 +434,31 @@ function renderOrder(orderId) {
       h("div", { class: "meta" }, `${when(f.time)} · caused by ${cause ? cause.type : f.causationtype ? `${f.causationtype} ${short(f.causationid)}` : `request ${short(f.causationid)}`} · #${id}`)));
   };
 
-  streamFacts(`/api/query/stream?order_id=${encodeURIComponent(orderId)}&last_event_id=0`, {
-    signal,
-    onFact: (f, id) => { addFact(f, id); refresh(); },
-    onState: (state, info) => {
-      if (state === "refused") { streamState.textContent = "not available"; denied.replaceChildren(alertBox(info)); statusBox.replaceChildren(); sagaBox.replaceChildren(); travelBox.replaceChildren(); actions.replaceChildren(); }
-      else if (state === "live") streamState.textContent = info.lastId ? `live (resumed after fact #${info.lastId})` : "live";
-      else streamState.textContent = `connection lost; resuming after fact #${info.lastId ?? 0}…`;
-    },
-  });
-  // The view may know the order before its first fact reaches this page's stream (or not yet).
-  api("query", `/orders/${encodeURIComponent(orderId)}?min_version=1&wait_s=10`).then((o) => {
-    if (signal.aborted) return;
-    if (o.ok) { refresh(); return; }
-    if (o.status === 504) return; // still pending: the stream will bring its facts
-    denied.replaceChildren(alertBox(o));
-  });
+  const refuse = (err) => {
+    denied.replaceChildren(alertBox(err));
+    for (const box of [statusBox, actions, sagaBox, travelBox]) box.replaceChildren();
+    streamState.textContent = "not available";
+  };
+  // First wait (bounded, on the query service) until the views know the order, so that a
+  // refusal means "not yours" (or "no such order"), not "not applied yet"; then go live.
+  (async () => {
+    for (;;) {
+      const o = await api("query", `/orders/${encodeURIComponent(orderId)}?min_version=1&wait_s=10`);
+      if (signal.aborted) return;
+      if (o.ok) break;
+      if (o.status !== 504) { refuse(o); return; } // 504 view_behind: still pending, ask again
+    }
+    refresh();
+    streamFacts(`/api/query/stream?order_id=${encodeURIComponent(orderId)}&last_event_id=0`, {
+      signal,
+      onFact: (f, id) => { addFact(f, id); refresh(); },
+      onState: (state, info) => {
+        if (state === "refused") refuse(info);
+        else if (state === "live") streamState.textContent = info.lastId ? `live (resumed after fact #${info.lastId})` : "live";
+        else streamState.textContent = `connection lost; resuming after fact #${info.lastId ?? 0}…`;
+      },
+    });
+  })();
 }
 
 // ------------------------------------------------------------------ warehouse
