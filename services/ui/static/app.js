@@ -443,11 +443,17 @@ function renderOrder(orderId) {
   // refusal means "not yours" (or "no such order"), not "not applied yet"; then go live.
   (async () => {
     for (;;) {
-      const o = await api("query", `/orders/${encodeURIComponent(orderId)}?min_version=1&wait_s=10`);
+      const o = await api("query", `/orders/${encodeURIComponent(orderId)}?min_version=1&wait_s=5`);
       if (signal.aborted) return;
       if (o.ok) break;
-      if (o.status !== 504) { refuse(o); return; } // 504 view_behind: still pending, ask again
+      if (o.status !== 504) { refuse(o); return; }
+      // 504 view_behind: not applied yet, or not this customer's (the service does not say
+      // which). Show what a plain read answers now, and keep waiting for the fact.
+      const now = await api("query", `/orders/${encodeURIComponent(orderId)}`);
+      if (signal.aborted) return;
+      if (!now.ok) { refuse(now); streamState.textContent = "waiting for the order's first fact…"; }
     }
+    denied.replaceChildren();
     refresh();
     streamFacts(`/api/query/stream?order_id=${encodeURIComponent(orderId)}&last_event_id=0`, {
       signal,
