@@ -31,6 +31,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from infra.tokens import ActingAuth, ensure_dev_keys
+from shared.auth import Role
+
 HAPPY, DECLINED, SHIP_FAIL = "happy", "declined", "shipping_failure"
 EXPECTED_STATUS = {HAPPY: "CONFIRMED", DECLINED: "REJECTED", SHIP_FAIL: "CANCELLED"}
 
@@ -45,11 +48,18 @@ def kind_of(index: int) -> str:
     return HAPPY
 
 
+CUSTOMERS = 1000  # the bodies cycle through this many customers
+
+
+def customer_of(index: int) -> str:
+    return f"bench-{index % CUSTOMERS}"
+
+
 def order_body(index: int, kind: str) -> bytes:
     country = "AQ" if kind == SHIP_FAIL else ("FR", "DE", "GB", "US")[index % 4]
     return orjson.dumps(
         {
-            "customer_id": f"bench-{index % 1000}",
+            "customer_id": customer_of(index),
             "items": [
                 {"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1500},
                 {"sku": "SKU-2", "quantity": 1, "unit_price_cents": 1599},
@@ -206,6 +216,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results = Results()
     total = int(round(args.rate * args.duration))
     head_prefix = (f"POST /orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n").encode()
+    # Placing is a customer's act: each body's customer gets its own token, made once (at most
+    # CUSTOMERS of them) before the clock starts; the query long-poll reads as staff.
+    auth = ActingAuth(ensure_dev_keys(Path(args.auth_dir)))
+    customer_auth = {
+        c: f"Authorization: Bearer {auth.token(Role.CUSTOMER, c)}\r\n".encode()
+        for c in {customer_of(index) for index in range(args.first_index, args.first_index + min(total, CUSTOMERS))}
+    }
+    staff_auth = f"Authorization: Bearer {auth.token(Role.STAFF)}\r\n"
     bodies = {i: order_body(args.first_index + i, kind_of(args.first_index + i)) for i in range(min(total, 40))}
     sample_tasks: set[asyncio.Task[None]] = set()
     in_flight: set[asyncio.Task[None]] = set()
@@ -232,7 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     wait = min(25.0, max(1.0, deadline - time.time()))  # the service caps wait_s (30 s)
                     conn.send(
                         f"GET /orders/{order_id}?min_version=2&wait_s={wait:.1f} HTTP/1.1\r\n"
-                        f"Host: {qhost}:{qport}\r\n\r\n".encode()
+                        f"Host: {qhost}:{qport}\r\n{staff_auth}\r\n".encode()
                     )
                     status, body = await conn.response()
                     if status == 200:
@@ -255,7 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         index = args.first_index + i
         kind = kind_of(index)
         body = bodies.get(i) or order_body(index, kind)
-        head = head_prefix + b"Content-Length: %d\r\n\r\n" % len(body)
+        head = head_prefix + customer_auth[customer_of(index)] + b"Content-Length: %d\r\n\r\n" % len(body)
         status, error, order_id = 0, "", ""
         sent = done = 0.0
         conn: Connection | None = None
@@ -357,6 +375,7 @@ def main() -> None:
     parser.add_argument("--sample-every", type=int, default=0, help="long-poll every N-th happy order (0 = none)")
     parser.add_argument("--sample-wait-s", type=float, default=30.0)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--auth-dir", required=True, help="the stack's development key dir (<run dir>/auth)")
     args = parser.parse_args()
     import uvloop
 

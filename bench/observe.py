@@ -139,6 +139,7 @@ class OrderEventsWatcher:
 @dataclass
 class FeedWatcher:
     base_url: str
+    auth: httpx.Auth  # GET /stream needs a bearer token (infra.tokens.stack_auth)
     finals: dict[str, QueryFinal] = field(default_factory=dict)
     facts: int = 0
     reconnects: int = 0
@@ -151,7 +152,7 @@ class FeedWatcher:
         await asyncio.wait_for(self.connected.wait(), timeout_s)
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), auth=self.auth) as client:
             while True:
                 headers = {"Accept": "text/event-stream"}
                 if self.last_id is not None:

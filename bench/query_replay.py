@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
 from infra.stack import LocalStack, free_port
+from infra.tokens import stack_auth
 from services.query import generations, store
 from services.query.app import create_app
 from services.query.settings import QuerySettings
@@ -265,8 +266,10 @@ async def main_async(stack: LocalStack) -> dict[str, Any]:
     await pg_admin.close()
     dsn = stack.pg_dsn("bench_query")
     overrides: dict[str, Any] = {} if MAX_BATCH is None else {"consumer_max_batch": int(MAX_BATCH)}
+    auth = stack_auth(stack.run_dir)  # POST /admin/rebuild needs an admin token
     settings = QuerySettings(
         database_url=dsn,
+        auth_jwks_file=str(auth.keys.jwks_path),
         kafka_bootstrap_servers=stack.kafka_bootstrap,
         query_topics=",".join(topics.values()),
         generation_poll_s=0.05,
@@ -278,7 +281,9 @@ async def main_async(stack: LocalStack) -> dict[str, Any]:
         started = time.monotonic()
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://query.bench", timeout=60) as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://query.bench", timeout=60, auth=auth
+            ) as client:
                 [first] = await generations.generations(conn, ["current"])
                 from services.query.rebuild import end_offsets
 

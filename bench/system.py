@@ -55,6 +55,7 @@ from bench.report import METHOD, Display, print_summary, py_spy, summarise_profi
 from bench.resources import OFFSETS_TOPIC, PROCESSES, SERVICES, TOPICS, Resources, deltas
 from bench.tracing import OtlpSink
 from infra.stack import LocalStack, free_ports
+from infra.tokens import stack_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).with_name("results"))
@@ -107,6 +108,8 @@ class Run:
             str(self.next_index),
             "--out",
             str(out),
+            "--auth-dir",
+            str(self.stack.run_dir / "auth"),
         ]
         if sample:
             args += [
@@ -402,7 +405,7 @@ def main() -> None:
                 tmp,
                 resources,
                 OrderEventsWatcher(stack.kafka_bootstrap),
-                FeedWatcher(stack.service_url("query")),
+                FeedWatcher(stack.service_url("query"), stack_auth(stack.run_dir)),
                 display,
             )
             import uvloop

@@ -1,8 +1,9 @@
 # One image per service, built from this file by docker-compose.yml (`target:` = the service):
 #   docker build -f docker/service.Dockerfile --target order -t events-first/order .
 # Stages: `base` (Python + the project with its pinned dependencies, non-root user), then one
-# small stage per service (order, payment, shipping, query, ui: the web UI) and `topics` (the
-# topic-creation job).
+# small stage per service (order, payment, shipping, query, ui: the web UI), `topics` (the
+# topic-creation job) and `auth-keys` (the job that creates the development signing key,
+# infra/tokens.py).
 
 FROM python:3.11-slim AS base
 
@@ -32,7 +33,8 @@ COPY docker/healthcheck.py docker/create_topics.py ./docker/
 RUN pip install . \
     && rm -rf build *.egg-info \
     && python -m compileall -q shared services infra docker \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir /auth && chown app:app /auth
 
 USER app
 
@@ -73,3 +75,9 @@ CMD ["python", "-m", "services.ui"]
 # A one-shot job: creates every topic of the message contract (shared/topics.py) and exits 0.
 FROM base AS topics
 CMD ["python", "docker/create_topics.py"]
+
+# A one-shot job: creates the development signing key pair in /auth (the `auth-keys` volume the
+# services mount read-only, AUTH_JWKS_FILE=/auth/jwks.json) once, and exits 0.
+FROM base AS auth-keys
+ENV RUN_DIR=/
+CMD ["python", "-m", "infra", "token", "--init"]

@@ -7,6 +7,10 @@ demo see exactly what any other client would. Used by `conftest.py`, the `test_*
 
 Pieces:
 * `Endpoints`: the four base URLs and the Kafka bootstrap address.
+* `TokenMaker` / `ActingAuth`: bearer tokens (docs/API.md, "Authorization"). conftest.py hands
+  the client a token maker; by default a request acts as the customer its `POST /orders` body
+  names and as an admin otherwise; `token=` on a method (or an explicit `Authorization` header)
+  acts as anyone, `token=""` as nobody.
 * `SystemClient`: one method per REST endpoint (raw `httpx.Response`), plus `wait_*` helpers
   that poll with a bound (never a fixed sleep used as synchronisation).
 * `eventually(fn, timeout)`: the one polling primitive.
@@ -19,6 +23,7 @@ endpoint per method and the bounded waits built on them).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -53,11 +58,15 @@ DLQ_TOPICS = tuple(f"{t}.dlq" for t in ALL_TOPICS)
 # The schema version each message type is written in now (docs/schemas/<type>.v<N>.json);
 # every type not named here is at version 1. Payment facts carry `amount: {amount_cents, currency}`.
 SCHEMA_VERSIONS: dict[str, int] = {
-    "payment.authorized": 2,
-    "payment.declined": 2,
+    "payment.authorize": 2,
+    "payment.authorized": 3,
+    "payment.declined": 3,
     "payment.captured": 2,
     "payment.voided": 2,
     "payment.refunded": 2,
+    "shipment.schedule": 2,
+    "shipment.scheduled": 2,
+    "shipment.failed": 2,
 }
 
 
@@ -127,6 +136,65 @@ class Endpoints:
 
     def service_urls(self) -> dict[str, str]:
         return {"order": self.order, "payment": self.payment, "shipping": self.shipping, "query": self.query}
+
+
+# ----------------------------------------------------------------------------- tokens
+
+#: `make(role, customer_id)` → a bearer token: role "customer" (with its customer id), "staff"
+#: or "admin" (customer_id None).
+TokenMaker = Callable[[str, "str | None"], str]
+#: The customer a `POST /orders` acts as when its body names none (invalid input: still a customer).
+NO_CUSTOMER = "e2e-no-customer"
+
+
+class ActingAuth(httpx.Auth):
+    """Bearer tokens for requests that bring none: `POST /orders` as the customer its body names
+    (placing is a customer's act), everything else as an admin. Tokens are made once each."""
+
+    def __init__(self, tokens: TokenMaker) -> None:
+        self.tokens = tokens
+        self._cache: dict[tuple[str, str | None], str] = {}
+
+    def token(self, role: str, customer_id: str | None = None) -> str:
+        key = (role, customer_id)
+        if key not in self._cache:
+            self._cache[key] = self.tokens(role, customer_id)
+        return self._cache[key]
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        if "authorization" not in request.headers:
+            if request.method == "POST" and request.url.path == "/orders":
+                token = self.token("customer", customer_of(_body_of(request)))
+            else:
+                token = self.token("admin")
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def _body_of(request: httpx.Request) -> bytes:
+    """The request's body, or b"" while it is still a stream (a streamed body is not read here)."""
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return b""
+
+
+def customer_of(content: bytes) -> str:
+    """The `customer_id` a POST /orders body names (NO_CUSTOMER if it names no usable one)."""
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return NO_CUSTOMER
+    customer = body.get("customer_id") if isinstance(body, dict) else None
+    usable = isinstance(customer, str) and 0 < len(customer) <= 200  # longer: a header too big
+    return customer if usable and isinstance(customer, str) else NO_CUSTOMER
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """Headers for `token`: None = the client's default identity, "" = no Authorization at all."""
+    if token is None:
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token else {"Authorization": ""}
 
 
 # ----------------------------------------------------------------------------- polling
@@ -239,9 +307,14 @@ def expect(resp: httpx.Response, status: int) -> Any:
 class SystemClient:
     """The REST API (docs/API.md), one method per endpoint; `async with` to open and close it."""
 
-    def __init__(self, endpoints: Endpoints, *, timeout: float = 15.0) -> None:
+    def __init__(self, endpoints: Endpoints, tokens: TokenMaker, *, timeout: float = 15.0) -> None:
         self.endpoints = endpoints
-        self.http = httpx.AsyncClient(timeout=timeout)
+        self.auth = ActingAuth(tokens)
+        self.http = httpx.AsyncClient(timeout=timeout, auth=self.auth)
+
+    def token(self, role: str, customer_id: str | None = None) -> str:
+        """A bearer token of `role` (customers: of `customer_id`), made once and reused."""
+        return self.auth.token(role, customer_id)
 
     async def __aenter__(self) -> SystemClient:
         return self
@@ -273,9 +346,15 @@ class SystemClient:
 
     # ---- order service
     async def place(
-        self, body: Any, *, idempotency_key: str | None = None, request_id: str | None = None, raw: bytes | None = None
+        self,
+        body: Any,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+        raw: bytes | None = None,
+        token: str | None = None,
     ) -> httpx.Response:
-        headers = {}
+        headers = bearer(token)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         if request_id is not None:

@@ -23,6 +23,14 @@ environment, first match wins:
    are quick; stopped by PID and purged when the session ends. It never touches a stack the
    user is running.
 
+Bearer tokens (docs/API.md, "Authorization"): the client gets a token maker. For the private,
+`make up` and testcontainers stacks it signs with that stack's development key
+(`<run dir>/auth/signing-key.pem`, infra/tokens.py). An external stack must say how:
+`E2E_SIGNING_KEY_FILE` (the PEM EC P-256 private key whose public half, with the RFC 7638
+thumbprint `kid` that infra/tokens.py gives it, is in the services' JWKS; `make up` writes
+`.run/auth/signing-key.pem`), with `E2E_AUTH_ISSUER` / `E2E_AUTH_AUDIENCE` when the services
+do not use the defaults (events-first-dev / events-first).
+
 Other knobs: `E2E_FLOW_TIMEOUT_S` (default 30) bounds every wait for an asynchronous outcome;
 `E2E_KEEP_STACK=1` leaves the private stack running (its run dir is printed) for a post-mortem.
 """
@@ -38,9 +46,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from client import Endpoints, SystemClient, new_customer, order_body
+from client import Endpoints, SystemClient, TokenMaker, new_customer, order_body
 from streams import KafkaTap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +75,13 @@ class SystemUnderTest:
     # directory its processes log to: None when the stack is not ours to inspect.
     pg_dsn: Callable[[str], str] | None = None
     log_dir: Path | None = None
+    # Signs bearer tokens the services accept (see "Bearer tokens" above).
+    signer: Signer | None = None
+
+    @property
+    def tokens(self) -> TokenMaker:
+        assert self.signer is not None, "no signing key for this stack"
+        return self.signer.make
 
     @property
     def can_pause(self) -> bool:
@@ -78,6 +94,86 @@ def _env_flag(name: str) -> bool:
 
 def _say(msg: str) -> None:
     print(f"[e2e] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The stack's signing key: good tokens for the client, and bad ones for test_authorization."""
+
+    keys: Any  # infra.tokens.DevKeys
+
+    def make(self, role: str, customer_id: str | None) -> str:
+        from shared.auth import Role
+
+        token: str = self.keys.mint(role=Role(role), customer_id=customer_id)
+        return token
+
+    def bad_tokens(self) -> dict[str, str]:
+        """One token of each kind the services must refuse with 401, by name."""
+        import base64
+        import hashlib
+        import hmac
+        import json
+
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        now = int(time.time())
+        claims = {"iss": self.keys.issuer, "aud": self.keys.audience, "sub": "staff", "role": "admin"}
+        claims |= {"iat": now, "exp": now + 600}
+        kid = {"kid": self.keys.kid}
+
+        def signed(key: Any = None, headers: dict[str, str] | None = None, **changes: Any) -> str:
+            token: str = jwt.encode(
+                {**claims, **changes}, key or self.keys.private_key, algorithm="ES256", headers=headers or kid
+            )
+            return token
+
+        head_none = b64(json.dumps({"alg": "none", "typ": "JWT", **kid}).encode())
+        head_hs = b64(json.dumps({"alg": "HS256", "typ": "JWT", **kid}).encode())
+        body = b64(json.dumps(claims).encode())
+        public = self.keys.jwks_path.read_bytes()
+        mac = b64(hmac.new(public, f"{head_hs}.{body}".encode(), hashlib.sha256).digest())
+        return {
+            "malformed": "not-a-jwt",
+            "expired": signed(iat=now - 120, exp=now - 60),
+            "wrong_signature": signed(key=ec.generate_private_key(ec.SECP256R1())),
+            "unknown_kid": signed(headers={"kid": "no-such-key"}),
+            "wrong_audience": signed(aud="someone-else"),
+            "wrong_issuer": signed(iss="https://evil.example"),
+            "alg_none": f"{head_none}.{body}.",
+            "hs256_with_public_key": f"{head_hs}.{body}.{mac}",
+            "no_role": jwt.encode(
+                {k: v for k, v in claims.items() if k != "role"}, self.keys.private_key, algorithm="ES256", headers=kid
+            ),
+        }
+
+
+def _signer(key_dir: Path, issuer: str | None = None, audience: str | None = None) -> Signer:
+    """The development key in `key_dir` (created there if absent)."""
+    from dataclasses import replace
+
+    from infra.tokens import ensure_dev_keys
+
+    keys = ensure_dev_keys(key_dir)
+    return Signer(replace(keys, issuer=issuer or keys.issuer, audience=audience or keys.audience))
+
+
+def _external_signer() -> Signer:
+    key_file = os.environ.get("E2E_SIGNING_KEY_FILE", "").strip()
+    if not key_file:
+        raise RuntimeError("an external stack needs E2E_SIGNING_KEY_FILE (its signing key) to make tokens")
+    return _signer(
+        Path(key_file).parent,
+        os.environ.get("E2E_AUTH_ISSUER", "").strip() or None,
+        os.environ.get("E2E_AUTH_AUDIENCE", "").strip() or None,
+    )
 
 
 # --------------------------------------------------------------------------- the stacks
@@ -115,7 +211,13 @@ def _private_stack(tmp: Path) -> Iterator[SystemUnderTest]:
             return stack.service_process(name).send_signal(sig)
 
         yield SystemUnderTest(
-            "private", endpoints, STEP_TIMEOUT_S, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs"
+            "private",
+            endpoints,
+            STEP_TIMEOUT_S,
+            send,
+            pg_dsn=stack.pg_admin_dsn,
+            log_dir=stack.run_dir / "logs",
+            signer=_signer(stack.run_dir / "auth"),
         )
     finally:
         if _env_flag("E2E_KEEP_STACK"):
@@ -143,7 +245,15 @@ def _make_up_stack() -> Iterator[SystemUnderTest]:
     def send(name: str, sig: int) -> bool:
         return stack.service_process(name).send_signal(sig)
 
-    yield SystemUnderTest("make-up", endpoints, None, send, pg_dsn=stack.pg_admin_dsn, log_dir=stack.run_dir / "logs")
+    yield SystemUnderTest(
+        "make-up",
+        endpoints,
+        None,
+        send,
+        pg_dsn=stack.pg_admin_dsn,
+        log_dir=stack.run_dir / "logs",
+        signer=_signer(stack.run_dir / "auth"),
+    )
 
 
 def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
@@ -174,6 +284,9 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
         pg_host, pg_port = pg.get_container_host_ip(), pg.get_exposed_port(5432)
         bootstrap = kafka.get_bootstrap_server()
         ports = dict(zip(SERVICES, free_ports(len(SERVICES))))
+        from infra.tokens import ensure_dev_keys
+
+        auth_env = ensure_dev_keys(tmp / "auth").env()
         procs: dict[str, ServiceProcess] = {}
         for name in SERVICES:
             env = {
@@ -182,6 +295,7 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
                 f"{name.upper()}_PORT": str(ports[name]),
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DATABASE_URL": f"postgresql://app:app@{pg_host}:{pg_port}/{name}",
+                **auth_env,
             }
             if name == "order":
                 env["SAGA_STEP_TIMEOUT_S"] = str(STEP_TIMEOUT_S)
@@ -207,7 +321,13 @@ def _testcontainers_stack(tmp: Path) -> Iterator[SystemUnderTest]:
                 return f"postgresql://app:app@{pg_host}:{pg_port}/{database}"
 
             yield SystemUnderTest(
-                "testcontainers", endpoints, STEP_TIMEOUT_S, send, pg_dsn=dsn, log_dir=tmp / "tc" / "logs"
+                "testcontainers",
+                endpoints,
+                STEP_TIMEOUT_S,
+                send,
+                pg_dsn=dsn,
+                log_dir=tmp / "tc" / "logs",
+                signer=_signer(tmp / "auth"),
             )
         finally:
             for p in procs.values():
@@ -219,7 +339,7 @@ def sut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemUnderTest]:
     external = Endpoints.from_env()
     if external is not None:
         _say(f"external stack: {external}")
-        yield SystemUnderTest("external", external, None, None)
+        yield SystemUnderTest("external", external, None, None, signer=_external_signer())
     elif _env_flag("E2E_USE_MAKE_UP"):
         yield from _make_up_stack()
     elif _env_flag("E2E_TESTCONTAINERS"):
@@ -244,12 +364,19 @@ async def _warm_up(client: SystemClient) -> None:
 
 @pytest.fixture(scope="session")
 async def client(sut: SystemUnderTest) -> AsyncIterator[SystemClient]:
-    async with SystemClient(sut.endpoints) as c:
+    async with SystemClient(sut.endpoints, sut.tokens) as c:
         try:
             await _warm_up(c)
         except Exception as exc:
             raise RuntimeError(f"the system under test ({sut.mode}, {sut.endpoints}) is not usable: {exc}") from exc
         yield c
+
+
+@pytest.fixture(scope="session")
+def bad_tokens(sut: SystemUnderTest) -> dict[str, str]:
+    """Tokens the services must refuse with 401, by kind (Signer.bad_tokens)."""
+    assert sut.signer is not None
+    return sut.signer.bad_tokens()
 
 
 @pytest.fixture

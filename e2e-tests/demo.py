@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -92,6 +93,15 @@ class Style:
 
 class TourFailed(Exception):
     pass
+
+
+def cli_tokens(role: str, customer_id: str | None) -> str:
+    """A token from `python -m infra token` (the documented CLI, signing with `make up`'s key)."""
+    who = ["--customer", customer_id] if role == "customer" and customer_id else ["--role", role]
+    out = subprocess.run(
+        [sys.executable, "-m", "infra", "token", *who], check=True, capture_output=True, text=True
+    ).stdout
+    return out.strip().splitlines()[-1]
 
 
 def endpoints_from_env() -> Endpoints:
@@ -265,9 +275,11 @@ class Tour:
                 f"{money['refunded_cents'] / 100:,.2f} = {money['revenue_cents'] / 100:,.2f}"
             )
         ep = self.client.endpoints
-        self.say("\nLook further:")
-        self.step(f"curl -s {ep.order}/sagas/{order_ids[2]}        # the saga's steps for the compensated order")
-        self.step(f"curl -sN '{ep.query}/stream?order_id={order_ids[0]}&last_event_id=0'   # its facts as SSE")
+        self.say("\nLook further (every call but /health needs a bearer token):")
+        self.step("TOKEN=$(python -m infra token --role staff | tail -1)")
+        auth = '-H "Authorization: Bearer $TOKEN"'
+        self.step(f"curl -s {auth} {ep.order}/sagas/{order_ids[2]}   # the saga's steps for the compensated order")
+        self.step(f"curl -sN {auth} '{ep.query}/stream?order_id={order_ids[0]}&last_event_id=0'   # its facts as SSE")
         self.step('make watch ARGS="--order <id> --from-beginning"   # the same flow as raw Kafka messages')
 
 
@@ -292,7 +304,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     style = Style(color=sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR"))
     endpoints = endpoints_from_env()
-    async with SystemClient(endpoints, timeout=10.0) as client:
+    async with SystemClient(endpoints, cli_tokens, timeout=10.0) as client:
         down = await check_up(client)
         if down:
             print(

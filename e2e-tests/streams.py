@@ -284,11 +284,12 @@ class SseStream:
 
 @asynccontextmanager
 async def sse(
-    endpoints: Endpoints, *, order_id: str | None = None, last_event_id: str | None = None
+    endpoints: Endpoints, token: str, *, order_id: str | None = None, last_event_id: str | None = None
 ) -> AsyncIterator[SseStream]:
-    """Open `GET /stream` (optionally filtered, optionally resuming) for the `async with` body."""
+    """Open `GET /stream` as the bearer of `token` (optionally filtered, optionally resuming)
+    for the `async with` body."""
     params = {"order_id": order_id} if order_id else {}
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:

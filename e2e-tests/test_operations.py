@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from client import SystemClient, eventually, new_customer, order_body
+from client import SystemClient, bearer, eventually, new_customer, order_body
 from test_dlq import COMMANDS, DLQ, bad_authorize
 
 
@@ -55,3 +55,12 @@ async def test_dead_letters_are_listed_with_their_failure(client: SystemClient) 
     assert letter["origin"]["topic"] == COMMANDS
     topics = (await client.dead_letters()).json()["topics"]
     assert DLQ in topics and all(t.endswith(".dlq") for t in topics)
+
+
+async def test_operations_are_for_admins_only(client: SystemClient) -> None:
+    customer = client.token("customer", new_customer("ops"))
+    for token, status in ((customer, 403), (client.token("staff"), 403), ("", 401)):
+        for path in ("/admin/consumers", "/admin/dlq"):
+            r = await client.http.get(f"{client.endpoints.query}{path}", headers=bearer(token))
+            assert r.status_code == status, (path, r.text)
+            assert r.json()["code"] in ("forbidden", "token_missing"), r.text

@@ -200,7 +200,7 @@ def position_of(events: list[SseEvent], type_: str) -> int:
 
 async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemClient) -> None:
     # 1. Connected first, then an order is placed: its facts arrive, each with an id.
-    async with sse(client.endpoints) as stream:
+    async with sse(client.endpoints, client.token("admin")) as stream:
         placed = await client.place_ok(order_body(new_customer("sse")))
         order_id = placed["order_id"]
 
@@ -227,7 +227,7 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
     await client.wait_view(order_id, lambda v: v["status"] == "SHIPPED")
 
     # 3. ... and a reconnect with Last-Event-ID gets exactly those, filtered to the order.
-    async with sse(client.endpoints, order_id=order_id, last_event_id=last_seen) as stream:
+    async with sse(client.endpoints, client.token("admin"), order_id=order_id, last_event_id=last_seen) as stream:
         resumed = await stream.collect(has_types("shipment.dispatched", "order.shipped"), timeout=30)
         extra = await stream.next(timeout=1.0)
     assert [e.json()["type"] for e in resumed] == ["shipment.dispatched", "order.shipped"], "cause, then effect"
@@ -236,7 +236,7 @@ async def test_sse_streams_facts_and_resumes_with_last_event_id(client: SystemCl
     assert all(int(e.id or 0) > int(last_seen or 0) for e in resumed)
 
     # 4. A live, filtered stream: only this order's later facts.
-    async with sse(client.endpoints, order_id=order_id) as stream:
+    async with sse(client.endpoints, client.token("admin"), order_id=order_id) as stream:
         other = await client.place_ok(order_body(new_customer("sse-other")))  # noise that must not appear
         expect(await client.deliver(confirmed_order["shipment_id"]), 200)
         live = await stream.collect(has_types("shipment.delivered", "order.delivered"), timeout=30)

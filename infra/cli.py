@@ -1,4 +1,4 @@
-"""`python -m infra up|down|ps|logs|kafka-jars`: the no-Docker way to run the system locally.
+"""`python -m infra up|down|ps|logs|kafka-jars|watch|dlq|token`: the no-Docker way to run the system locally.
 
 Configuration comes from the environment (see infra/settings.py): RUN_DIR (default .run),
 KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_BROKERS (1; 3 = a 3-node KRaft cluster), PG_PORT (5432),
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("kafka-jars", help="fetch the Kafka broker jars with Maven (once)").set_defaults(func=cmd_kafka_jars)
     sub.add_parser("watch", help="print every message on the topics live (see infra/watch.py)", add_help=False)
     sub.add_parser("dlq", help="list the dead letters, replay one (see infra/dlq.py)", add_help=False)
+    sub.add_parser("token", help="mint a development bearer token (see infra/tokens.py)", add_help=False)
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["watch"]:
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         from infra.dlq import main as dlq_main
 
         return dlq_main(argv[1:])
+    if argv[:1] == ["token"]:
+        from infra.tokens import main as token_main
+
+        return token_main(argv[1:])
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.procs import ServiceProcess
+from infra.tokens import ensure_dev_keys
 
 if TYPE_CHECKING:
     from infra.stack import LocalStack
@@ -46,8 +47,10 @@ SERVICES: tuple[ServiceDef, ...] = (
 
 
 def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
-    """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings)."""
+    """Environment a service gets from the stack (names as read by shared.settings.ServiceSettings):
+    its port, Kafka, its database, and the keys it trusts (`auth_env`)."""
     env = {
+        **auth_env(stack),
         "HTTP_HOST": "127.0.0.1",
         "HTTP_PORT": str(svc.port()),
         svc.port_env: str(svc.port()),
@@ -60,6 +63,13 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
     if svc.name == "ui":
         env["UI_DEV_KEYS_DIR"] = str(stack.run_dir / "auth")
     return env
+
+
+def auth_env(stack: LocalStack) -> dict[str, str]:
+    """The keys the stack's services trust: its development JWKS under `<run_dir>/auth/`
+    (created once, infra/tokens.py), whatever this process's environment says, so that the
+    tools signing with that key (`python -m infra token`, the bench, the chaos load) always fit."""
+    return ensure_dev_keys(stack.run_dir / "auth").env()
 
 
 SERVICE_ENV: Callable[[LocalStack, ServiceDef], dict[str, str]] = default_service_env

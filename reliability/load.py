@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from infra.tokens import ActingAuth, stack_auth
+from shared.auth import Role
 
 KINDS = ("happy", "decline", "unserved")
 
@@ -153,6 +157,7 @@ class OrderLoad:
         max_in_flight: int = 2000,
         seed: int | None = None,
         customer_prefix: str = "load",
+        auth: ActingAuth,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
@@ -167,6 +172,7 @@ class OrderLoad:
         self.max_in_flight = max_in_flight
         self.rng = random.Random(seed)
         self.customer_prefix = customer_prefix
+        self.auth = auth  # each order placed, and cancelled, by its customer's token
         self.result = LoadResult()
         self._seq = 0
 
@@ -177,7 +183,7 @@ class OrderLoad:
         in_flight: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, auth=self.auth) as client:
             i = 0
             while not stop.is_set():
                 due = started + i / self.rate
@@ -234,7 +240,10 @@ class OrderLoad:
         if attempt.placed and self.cancel_ratio > 0 and self.rng.random() < self.cancel_ratio:
             await asyncio.sleep(self.rng.uniform(0.0, 1.5))
             try:
-                response = await client.post(f"{url}/orders/{attempt.order_id}/cancel")
+                response = await client.post(
+                    f"{url}/orders/{attempt.order_id}/cancel",
+                    headers=self.auth.headers(Role.CUSTOMER, str(body["customer_id"])),
+                )
                 attempt.cancel_status = response.status_code
             except httpx.HTTPError:
                 attempt.cancel_status = -1
@@ -248,6 +257,7 @@ async def _main(args: argparse.Namespace) -> None:
         cancel_ratio=args.cancel_ratio,
         retries=args.retries,
         seed=args.seed,
+        auth=stack_auth(args.run_dir),
     )
     result = await load.run(args.duration)
     print(json.dumps(result.summary(), indent=2))
@@ -262,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cancel-ratio", type=float, default=0.0, help="share of placed orders cancelled")
     parser.add_argument("--retries", type=int, default=0, help="retries per request (same Idempotency-Key)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--run-dir", default=os.environ.get("RUN_DIR", ".run"), help="the stack's run dir: its auth/ key signs tokens"
+    )
     args = parser.parse_args(argv)
     args.url = args.url or ["http://127.0.0.1:8001"]
     asyncio.run(_main(args))

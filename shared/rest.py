@@ -19,7 +19,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.auth import Caller, Principal
 from shared.contract import PaymentAuthorized
+from shared.errors import NotFound
 from shared.eventstore import Recorded
 
 if TYPE_CHECKING:
@@ -136,6 +138,8 @@ def error_response(
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the refusals an endpoint can answer with."""
     described = {
+        401: "no valid bearer token (`token_missing`, `token_invalid`, `token_expired`)",
+        403: "the token's role or customer may not do this",
         404: "no such aggregate",
         409: "illegal transition, or lost a write race too many times",
         422: "invalid input",
@@ -161,6 +165,8 @@ def add_reads(api: APIRouter, aggregate: Aggregate[Any, S], view: StateView[S], 
         GET /payments/{payment_id}/events  its facts in stream order, as `EventView`
 
     `id_param` is the `Path(...)` of the id (its description). Every read folds the stream again.
+    A customer sees only the aggregates whose state names it as `customer_id` (another
+    customer's is 404, like one that does not exist, and left out of lists); staff see all.
     """
     from shared.runtime import runtime_of  # shared.runtime imports this module
 
@@ -169,23 +175,37 @@ def add_reads(api: APIRouter, aggregate: Aggregate[Any, S], view: StateView[S], 
     by_id = inspect.Signature(
         [
             inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter("principal", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Caller),
             inspect.Parameter(id_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=id_param, annotation=str),
         ]
     )
 
+    def visible(principal: Principal, state: S) -> bool:
+        # Payment and shipment states carry `customer_id` (None before the field existed).
+        return principal.may_access(getattr(state, "customer_id", None))
+
+    async def load_visible(request: Request, principal: Principal, stream_id: str) -> tuple[list[Recorded], S]:
+        history, state = await aggregate.load(runtime_of(request).store, stream_id)
+        if not visible(principal, state):
+            raise NotFound(f"{name}_not_found", f"{name} {stream_id} does not exist")
+        return history, state
+
     # No docstrings below: FastAPI would show them as the operations' descriptions.
-    async def get_one(request: Request, **path: str) -> BaseModel:
-        _, state = await aggregate.load(runtime_of(request).store, path[id_name])
+    async def get_one(request: Request, principal: Principal, **path: str) -> BaseModel:
+        _, state = await load_visible(request, principal, path[id_name])
         return view.of(state)
 
-    async def get_events(request: Request, **path: str) -> list[EventView]:
-        history, _ = await aggregate.load(runtime_of(request).store, path[id_name])
+    async def get_events(request: Request, principal: Principal, **path: str) -> list[EventView]:
+        history, _ = await load_visible(request, principal, path[id_name])
         return [EventView.of(e) for e in history]
 
     async def list_of_order(
-        request: Request, order_id: str = Query(min_length=1, description=f"the order whose {things} to list")
+        request: Request,
+        principal: Caller,
+        order_id: str = Query(min_length=1, description=f"the order whose {things} to list"),
     ) -> list[BaseModel]:
-        return [view.of(s) for s in await aggregate.of_order(runtime_of(request).store, order_id)]
+        states = await aggregate.of_order(runtime_of(request).store, order_id)
+        return [view.of(s) for s in states if visible(principal, s)]
 
     # FastAPI reads an endpoint's parameters from its signature: these two take the path's `<name>_id`.
     get_one.__signature__ = get_events.__signature__ = by_id  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ shared/lifecycle.py.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -18,19 +19,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import asyncpg
 from aiokafka import AIOKafkaClient
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.auth import Role, TokenVerifier, authenticated, bearer, require_role
 from shared.consumer import TRANSIENT_ERRORS, ConsumerRunner, ConsumerSettings, Handler
 from shared.db import create_pool, migrate
 from shared.errors import DomainError
@@ -213,6 +216,15 @@ class InputGuard:
         await self.app(scope, replay, send)
 
 
+def _is_loopback(request: Request) -> bool:
+    """True for a client on this host (Prometheus scraping locally, `make` tooling)."""
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _json_safe(value: Any) -> Any:
     """`value` with non-finite floats (which JSON cannot carry) replaced by their names."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -281,6 +293,7 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
     )
     if tracing is not None:
         tracing.instrument_app(app)
+    app.state.token_verifier = TokenVerifier.of(settings)
 
     @app.get("/health", tags=["operations"], summary="200 only when the database and Kafka are reachable")
     async def health(request: Request) -> JSONResponse:
@@ -302,8 +315,18 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
 
     add_health_routes(app, definition.name, probe.reachable)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
-    async def metrics() -> Response:
+    staff_only = require_role(Role.STAFF)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus text format (open to loopback clients; others need a staff or admin token)",
+    )
+    async def metrics(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Response:
+        if not _is_loopback(request):
+            await staff_only(await authenticated(request, credentials))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(StarletteHTTPException)
@@ -336,10 +359,14 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def refused(_: Request, exc: DomainError) -> JSONResponse:
-        return error_response(exc.http_status, exc.code, exc.message, field=exc.field)
+        return error_response(
+            exc.http_status, exc.code, exc.message, field=exc.field, headers=getattr(exc, "headers", None)
+        )
 
+    # Every route a service declares needs a valid token (shared/auth.py); its own dependencies
+    # then narrow it by role or customer.
     for router in definition.routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(authenticated)])
     app.add_middleware(InputGuard, max_bytes=settings.max_body_bytes)
     return app
 

@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
                              HTTP requests, then the consumers' current batches and the loops,
                              then the relay's last flush — before what is left is cancelled
                              (default 10; nothing committed is lost by a cancel)
+    AUTH_JWKS_FILE           a JWKS JSON file of the keys bearer tokens are signed with (ES256);
+                             `make up` writes .run/auth/jwks.json (default: none)
+    AUTH_JWKS_URL            or a JWKS URL, fetched and cached (used when AUTH_JWKS_FILE is unset)
+    AUTH_ISSUER              the `iss` every token must carry (default events-first-dev)
+    AUTH_AUDIENCE            the `aud` every token must carry (default events-first)
+    AUTH_LEEWAY_S            clock skew allowed on `exp`/`iat` (default 0)
+    Without a JWKS every request but /health* is refused with 401 (shared/auth.py).
     """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
@@ -54,3 +61,8 @@ class ServiceSettings(BaseSettings):
     kafka_min_insync_replicas: int = Field(default=1, ge=1)
     conflict_attempts: int = Field(default=5, ge=1)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
+    auth_jwks_file: str = ""
+    auth_jwks_url: str = ""
+    auth_issuer: str = "events-first-dev"
+    auth_audience: str = "events-first"
+    auth_leeway_s: float = Field(default=0.0, ge=0)

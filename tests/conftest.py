@@ -16,6 +16,25 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.stack import LocalStack, free_ports
+from infra.tokens import DevKeys, ensure_dev_keys
+from tests.auth_support import set_test_keys
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auth_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevKeys]:
+    """The session's development key pair; AUTH_JWKS_FILE points every app built here at it."""
+    keys = ensure_dev_keys(tmp_path_factory.mktemp("auth"))
+    previous = os.environ.get("AUTH_JWKS_FILE")
+    os.environ["AUTH_JWKS_FILE"] = str(keys.jwks_path)
+    set_test_keys(keys)
+    try:
+        yield keys
+    finally:
+        set_test_keys(None)
+        if previous is None:
+            os.environ.pop("AUTH_JWKS_FILE", None)
+        else:
+            os.environ["AUTH_JWKS_FILE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -60,8 +60,12 @@ def ui_url(sut: object, client: SystemClient, tmp_path_factory: pytest.TempPathF
         "SHIPPING_URL": endpoints.shipping,
         "QUERY_URL": endpoints.query,
     }
-    if log_dir is not None:  # our own stack: its development keys are beside its logs
+    if log_dir is not None:  # a stack of ours: its development key is in its run dir
         env["UI_DEV_KEYS_DIR"] = str(Path(log_dir).parent / "auth")
+    elif os.environ.get("E2E_SIGNING_KEY_FILE"):  # an external stack's key (e2e-tests/conftest.py)
+        env["UI_DEV_KEYS_DIR"] = str(Path(os.environ["E2E_SIGNING_KEY_FILE"]).parent)
+    else:
+        raise RuntimeError("the UI server needs the stack's signing key: set E2E_SIGNING_KEY_FILE")
     proc = ServiceProcess(
         "ui", "services.ui", run_dir=tmp_path_factory.mktemp("ui"), env=env, cwd=REPO_ROOT, ports=[port]
     )

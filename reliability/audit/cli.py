@@ -47,6 +47,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--query-dsn", help="query database, for --views db (env AUDIT_QUERY_DSN)")
     parser.add_argument("--kafka", dest="kafka_bootstrap", help="Kafka bootstrap (env AUDIT_KAFKA_BOOTSTRAP)")
     parser.add_argument("--query-url", help="query service base URL (env AUDIT_QUERY_URL)")
+    parser.add_argument(
+        "--auth-dir",
+        help="the stack's development key dir, to read the views as admin (env AUDIT_AUTH_DIR; RUN_DIR/auth)",
+    )
     parser.add_argument("--saga-timeout-s", type=float, help="SAGA_STEP_TIMEOUT_S of the order service (default 30)")
     parser.add_argument("--pending-slack-s", type=float, help="slack beyond the saga timeout (default 30)")
     parser.add_argument(
@@ -76,6 +80,7 @@ def run_cli(args: argparse.Namespace) -> int:
         query_dsn=args.query_dsn,
         kafka_bootstrap=args.kafka_bootstrap,
         query_url=args.query_url,
+        auth_dir=args.auth_dir,
         saga_timeout_s=args.saga_timeout_s,
         pending_slack_s=args.pending_slack_s,
         grace_s=args.grace_s,

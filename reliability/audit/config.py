@@ -23,6 +23,8 @@ class AuditConfig:
     query_dsn: str
     kafka_bootstrap: str
     query_url: str
+    #: The stack's development key dir (infra/tokens.py): the views are read with an admin token.
+    auth_dir: str = ".run/auth"
     saga_timeout_s: float = 30.0
     pending_slack_s: float = 30.0
     grace_s: float = 2.0
@@ -49,6 +51,7 @@ class AuditConfig:
                 default=f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}",
             ),
             query_url=_env("AUDIT_QUERY_URL", default=f"http://127.0.0.1:{os.environ.get('QUERY_PORT', '8004')}"),
+            auth_dir=_env("AUDIT_AUTH_DIR", default=f"{os.environ.get('RUN_DIR', '.run')}/auth"),
             saga_timeout_s=float(_env("AUDIT_SAGA_TIMEOUT_S", "SAGA_STEP_TIMEOUT_S", default="30")),
             pending_slack_s=float(_env("AUDIT_PENDING_SLACK_S", default="30")),
             grace_s=float(_env("AUDIT_GRACE_S", default="2")),

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from reliability.audit.config import AuditConfig
@@ -143,14 +144,17 @@ async def topic_partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, i
 
 
 async def read_views_http(
-    query_url: str, order_ids: Iterable[str], *, concurrency: int = 16
+    query_url: str, order_ids: Iterable[str], auth_dir: str, *, concurrency: int = 16
 ) -> dict[str, dict[str, Any]]:
-    """The query views: the paginated list, then GET /orders/{id} for any order it lacks."""
+    """The query views (as an admin, with the stack's key in `auth_dir`): the paginated list,
+    then GET /orders/{id} for any order it lacks."""
     import httpx
+
+    from infra.tokens import ActingAuth, ensure_dev_keys
 
     views: dict[str, dict[str, Any]] = {}
     base = query_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, auth=ActingAuth(ensure_dev_keys(Path(auth_dir)))) as client:
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 200}
@@ -214,7 +218,7 @@ async def collect(config: AuditConfig) -> Snapshot:
     views = None
     if config.views == "http":
         order_ids = {e.subject for e in logs["order"] if isinstance(e.data, OrderPlaced)}
-        views = await read_views_http(config.query_url, order_ids)
+        views = await read_views_http(config.query_url, order_ids, config.auth_dir)
     elif config.views == "db":
         views = await read_views_db(config.query_dsn)
     return Snapshot(taken_at=taken_at, logs=logs, outbox_backlog=backlog, topics=topics, views=views, late_ids=late)

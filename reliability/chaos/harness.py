@@ -17,6 +17,7 @@ from infra.procs import ServiceProcess
 from infra.services import SERVICE_ENV, SERVICES
 from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
+from infra.tokens import stack_auth
 from reliability.audit import AuditConfig, AuditReport, run_audit
 from reliability.audit.model import ORDER_STATUS
 from reliability.chaos import faults_broker
@@ -202,6 +203,7 @@ class ChaosHarness:
             query_dsn=self.stack.pg_dsn("query"),
             kafka_bootstrap=self.stack.kafka_bootstrap,
             query_url=self.stack.service_url("query"),
+            auth_dir=str(self.stack.run_dir / "auth"),
             saga_timeout_s=self.config.saga_timeout_s,
             pending_slack_s=self.config.pending_slack_s,
             grace_s=0.0,
@@ -234,6 +236,7 @@ class ChaosHarness:
             cancel_ratio=self.config.cancel_ratio,
             seed=self.config.seed,
             customer_prefix=f"chaos-{fault}",
+            auth=stack_auth(self.stack.run_dir),
         )
         stop_load = asyncio.Event()
         load_task = asyncio.create_task(load.run(stop=stop_load))

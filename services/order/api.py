@@ -3,7 +3,10 @@
 Choices made here:
 * Request bodies are strict (services/order/views.py); domain rules (e.g. an order total
   beyond BIGINT) are 422 `{code, message, field}`.
-* `Idempotency-Key` (1-200 printable characters) is global to the service and kept forever;
+* Authorization (docs/API.md): only a customer places, and only for itself (a body naming
+  another customer → 403); staff and admins read and cancel every order; a customer's reads
+  and cancel of another customer's order answer 404, as for an order that does not exist.
+* `Idempotency-Key` (1-200 printable characters) is scoped to the customer and kept forever;
   "same body" means the same JSON value (key order and spacing do not matter). A replay
   answers 202 with the stored answer and the header `Idempotent-Replayed: true`.
 * `?as_of_version=N`: N < 1 → 422; N beyond the order's current version → 404
@@ -17,16 +20,18 @@ Choices made here:
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from services.order import handlers, queries
 from services.order.idempotency import IdempotencyKey, body_fingerprint
 from services.order.settings import OrderSettings
 from services.order.views import CancelAcceptedView, OrderAccepted, OrderView, PlaceOrderRequest, SagaView
+from shared.auth import Caller, Forbidden, Principal, Role, require_role
 from shared.contract import AuthorizePayment, OrderPlaced
 from shared.errors import NotFound
-from shared.rest import EventView, error_responses, request_causation_id
+from shared.rest import ErrorBody, EventView, error_responses, request_causation_id
 from shared.runtime import runtime_of
 
 router = APIRouter()
@@ -60,10 +65,11 @@ def _settings(request: Request) -> OrderSettings:
     status_code=202,
     response_model=OrderAccepted,
     responses={
+        403: {"model": ErrorBody, "description": "not a customer token, or `customer_id` is not the token's subject"},
         422: {
             "description": "invalid input, nothing appended: `detail[].loc` names the field (schema), or "
             "`{code, message, field}` for a domain rule or an Idempotency-Key reused with another body",
-        }
+        },
     },
     summary=f"Place an order: appends {OrderPlaced.TYPE} and starts the fulfilment saga",
     description=f"202 + `Location: /orders/{{id}}`. The saga then sends `{AuthorizePayment.TYPE}`, and the "
@@ -72,13 +78,20 @@ def _settings(request: Request) -> OrderSettings:
 async def place_order(
     body: PlaceOrderRequest,
     request: Request,
+    principal: Annotated[Principal, Depends(require_role(Role.CUSTOMER))],
     response: Response,
     idempotency_key: str | None = IdempotencyKeyHeader,
     x_request_id: str | None = RequestId,
 ) -> OrderAccepted:
+    if body.customer_id != principal.subject:
+        raise Forbidden(
+            "a customer places orders for itself only: customer_id must be the token's subject",
+            code="customer_mismatch",
+            field="customer_id",
+        )
     key = None
     if idempotency_key is not None:
-        key = IdempotencyKey(idempotency_key, body_fingerprint(body.model_dump(mode="json")))
+        key = IdempotencyKey(principal.subject, idempotency_key, body_fingerprint(body.model_dump(mode="json")))
     causation_id = request_causation_id(x_request_id) if x_request_id else (idempotency_key or str(uuid.uuid4()))
     placed = await handlers.place_order(
         runtime_of(request).store,
@@ -103,6 +116,7 @@ async def place_order(
 )
 async def get_order(
     request: Request,
+    principal: Caller,
     order_id: str = OrderId,
     as_of_version: int | None = Query(
         default=None,
@@ -111,7 +125,7 @@ async def get_order(
         description="replay the log up to this fact (1 = as placed); beyond the current version → 404",
     ),
 ) -> OrderView:
-    return OrderView.of(await queries.get_order(runtime_of(request).store, order_id, as_of_version))
+    return OrderView.of(await queries.get_order(runtime_of(request).store, order_id, as_of_version, principal))
 
 
 @router.get(
@@ -121,8 +135,8 @@ async def get_order(
     responses=error_responses(404),
     summary="The order's facts in stream order, with their envelopes",
 )
-async def get_order_events(request: Request, order_id: str = OrderId) -> list[EventView]:
-    return [EventView.of(e) for e in await queries.order_events(runtime_of(request).store, order_id)]
+async def get_order_events(request: Request, principal: Caller, order_id: str = OrderId) -> list[EventView]:
+    return [EventView.of(e) for e in await queries.order_events(runtime_of(request).store, order_id, principal)]
 
 
 @router.post(
@@ -137,8 +151,13 @@ async def get_order_events(request: Request, order_id: str = OrderId) -> list[Ev
     "the warehouse before the order learnt it.",
 )
 async def cancel_order(
-    request: Request, response: Response, order_id: str = OrderId, x_request_id: str | None = RequestId
+    request: Request,
+    principal: Caller,
+    response: Response,
+    order_id: str = OrderId,
+    x_request_id: str | None = RequestId,
 ) -> CancelAcceptedView:
+    await queries.order_events(runtime_of(request).store, order_id, principal)  # 404 if not theirs
     accepted = await handlers.cancel_order(
         runtime_of(request).store,
         order_id,
@@ -166,6 +185,6 @@ async def cancel_order(
     responses=error_responses(404),
     summary="The order's fulfilment saga: state, trail of steps and its facts",
 )
-async def get_saga(request: Request, order_id: str = OrderId) -> SagaView:
-    state, events = await queries.get_saga(runtime_of(request).store, order_id)
+async def get_saga(request: Request, principal: Caller, order_id: str = OrderId) -> SagaView:
+    state, events = await queries.get_saga(runtime_of(request).store, order_id, principal)
     return SagaView.of(state, events)

@@ -1,5 +1,6 @@
-"""POST /orders with an Idempotency-Key: one key places at most one order, and a retry with the
-same body gets the same answer back, appending nothing.
+"""POST /orders with an Idempotency-Key: one key of one customer places at most one order, and a
+retry with the same body gets the same answer back, appending nothing. Keys are scoped to the
+customer (the token's subject): two customers may use the same key independently.
 
 The key's row (`order_idempotency_keys`) is inserted first in the transaction that places the
 order, with the answer it will give; a concurrent request with the same key waits on the
@@ -41,8 +42,9 @@ class Placed:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    """A client's Idempotency-Key and the fingerprint of the body it came with."""
+    """A client's Idempotency-Key, the customer it is scoped to and the fingerprint of the body."""
 
+    customer_id: str
     key: str
     body_sha256: str
 
@@ -55,8 +57,9 @@ def body_fingerprint(body: Mapping[str, Any]) -> str:
 async def claim_idempotency_key(uow: UnitOfWork, key: IdempotencyKey, answer: Placed) -> Placed | None:
     """None if this request owns the key now; else the earlier answer (or 422 if the body differs)."""
     claimed = await uow.conn.fetchval(
-        """INSERT INTO order_idempotency_keys (idempotency_key, body_sha256, order_id, response)
-           VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id""",
+        """INSERT INTO order_idempotency_keys (customer_id, idempotency_key, body_sha256, order_id, response)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING order_id""",
+        key.customer_id,
         key.key,
         key.body_sha256,
         answer.order_id,
@@ -65,7 +68,9 @@ async def claim_idempotency_key(uow: UnitOfWork, key: IdempotencyKey, answer: Pl
     if claimed is not None:
         return None
     row = await uow.conn.fetchrow(
-        "SELECT body_sha256, response FROM order_idempotency_keys WHERE idempotency_key = $1", key.key
+        "SELECT body_sha256, response FROM order_idempotency_keys WHERE customer_id = $1 AND idempotency_key = $2",
+        key.customer_id,
+        key.key,
     )
     assert row is not None  # the conflicting row is committed (READ COMMITTED sees it now)
     if row["body_sha256"] != key.body_sha256:

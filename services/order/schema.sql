@@ -3,14 +3,21 @@
 
 -- POST /orders with an Idempotency-Key: the key's row is inserted first in the transaction
 -- that places the order, so of two concurrent requests with one key exactly one places it;
--- the other waits on the primary key, then reads the row back and compares the body hash.
+-- the other waits on the unique key, then reads the row back and compares the body hash.
+-- A key is scoped to its customer (the token's subject): unique per (customer_id, key).
 CREATE TABLE IF NOT EXISTS order_idempotency_keys (
-    idempotency_key  TEXT        PRIMARY KEY,
+    customer_id      TEXT        NOT NULL DEFAULT '',
+    idempotency_key  TEXT        NOT NULL,
     body_sha256      TEXT        NOT NULL,
     order_id         TEXT        NOT NULL,
     response         JSONB       NOT NULL,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- A database from before the scoping (key alone was the primary key) gets the column and the
+-- scoped unique key; its old rows keep customer '' and so bind no customer's key.
+ALTER TABLE order_idempotency_keys ADD COLUMN IF NOT EXISTS customer_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE order_idempotency_keys DROP CONSTRAINT IF EXISTS order_idempotency_keys_pkey;
+CREATE UNIQUE INDEX IF NOT EXISTS order_idempotency_keys_scoped ON order_idempotency_keys (customer_id, idempotency_key);
 
 -- One row per saga, inserted with the order.
 -- Every saga transaction locks its row first (SELECT … FOR UPDATE), so the consumer, the

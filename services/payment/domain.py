@@ -85,6 +85,7 @@ class PaymentState:
     amount_cents: int = 0
     currency: str = ""
     reason: str | None = None
+    customer_id: str | None = None  # None: a payment started before the field (staff-only)
 
     @property
     def exists(self) -> bool:
@@ -120,19 +121,16 @@ def decide(command: PaymentCommand, state: PaymentState, *, limit_cents: int) ->
         require_text(command.payment_token, "payment_token")
         if state.exists:
             return []  # duplicate: the caller re-answers with the recorded fact
-        payment_id, order_id = command.payment_id, command.order_id
+        payment_id, order_id, customer_id = command.payment_id, command.order_id, command.customer_id
         amount = Money(amount_cents=command.amount_cents, currency=command.currency)
-        if command.payment_token == DECLINING_TOKEN:
-            return [
-                PaymentDeclined(payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_CARD_DECLINED)
-            ]
-        if command.amount_cents > limit_cents:
+        if command.payment_token == DECLINING_TOKEN or command.amount_cents > limit_cents:
+            reason = DECLINE_CARD_DECLINED if command.payment_token == DECLINING_TOKEN else DECLINE_AMOUNT_OVER_LIMIT
             return [
                 PaymentDeclined(
-                    payment_id=payment_id, order_id=order_id, amount=amount, reason=DECLINE_AMOUNT_OVER_LIMIT
+                    payment_id=payment_id, order_id=order_id, amount=amount, reason=reason, customer_id=customer_id
                 )
             ]
-        return [PaymentAuthorized(payment_id=payment_id, order_id=order_id, amount=amount)]
+        return [PaymentAuthorized(payment_id=payment_id, order_id=order_id, amount=amount, customer_id=customer_id)]
 
     if not state.exists:
         raise _not_found(command.payment_id)
@@ -180,6 +178,7 @@ def evolve(state: PaymentState, fact: Fact) -> PaymentState:
                 amount_cents=fact.amount.amount_cents,
                 currency=fact.amount.currency,
                 reason=fact.reason if isinstance(fact, PaymentDeclined) else None,
+                customer_id=fact.customer_id,
             )
         case PaymentCaptured():
             return replace(state, version=version, status=PaymentStatus.CAPTURED)

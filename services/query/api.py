@@ -4,6 +4,11 @@ Every request reads the `current` view generation (`current_views`: one lookup, 
 query), so a rebuild's switch is seen by the next request of every replica at once. The
 bodies are this service's own REST shapes, not the message contract: they are rendered here
 from the read models.
+
+Authorization (docs/API.md): staff and admins see every order; a customer sees its own only.
+Another customer's order or timeline answers 404, as for an unknown order (no existence
+oracle); a customer's list is always its own (`customer_id` defaults to the token's subject,
+another id → 403, since the caller named it); /stats is staff's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Annotated, Any
 
 import msgspec
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -27,6 +32,7 @@ from services.query import generations, store
 from services.query.context import context_of, pool_of
 from services.query.metrics import MIN_VERSION_WAIT
 from services.query.projection import OrderReadModel, Received, causal_order
+from shared.auth import Caller, Forbidden, Role, require_role
 from shared.contract import OrderStatus, PaymentStatus, ShipmentStatus
 from shared.rest import ErrorBody, error_response, error_responses
 
@@ -197,6 +203,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 )
 async def get_order(
     request: Request,
+    principal: Caller,
     order_id: str,
     min_version: Annotated[
         int | None, Query(ge=1, description="wait until the view has applied this order version")
@@ -205,12 +212,13 @@ async def get_order(
         float | None, Query(ge=0, description="how long to wait for min_version (default MIN_VERSION_TIMEOUT_S)")
     ] = None,
 ) -> Any:
-    """404 `order_not_found` until a fact of the order's own stream has been applied."""
+    """404 `order_not_found` until a fact of the order's own stream has been applied (and for
+    a customer, unless it is that customer's order)."""
     ctx = context_of(request)
     if min_version is None:
         async with current_views(request) as views:
             model = await views.order(order_id)
-        if model is None or not model.known:
+        if model is None or not model.known or not principal.may_access(model.customer_id):
             return _order_not_found(f"order {order_id!r} is not known")
         return OrderSummary.of(model)
     limit = ctx.settings.min_version_timeout_s if wait_s is None else wait_s
@@ -223,6 +231,8 @@ async def get_order(
         waiter = signal.waiter()  # before reading, so a commit in between is not missed
         async with current_views(request) as views:
             model = await views.order(order_id)
+        if model is not None and not principal.may_access(model.customer_id):
+            model = None  # another customer's order waits like an unknown one: no existence oracle
         current = model.version if model is not None else 0
         if model is not None and current >= min_version:
             MIN_VERSION_WAIT.labels(outcome="reached").observe(time.monotonic() - started)
@@ -250,14 +260,22 @@ async def get_order(
     "/orders",
     response_model=OrderPage,
     summary="Orders newest first, optionally by customer and status; keyset pagination by opaque cursor",
+    description="A customer's token lists that customer's orders only (`customer_id` may be left out; "
+    "another customer's id → 403).",
+    responses=error_responses(403),
 )
 async def list_orders(
     request: Request,
+    principal: Caller,
     customer_id: str | None = None,
     status: OrderStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Any:
+    if principal.role is Role.CUSTOMER:
+        if customer_id is not None and customer_id != principal.subject:
+            raise Forbidden("a customer lists its own orders only", field="customer_id")
+        customer_id = principal.subject
     after = None
     if cursor is not None:
         try:
@@ -281,9 +299,14 @@ async def list_orders(
     summary="Every fact of every service about the order, in causal order",
     responses=error_responses(404),
 )
-async def get_timeline(request: Request, order_id: str) -> Any:
-    """404 `order_not_found` until a fact about the order has been applied."""
+async def get_timeline(request: Request, order_id: str, principal: Caller) -> Any:
+    """404 `order_not_found` until a fact about the order has been applied (for a customer:
+    until its order.placed has, and only for its own order)."""
     async with current_views(request) as views:
+        if principal.role is Role.CUSTOMER:
+            model = await views.order(order_id)
+            if model is None or not principal.may_access(model.customer_id):
+                return _order_not_found(f"no facts about order {order_id}")
         facts = await views.timeline(order_id)
     if not facts:
         return _order_not_found(f"no facts about order {order_id}")
@@ -295,7 +318,9 @@ async def get_timeline(request: Request, order_id: str) -> Any:
 @router.get(
     "/stats",
     response_model=Stats,
-    summary="Counts by status; revenue by currency = captured minus refunded money",
+    summary="Counts by status; revenue by currency = captured minus refunded money (staff, admin)",
+    dependencies=[Depends(require_role(Role.STAFF))],
+    responses=error_responses(403),
 )
 async def get_stats(request: Request) -> Any:
     async with current_views(request) as views:

@@ -1,7 +1,7 @@
 """Operations views for the admin screens: consumer lag per group and the dead letters.
 
 Both read Kafka without joining a group (shared/consumer_lag.py, shared/dead_letter_reader.py,
-the same code `python -m infra dlq` uses), so looking never moves anyone's offsets.
+the same code `python -m infra dlq` uses), so looking never moves anyone's offsets. Admin only, like the rebuild.
 """
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from services.query.context import context_of
+from shared.auth import Role, require_role
 from shared.consumer_lag import consumer_lag
 from shared.contract import DLQ_TOPICS
 from shared.dead_letter_reader import DlqError, read_dead_letters
 from shared.rest import error_response, error_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_role(Role.ADMIN))])
 
 READ_TIMEOUT_S = 20.0
 
@@ -74,7 +75,7 @@ LAG_NOTE = (
     "/consumers",
     response_model=ConsumersView,
     summary="Consumer lag per consumer group (committed offset vs end offset per partition)",
-    responses=error_responses(503),
+    responses=error_responses(403, 503),
 )
 async def get_consumers(request: Request) -> Any:
     bootstrap = context_of(request).settings.kafka_bootstrap_servers
@@ -106,7 +107,7 @@ async def get_consumers(request: Request) -> Any:
     "/dlq",
     response_model=DeadLettersView,
     summary="Every dead letter of every DLQ topic, oldest first per topic",
-    responses=error_responses(503),
+    responses=error_responses(403, 503),
 )
 async def get_dead_letters(request: Request) -> Any:
     bootstrap = context_of(request).settings.kafka_bootstrap_servers

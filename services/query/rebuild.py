@@ -22,16 +22,18 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import TopicPartition
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from services.query import generations
 from services.query.context import context_of, pool_of
+from shared.auth import Role, require_role
 from shared.kafka import make_admin, make_consumer
 from shared.rest import error_response, error_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+#: Rebuilding and inspecting generations is an admin's job (admin token; others → 403).
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_role(Role.ADMIN))])
 
 CLIENT_ID = "query.rebuild"
 

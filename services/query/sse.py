@@ -10,21 +10,29 @@ FEED_CAUSAL_WAIT_MS carries the CloudEvents extension attribute `"causalgap": "t
 Idle streams get a `: keep-alive` comment every SSE_KEEPALIVE_S. A stream ends after
 SSE_MAX_STREAM_S (an EventSource reconnects and resumes by itself); that bounds how long a
 graceful shutdown of the server waits for open streams.
+
+A customer's token streams only that customer's orders: with `order_id`, one of its own (another
+customer's, or one whose order.placed the views have not applied yet → 404); without it, the
+facts of every order the current views know as its own. A fact of an order whose placement
+the views had not yet applied when the fact was sent is not shown on that unfiltered stream
+(the order's own stream, and the timeline, show everything).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
-from services.query import store
+from services.query import generations, store
 from services.query.context import context_of, pool_of
 from services.query.metrics import SSE_CLIENTS
+from shared.auth import Caller, Role
+from shared.rest import error_response, error_responses
 
 router = APIRouter(tags=["stream"])
 
@@ -45,16 +53,20 @@ def format_event(item: store.FeedItem) -> str:
         ' one sent without its cause after FEED_CAUSAL_WAIT_MS carries `"causalgap": "true"`.'
     ),
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "an endless event stream"},
+        **error_responses(404),
+    },
 )
 async def stream(
     request: Request,
+    principal: Caller,
     order_id: str | None = None,
     last_event_id: Annotated[
         int | None, Query(ge=0, le=2**63 - 1, description="resume after this id (same as the header)")
     ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> StreamingResponse:
+) -> Any:
     resume_from = last_event_id
     header = (last_event_id_header or "").strip()
     if header:
@@ -63,15 +75,25 @@ async def stream(
                 [{"loc": ("header", "Last-Event-ID"), "msg": "must be an id this stream sent", "type": "value_error"}]
             )
         resume_from = int(header)
+    customer = principal.subject if principal.role is Role.CUSTOMER else None
+    if customer is not None and order_id is not None:
+        async with pool_of(request).acquire() as conn:
+            views = store.Views(conn, await generations.current_generation(conn))
+            model = await views.order(order_id)
+        if model is None or model.customer_id != customer:
+            return error_response(404, "order_not_found", f"order {order_id!r} is not known")
+        customer = None  # the order is the customer's: its whole stream
 
     return StreamingResponse(
-        _events(request, order_id, resume_from),
+        _events(request, order_id, resume_from, customer),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _events(request: Request, order_id: str | None, resume_from: int | None) -> AsyncIterator[str]:
+async def _events(
+    request: Request, order_id: str | None, resume_from: int | None, customer: str | None
+) -> AsyncIterator[str]:
     ctx = context_of(request)
     settings = ctx.settings
     pool = pool_of(request)
@@ -87,7 +109,10 @@ async def _events(request: Request, order_id: str | None, resume_from: int | Non
         while time.monotonic() - started < settings.sse_max_stream_s:
             waiter = signal.waiter()  # before reading, so a commit in between is not missed
             async with pool.acquire() as conn:
-                items = await store.feed_after(conn, last, order_id, settings.sse_batch)
+                scope = None
+                if customer is not None:  # the generation of each read: a rebuild may switch it
+                    scope = store.CustomerScope(store.schema_of(await generations.current_generation(conn)), customer)
+                items = await store.feed_after(conn, last, order_id, settings.sse_batch, customer=scope)
             if items:
                 yield "".join(format_event(i) for i in items)
                 last = items[-1].seq

@@ -337,8 +337,21 @@ async def feed_head(conn: asyncpg.Connection) -> int:
     return head
 
 
-async def feed_after(conn: asyncpg.Connection, after: int, order_id: str | None, limit: int) -> list[FeedItem]:
-    if order_id is None:
+async def feed_after(
+    conn: asyncpg.Connection, after: int, order_id: str | None, limit: int, *, customer: CustomerScope | None = None
+) -> list[FeedItem]:
+    """The feed after `after`: all of it, one order's, or (`customer`) every order's the views
+    know as that customer's."""
+    if customer is not None:
+        rows = await conn.fetch(
+            f"""SELECT f.seq, f.document::text AS document FROM fact_feed f
+                JOIN {customer.schema}.orders o ON o.order_id = f.order_id
+                WHERE o.customer_id = $1 AND f.seq > $2 ORDER BY f.seq LIMIT $3""",
+            customer.customer_id,
+            after,
+            limit,
+        )
+    elif order_id is None:
         rows = await conn.fetch(
             "SELECT seq, document::text FROM fact_feed WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit
         )
@@ -350,3 +363,11 @@ async def feed_after(conn: asyncpg.Connection, after: int, order_id: str | None,
             limit,
         )
     return [FeedItem(r["seq"], r["document"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class CustomerScope:
+    """A customer's SSE stream: only the orders the generation `schema` knows as `customer_id`'s."""
+
+    schema: str
+    customer_id: str

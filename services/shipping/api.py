@@ -1,6 +1,7 @@
 """REST API of the shipping service: views, plus the dispatch and deliver commands.
 
-Dispatch and deliver answer **200 with the shipment's new state**: the fact is committed
+Dispatch and deliver are staff's acts (staff or admin token; a customer's → 403). They answer
+**200 with the shipment's new state**: the fact is committed
 before the response (the write side is synchronous; only other services' views lag).
 """
 
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from services.shipping import handlers
 from services.shipping.domain import DeliverShipment, DispatchShipment, ShipmentState
 from services.shipping.handlers import HttpCommand, Shipments
+from shared.auth import Role, require_role
 from shared.contract import ShipmentDelivered, ShipmentDispatched, ShipmentStatus
 from shared.rest import add_reads, error_responses, request_causation_id
 from shared.runtime import runtime_of
@@ -109,7 +111,8 @@ def router(shipments: Shipments) -> APIRouter:
             response_model=ShipmentView,
             response_model_exclude_none=True,
             status_code=200,
-            responses=error_responses(404, 409),
+            dependencies=[Depends(require_role(Role.STAFF))],
+            responses=error_responses(403, 404, 409),
             summary=summary,
             description=f"200 with the new state. Repeating it on a {repeat_in} shipment is a no-op (200, "
             "unchanged); from any other status → 409.",

@@ -93,6 +93,7 @@ class ShipmentState:
     status: ShipmentStatus | None = None
     address: Address | None = None
     reason: str | None = None
+    customer_id: str | None = None  # None: a shipment started before the field (staff-only)
 
     @property
     def exists(self) -> bool:
@@ -132,10 +133,20 @@ def decide(command: ShipmentCommand, state: ShipmentState, *, unserved_countries
         if address.country in {c.upper() for c in unserved_countries}:
             return [
                 ShipmentFailed(
-                    shipment_id=command.shipment_id, order_id=command.order_id, reason=FAILURE_DESTINATION_NOT_SERVED
+                    shipment_id=command.shipment_id,
+                    order_id=command.order_id,
+                    reason=FAILURE_DESTINATION_NOT_SERVED,
+                    customer_id=command.customer_id,
                 )
             ]
-        return [ShipmentScheduled(shipment_id=command.shipment_id, order_id=command.order_id, address=address)]
+        return [
+            ShipmentScheduled(
+                shipment_id=command.shipment_id,
+                order_id=command.order_id,
+                address=address,
+                customer_id=command.customer_id,
+            )
+        ]
 
     if not state.exists:
         raise NotFound("shipment_not_found", f"shipment {command.shipment_id} does not exist")
@@ -181,6 +192,7 @@ def evolve(state: ShipmentState, fact: Fact) -> ShipmentState:
                 status=ShipmentStatus.SCHEDULED if isinstance(fact, ShipmentScheduled) else ShipmentStatus.FAILED,
                 address=fact.address if isinstance(fact, ShipmentScheduled) else None,
                 reason=fact.reason if isinstance(fact, ShipmentFailed) else None,
+                customer_id=fact.customer_id,
             )
         case ShipmentDispatched():
             return replace(state, version=version, status=ShipmentStatus.DISPATCHED)

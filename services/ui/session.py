@@ -11,7 +11,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.tokens import ensure_dev_keys
 from services.ui.settings import UiSettings
+from shared.auth import Role
 
 router = APIRouter(tags=["session"])
 
@@ -29,19 +31,15 @@ class SessionRequest(BaseModel):
 class Session(BaseModel):
     role: str
     customer_id: str | None
-    token: str | None = Field(description="bearer token for every /api call (None: the services are anonymous)")
+    token: str = Field(description="bearer token for every /api call")
     expires_in_s: int
     development_only: bool = True
 
 
-def mint(settings: UiSettings, role: str, customer_id: str | None) -> str | None:
-    """A development bearer token, or None when this build has no token issuer yet."""
-    try:
-        from infra.tokens import ensure_dev_keys
-    except ImportError:  # the services are anonymous: nothing to sign
-        return None
-    token: str = ensure_dev_keys(settings.ui_dev_keys_dir).mint(role=role, customer_id=customer_id, ttl_s=SESSION_TTL_S)
-    return token
+def mint(settings: UiSettings, role: Role, customer_id: str | None) -> str:
+    """A development bearer token signed with the run dir's key (created there if absent, as
+    `make up` would: the services trust the JWKS next to it)."""
+    return ensure_dev_keys(settings.ui_dev_keys_dir).mint(role=role, customer_id=customer_id, ttl_s=SESSION_TTL_S)
 
 
 @router.post("/session", response_model=Session, summary="Development sign-in: a token for a demo role")
@@ -51,7 +49,7 @@ async def create_session(request: Request, body: SessionRequest) -> Any:
     return Session(
         role=body.role,
         customer_id=customer_id,
-        token=mint(settings, body.role, customer_id),
+        token=mint(settings, Role(body.role), customer_id),
         expires_in_s=SESSION_TTL_S,
     )
 

@@ -3,6 +3,11 @@
 Version 2 of every payment fact carries the amount as one `Money` value; version 1 had the
 flat `amount_cents` and `currency` fields. Facts written as version 1 are never rewritten:
 `_money_from_flat_fields` upcasts them when they are read.
+
+`customer_id` (the order's customer, so the payment service can show a customer only its own
+payments) was added as an optional field: `payment.authorize` v2 and the facts that start a
+payment, `payment.authorized` / `payment.declined` v3. Older messages have none (`None`): their
+payments are visible to staff and admins only.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ class AuthorizePayment(PaymentCommand, frozen=True, kw_only=True):
     """Hold the order's total on the customer's card. The only message that carries the token."""
 
     TYPE: ClassVar[str] = "payment.authorize"
+    VERSION: ClassVar[int] = 2
 
     amount_cents: Cents
     currency: Currency
     payment_token: Text
+    customer_id: Id | None = None
 
 
 class CapturePayment(PaymentCommand, frozen=True, kw_only=True):
@@ -57,14 +64,19 @@ class PaymentFact(Fact, frozen=True, kw_only=True):
 
 class PaymentAuthorized(PaymentFact, frozen=True, kw_only=True):
     TYPE: ClassVar[str] = "payment.authorized"
+    VERSION: ClassVar[int] = 3
+
+    customer_id: Id | None = None
 
 
 class PaymentDeclined(PaymentFact, frozen=True, kw_only=True):
     """`reason`: `card_declined` or `amount_over_limit`."""
 
     TYPE: ClassVar[str] = "payment.declined"
+    VERSION: ClassVar[int] = 3
 
     reason: Text
+    customer_id: Id | None = None
 
 
 class PaymentCaptured(PaymentFact, frozen=True, kw_only=True):
@@ -104,3 +116,10 @@ def _money_from_flat_fields(data: dict[str, Any]) -> dict[str, Any]:
     upcast = {k: v for k, v in data.items() if k not in ("amount_cents", "currency")}
     upcast["amount"] = {"amount_cents": data.get("amount_cents"), "currency": data.get("currency")}
     return upcast
+
+
+@upcaster(AuthorizePayment.TYPE, from_version=1)
+@upcaster(PaymentAuthorized.TYPE, PaymentDeclined.TYPE, from_version=2)
+def _customer_unknown(data: dict[str, Any]) -> dict[str, Any]:
+    """Additive: the data is unchanged; `customer_id` defaults to None (staff-only visibility)."""
+    return data

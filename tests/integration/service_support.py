@@ -11,14 +11,19 @@ import httpx
 from fastapi import FastAPI
 
 from infra.stack import LocalStack
+from tests.auth_support import acting
 
 
 @asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Start the app's relay, consumers and loops, and give an HTTP client bound to it."""
+    """Start the app's relay, consumers and loops, and give an HTTP client bound to it (with
+    bearer tokens: tests/auth_support.py)."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://service.test", timeout=30) as client:
+        auth = acting()
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://service.test", timeout=30, auth=auth
+        ) as client:
             yield client
 
 

@@ -12,6 +12,7 @@ from services.order import handlers, queries
 from services.order.app import SCHEMA
 from services.order.handlers import place_order
 from services.order.views import PlaceOrderRequest
+from shared.auth import Principal, Role
 from shared.consumer import Delivery
 from shared.contract import (
     PAYMENT_EVENTS,
@@ -34,6 +35,8 @@ from shared.ids import derived_id
 from tests.integration.order_support import ADDRESS, order_body
 
 pytestmark = pytest.mark.integration
+
+STAFF = Principal("staff", Role.STAFF)
 
 
 @pytest.fixture
@@ -82,8 +85,8 @@ async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: Even
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, batch)
 
-    assert (await queries.get_order(store, order_id)).status == "CONFIRMED"
-    state, _ = await queries.get_saga(store, order_id)
+    assert (await queries.get_order(store, order_id, None, STAFF)).status == "CONFIRMED"
+    state, _ = await queries.get_saga(store, order_id, STAFF)
     async with store.pool.acquire() as conn:
         outbox = [decode(bytes(r["value"])) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
         index = await conn.fetchrow("SELECT deadline, saga_version FROM saga_deadlines WHERE order_id = $1", order_id)

@@ -92,9 +92,8 @@ async def test_place_answers_202_appends_order_placed_and_sends_authorize(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     request_id = f"req-{uuid.uuid4()}"
-    response = await service.client.post(
-        "/orders", json=order_body(payment_token="tok_secret"), headers={"X-Request-ID": request_id}
-    )
+    body_sent = order_body(payment_token="tok_secret")
+    response = await service.client.post("/orders", json=body_sent, headers={"X-Request-ID": request_id})
 
     assert response.status_code == 202, response.text
     body = response.json()
@@ -127,6 +126,7 @@ async def test_place_answers_202_appends_order_placed_and_sends_authorize(
         "amount_cents": 4950,
         "currency": "EUR",
         "payment_token": "tok_secret",
+        "customer_id": body_sent["customer_id"],
     }
     # The fact on order.events, keyed by the order id, without the token.
     [fact] = await messages_about(stack, ORDER_EVENTS, order_id, 1)
@@ -232,11 +232,26 @@ async def test_same_idempotency_key_with_another_body_is_422(service: Service) -
     assert first.status_code == 202
     before = await service.count()
 
-    other = await service.client.post("/orders", json=order_body(customer_id="c2"), headers={"Idempotency-Key": key})
+    other = await service.client.post(
+        "/orders", json=order_body(customer_id="c1", payment_token="tok_other"), headers={"Idempotency-Key": key}
+    )
 
     assert other.status_code == 422
     assert other.json()["field"] == "Idempotency-Key" and other.json()["code"] == "idempotency_key_reused"
     assert await service.count() == before
+
+
+async def test_an_idempotency_key_is_scoped_to_its_customer(service: Service) -> None:
+    key = f"key-{uuid.uuid4()}"
+    body = order_body(customer_id=f"c-{uuid.uuid4().hex[:6]}")
+    first = await service.client.post("/orders", json=body, headers={"Idempotency-Key": key})
+    again = await service.client.post("/orders", json=body, headers={"Idempotency-Key": key})
+    other_customer = order_body(customer_id=f"d-{uuid.uuid4().hex[:6]}")
+    theirs = await service.client.post("/orders", json=other_customer, headers={"Idempotency-Key": key})
+
+    assert first.status_code == again.status_code == theirs.status_code == 202
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert theirs.json()["order_id"] != first.json()["order_id"] and "Idempotent-Replayed" not in theirs.headers
 
 
 @pytest.mark.parametrize("key", ["", "has space", "x" * 201])

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from infra.stack import LocalStack
 from services.payment.app import SCHEMA, create_app
 from services.payment.settings import PaymentSettings
+from shared.contract import PaymentAuthorized, message_class
 from shared.ids import derived_id
 from shared.runtime import Runtime
 from tests.integration.kafka_support import read_topic, wait_for
@@ -130,7 +131,7 @@ async def test_authorize_publishes_authorized_with_causal_ids_and_serves_the_sta
     }
     [fact] = await facts_about(stack, EVENTS, flow.payment_id, 1)
     assert_fact(fact, flow, "payment.authorized", caused_by=authorize[2], sequence=1)
-    assert fact["schemaversion"] == "2"
+    assert fact["schemaversion"] == str(PaymentAuthorized.VERSION)
     assert fact["data"] == {
         "payment_id": flow.payment_id,
         "order_id": flow.order_id,
@@ -143,7 +144,7 @@ async def test_authorize_publishes_authorized_with_causal_ids_and_serves_the_sta
         ("payment.authorized", 1, flow.order_id, authorize[2])
     ]
     assert events[0]["event_id"] == fact["id"]
-    assert (events[0]["schema_version"], events[0]["data"]) == (2, fact["data"])
+    assert (events[0]["schema_version"], events[0]["data"]) == (PaymentAuthorized.VERSION, fact["data"])
     assert (await client.get("/payments", params={"order_id": flow.order_id})).json() == [state]
 
 
@@ -397,11 +398,12 @@ async def test_two_replicas_in_one_group_answer_every_command_exactly_once(stack
 # ------------------------------------------------------------------------------ a v1 event log
 
 
-def _as_v2(event: dict[str, Any]) -> dict[str, Any]:
-    """A v1 payment fact as the API shows it now: upcast, its flat amount one `amount` value."""
+def _as_now(event: dict[str, Any]) -> dict[str, Any]:
+    """A v1 payment fact as the API shows it now: upcast to its current version, its flat amount
+    one `amount` value (and no `customer_id`: the v1 fact did not know it)."""
     data = {k: v for k, v in event["data"].items() if k not in ("amount_cents", "currency")}
     data["amount"] = {"amount_cents": event["data"]["amount_cents"], "currency": event["data"]["currency"]}
-    return {**event, "schema_version": 2, "data": data}
+    return {**event, "schema_version": message_class(event["type"]).VERSION, "data": data}
 
 
 async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_in_v2(stack: LocalStack) -> None:
@@ -417,7 +419,7 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_i
                     assert (await client.get(f"/payments/{payment['payment_id']}")).json() == payment
                 for payment_id, events in answers["GET /payments/{id}/events"].items():
                     shown = (await client.get(f"/payments/{payment_id}/events")).json()
-                    assert shown == [_as_v2(e) for e in events], order["journey"]
+                    assert shown == [_as_now(e) for e in events], order["journey"]
 
             # A captured v1 payment is refunded: the new fact is v2, after the v1 ones.
             order_id = v1_expected()["journeys"]["confirmed"][0]
@@ -435,7 +437,7 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue_i
             assert refunded == {**payment, "status": "REFUNDED", "version": 3, "reason": "cancelled_by_customer"}
             events = (await client.get(f"/payments/{payment_id}/events")).json()
             assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
-                ("payment.authorized", 1, 2),
+                ("payment.authorized", 1, PaymentAuthorized.VERSION),
                 ("payment.captured", 2, 2),
                 ("payment.refunded", 3, 2),
             ]

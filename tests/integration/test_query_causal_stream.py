@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from infra.stack import LocalStack, free_port
 from services.query.store import awaited_cause
 from shared.contract import ORDER_EVENTS, PAYMENT_EVENTS, SHIPPING_EVENTS, OrderConfirmed, PaymentCaptured
+from tests.auth_support import acting
 from tests.conftest import NewTopicFactory
 from tests.integration.kafka_support import wait_for
 from tests.integration.service_support import scratch_database
@@ -72,7 +73,7 @@ class QueryProcess:
         async def healthy() -> bool:
             assert self.proc is not None and self.proc.returncode is None, self.log.read_text()[-3000:]
             try:
-                async with httpx.AsyncClient(timeout=2) as client:
+                async with httpx.AsyncClient(timeout=2, auth=acting()) as client:
                     return (await client.get(self.url + "/health")).status_code == 200
             except httpx.HTTPError:
                 return False
@@ -104,7 +105,7 @@ class StreamReader:
         while True:
             headers = {"Last-Event-ID": str(self.events[-1][0] if self.events else 0)}
             try:
-                async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
+                async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None), auth=acting()) as client:
                     async with client.stream("GET", self.url + "/stream", headers=headers) as response:
                         self.connections += 1
                         await self._read(response)

@@ -28,6 +28,7 @@ from infra.stack import LocalStack, free_port
 from services.query.api import OrderSummary
 from services.query.projection import fold
 from shared.contract import ORDER_EVENTS, OrderRejected, PaymentDeclined, PaymentFact, ShipmentFact, dlq_topic
+from tests.auth_support import acting
 from tests.integration.kafka_support import produce, read_topic, wait_for
 from tests.integration.query_support import Query, query_service, view_tables
 from tests.unit.query.journeys import Journey, Received, cancelled_after_capture, declined, happy
@@ -236,7 +237,7 @@ async def read_sse(
     """Read until `want` events arrived; return them and the number of keep-alive comments."""
     events: list[tuple[int, dict[str, Any]]] = []
     keepalives = 0
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, auth=acting()) as client:
         async with client.stream("GET", url, headers=headers or {}) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")

@@ -18,7 +18,7 @@ import pytest
 from infra.stack import LocalStack
 from services.shipping.app import SCHEMA, create_app
 from services.shipping.settings import ShippingSettings
-from shared.contract import ShipmentDispatched
+from shared.contract import ShipmentDispatched, ShipmentScheduled, message_class
 from shared.ids import derived_id
 from tests.integration.participant_support import (
     command_message,
@@ -268,8 +268,9 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(s
                 for shipment in listed:
                     assert (await client.get(f"/shipments/{shipment['shipment_id']}")).json() == shipment
                 for shipment_id, events in answers["GET /shipments/{id}/events"].items():
-                    # Shipping facts are still at schema version 1: shown exactly as before.
-                    assert (await client.get(f"/shipments/{shipment_id}/events")).json() == events, order["journey"]
+                    # Shown as before, the facts that start a shipment upcast to v2 (no customer_id known).
+                    shown = (await client.get(f"/shipments/{shipment_id}/events")).json()
+                    assert shown == [{**e, "schema_version": message_class(e["type"]).VERSION} for e in events]
 
             # A v1 shipment still SCHEDULED is dispatched: its stream continues at version 2.
             order_id = v1_expected()["journeys"]["confirmed"][0]
@@ -281,7 +282,7 @@ async def test_a_v1_event_log_serves_the_same_answers_and_its_streams_continue(s
             assert dispatched.json() == {**shipment, "status": "DISPATCHED", "version": 2}
             events = (await client.get(f"{url}/events")).json()
             assert [(e["type"], e["version"], e["schema_version"]) for e in events] == [
-                ("shipment.scheduled", 1, 1),
+                ("shipment.scheduled", 1, ShipmentScheduled.VERSION),
                 ("shipment.dispatched", 2, ShipmentDispatched.VERSION),
             ]
             assert events[1]["data"] == {"shipment_id": shipment["shipment_id"], "order_id": order_id}

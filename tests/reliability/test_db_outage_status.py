@@ -27,6 +27,7 @@ import uvicorn
 
 from infra.stack import LocalStack, free_port
 from reliability.faultproxy import Mode, ProxyThread
+from tests.auth_support import acting
 
 from .live_apps import _app
 
@@ -55,7 +56,7 @@ async def test_order_service_answers_503_while_its_database_is_unreachable(
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "order service did not start"
             await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, auth=acting()) as client:
             assert (await client.post("/orders", json=BODY)).status_code == 202
             await asyncio.to_thread(proxy.set_mode, Mode.RESET)  # the database is gone
             during = await client.post("/orders", json=BODY)

@@ -30,6 +30,9 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from infra.stack import LocalStack
+from infra.tokens import ActingAuth, customer_of
+from shared.auth import Role
+from tests.auth_support import acting
 
 from .live_apps import LiveApps, live_apps
 
@@ -59,7 +62,8 @@ class Probe:
         self.service = service
         self.url = apps.services[service].url
         self.problems: list[str] = []
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.auth = acting()  # POST /orders as the body's customer, the rest as an admin
+        self.client = httpx.Client(base_url=self.url, timeout=30, auth=self.auth)
         self.sent = 0
 
     def count(self) -> int | None:
@@ -94,7 +98,7 @@ class Probe:
         except httpx.TransportError as exc:  # the server dropped the connection instead of answering
             self.problems.append(f"connection dropped ({exc!r}) for {method} {path} {_short(kwargs)}")
             self.client.close()
-            self.client = httpx.Client(base_url=self.url, timeout=30)
+            self.client = httpx.Client(base_url=self.url, timeout=30, auth=self.auth)
             return None
         self.check(f"{method} {path} {_short(kwargs)}", method, response.status_code, before, self.count(), allowed)
         return response
@@ -103,7 +107,7 @@ class Probe:
         """A body the server may refuse before reading it all: the answer, or None if it reset
         the upload (also a refusal). Either way nothing may be appended."""
         before = self.count()
-        with httpx.Client(base_url=self.url, timeout=30) as client:  # its own connection: it may be cut
+        with httpx.Client(base_url=self.url, timeout=30, auth=self.auth) as client:  # its own connection: may be cut
             try:
                 status: int | None = client.request(method, path, **kwargs).status_code
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
@@ -153,7 +157,7 @@ def test_openapi_fuzz(apps: LiveApps, service: str, mode: GenerationMode) -> Non
             @given(case=op.as_strategy(generation_mode=mode))
             def fuzz(case: schemathesis.Case[Any]) -> None:
                 before = probe.count()
-                response = case.call(base_url=live.url, timeout=30)
+                response = case.call(base_url=live.url, timeout=30, headers=_bearer(probe.auth, case))
                 # runs within this iteration (fuzz() is called right below): `op` is the current one
                 method = op.method.upper()  # noqa: B023
                 probe.check(case.as_curl_command(), method, response.status_code, before, probe.count())
@@ -166,6 +170,14 @@ def test_openapi_fuzz(apps: LiveApps, service: str, mode: GenerationMode) -> Non
     finally:
         probe.close()
     probe.assert_clean()
+
+
+def _bearer(auth: ActingAuth, case: schemathesis.Case[Any]) -> dict[str, str]:
+    """The token a real caller would send: placing as the body's customer, the rest as an admin."""
+    if case.method.upper() == "POST" and case.path == "/orders":
+        body = case.body if isinstance(case.body, dict) else {}
+        return auth.headers(Role.CUSTOMER, customer_of(json.dumps(body, default=str).encode()))
+    return auth.headers(Role.ADMIN)
 
 
 _ANNOTATIONS = {"description", "title", "examples", "example", "default"}
@@ -356,7 +368,7 @@ def test_order_bad_bodies(apps: LiveApps) -> None:
         p.send(
             "POST",
             "/orders",
-            json={**VALID_ORDER, "customer_id": "other"},
+            json={**VALID_ORDER, "payment_token": "tok_other"},  # same customer, same key, other body
             headers={"Idempotency-Key": "fuzz-same"},
             allowed=(422,),
         )

@@ -34,6 +34,7 @@ import pytest
 from infra.stack import LocalStack, free_ports
 from reliability.audit import AuditConfig, run_audit
 from shared.contract import OrderConfirmed, OrderPlaced
+from tests.auth_support import acting
 from tests.integration.service_support import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ class Service:
 
     async def ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=3) as client:
+        async with httpx.AsyncClient(timeout=3, auth=acting()) as client:
             while time.monotonic() < deadline:
                 assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited:\n{self.log_tail()}"
                 try:
@@ -133,7 +134,7 @@ def body(seq: int) -> dict[str, Any]:
 async def place_until_stopped(url: str, stop: asyncio.Event, seen: Placing, worker: int) -> None:
     """Place orders one after another; retry each (same key) until it is answered 202."""
     seq = 0
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, auth=acting()) as client:
         while not stop.is_set():
             seq += 1
             key = f"sigterm-{worker}-{seq}-{uuid.uuid4().hex[:8]}"

@@ -15,6 +15,7 @@ import pytest
 
 from services.order.app import create_app
 from services.order.settings import OrderSettings
+from tests.auth_support import acting
 
 BODY = {
     "customer_id": "c-1",
@@ -30,7 +31,7 @@ async def test_a_non_finite_number_is_refused_with_422(token: str) -> None:
     app = create_app(OrderSettings(database_url="postgresql://nobody@127.0.0.1:1/none"))
     body = json.dumps(BODY).replace('"__N__"', token).encode()
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://order.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://order.test", auth=acting()) as client:
         response = await client.post("/orders", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]

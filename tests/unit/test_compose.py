@@ -44,6 +44,8 @@ PORTS = {"order": 8001, "payment": 8002, "shipping": 8003, "query": 8004}
 KAFKA_HOST_PORT = 9092
 REQUIRED_ENV = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HTTP_HOST", "HTTP_PORT"}
 TOPIC_JOB = "kafka-topics"
+AUTH_JOB = "auth-keys"  # creates the development signing key in the volume the services mount
+AUTH_MOUNT = "auth-keys:/auth:ro"
 UI_SERVICE = "kafka-ui"
 WEB_UI = "ui"  # the project's own web UI (services/ui): no database, no Kafka
 WEB_UI_PORT = 8000
@@ -487,8 +489,10 @@ def test_services_wait_for_postgres_kafka_and_the_topic_job() -> None:
             "postgres": "service_healthy",
             "kafka": "service_healthy",
             TOPIC_JOB: "service_completed_successfully",
+            AUTH_JOB: "service_completed_successfully",
         }, name
     assert depends_on(svcs[TOPIC_JOB]) == {"kafka": "service_healthy"}
+    assert depends_on(svcs[AUTH_JOB]) == {}
 
 
 def test_docker_compose_config_accepts_the_file_when_the_cli_is_installed() -> None:
@@ -943,7 +947,9 @@ def test_web_ui_environment_points_at_the_four_services(monkeypatch: pytest.Monk
     for name in APP:
         url = urlsplit(str(getattr(settings, f"{name}_url")))
         assert (url.hostname, url.port) == (name, PORTS[name]), f"{WEB_UI} -> {name}: {url.geturl()}"
-    assert depends_on(ui) == dict.fromkeys(APP, "service_healthy")
+    assert depends_on(ui) == {**dict.fromkeys(APP, "service_healthy"), AUTH_JOB: "service_completed_successfully"}
+    mounts = [str(v) for v in ui.get("volumes", [])]
+    assert any(m.startswith(f"{AUTH_JOB}:{settings.ui_dev_keys_dir}") for m in mounts), mounts
     assert re.search(rf"^\|\s*ui\s*\|\s*http://127\.0\.0\.1:{WEB_UI_PORT}\s*\|", README.read_text(), re.MULTILINE)
 
 
@@ -955,7 +961,7 @@ def test_kafka_ui_is_optional_behind_the_ui_profile() -> None:
     assert environment(ui)["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"] in internal_bootstrap()
     assert all("profiles" in s for s in svcs.values() if UI_SERVICE in depends_on(s))
     always = {n for n, s in svcs.items() if "profiles" not in s}
-    assert always == {"kafka", "postgres", TOPIC_JOB, WEB_UI, *APP}, (
+    assert always == {"kafka", "postgres", TOPIC_JOB, AUTH_JOB, WEB_UI, *APP}, (
         "everything else starts with a plain `docker compose up`"
     )
 
@@ -1069,7 +1075,9 @@ def test_cluster_services_run_the_same_images_against_every_broker(
         CLUSTER_PG: "service_healthy",
         **{b: "service_healthy" for b in CLUSTER_BROKERS},
         CLUSTER_TOPIC_JOB: "service_completed_successfully",
+        AUTH_JOB: "service_completed_successfully",  # the one development key of both systems
     }
+    assert svc["volumes"] == [AUTH_MOUNT]
     # Everything else a service is configured with matches the default service.
     same = {k: v for k, v in environment(svcs[service]).items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
     assert {k: v for k, v in env.items() if k in same and k not in ("HTTP_PORT",)} == {
@@ -1101,3 +1109,38 @@ async def test_cluster_topic_job_passes_the_replication_to_kafka(
     assert await job.create_all(env["KAFKA_BOOTSTRAP_SERVERS"], 6, timeout_s=10) == 0
     assert {t.replication_factor for t in fake_kafka.topics.values()} == {3}
     assert {t.topic_configs["min.insync.replicas"] for t in fake_kafka.topics.values()} == {"2"}
+
+
+# ------------------------------------------------------------------------------ bearer tokens --
+
+
+@pytest.mark.parametrize("service", APP)
+def test_services_trust_the_key_the_auth_job_creates(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each service mounts the job's volume read-only and reads its JWKS from there."""
+    svcs = services()
+    svc = svcs[service]
+    assert svc["volumes"] == [AUTH_MOUNT], f"{service}: mount the auth-keys volume read-only"
+    settings = settings_from(settings_class(service), environment(svc), monkeypatch)
+    volume, mount, _ = AUTH_MOUNT.split(":")
+    assert Path(settings.auth_jwks_file).parent == Path(mount), settings.auth_jwks_file
+    assert volume in (load_compose().get("volumes") or {}), "the auth-keys volume is declared"
+    job = svcs[AUTH_JOB]
+    assert job["volumes"] == [f"{volume}:{mount}"] and str(job.get("restart")) == "no"
+
+
+def test_auth_job_creates_the_jwks_where_the_services_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job's image runs `python -m infra token --init` with RUN_DIR=/ (so the key goes to
+    /auth); run here with RUN_DIR=<tmp>, it creates <tmp>/auth/jwks.json, idempotently."""
+    from infra.cli import main
+
+    job = services()[AUTH_JOB]
+    stages = dockerfile_stages(ROOT / "docker" / "service.Dockerfile")
+    target = str(job["build"]["target"])
+    assert exec_form(effective(stages, target, "CMD") or "[]") == ["python", "-m", "infra", "token", "--init"]
+    assert "RUN_DIR=/" in (effective(stages, target, "ENV") or "")
+    monkeypatch.setenv("RUN_DIR", str(tmp_path))
+    assert main(["token", "--init"]) == 0 and main(["token", "--init"]) == 0
+    jwks = json.loads((tmp_path / "auth" / "jwks.json").read_text())
+    assert [k["kty"] for k in jwks["keys"]] == ["EC"] and "jwks.json" in capsys.readouterr().out

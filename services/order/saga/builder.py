@@ -118,6 +118,7 @@ class Builder:
                 amount_cents=s.amount_cents,
                 currency=s.currency,
                 payment_token=self._payment_token,
+                customer_id=s.customer_id or None,
             )
         if command_type == CAPTURE:
             return CapturePayment(payment_id=s.payment_id, order_id=s.order_id)
@@ -127,7 +128,12 @@ class Builder:
             return RefundPayment(payment_id=s.payment_id, order_id=s.order_id, reason=reason)
         if command_type == SCHEDULE:
             assert s.shipping_address is not None
-            return ScheduleShipment(shipment_id=s.shipment_id, order_id=s.order_id, address=s.shipping_address)
+            return ScheduleShipment(
+                shipment_id=s.shipment_id,
+                order_id=s.order_id,
+                address=s.shipping_address,
+                customer_id=s.customer_id or None,
+            )
         if command_type == CANCEL_SHIPMENT:
             return CancelShipment(shipment_id=s.shipment_id, order_id=s.order_id, reason=reason)
         raise ValueError(command_type)  # pragma: no cover

@@ -107,7 +107,12 @@ def test_start_requests_authorization_with_a_deadline() -> None:
     [sent] = d.commands
     assert sent.command.TYPE == "payment.authorize" and sent.command.target_id == PAYMENT_ID
     assert sent.command == AuthorizePayment(
-        payment_id=PAYMENT_ID, order_id=ORDER_ID, amount_cents=TOTAL, currency="EUR", payment_token="tok_ok"
+        payment_id=PAYMENT_ID,
+        order_id=ORDER_ID,
+        amount_cents=TOTAL,
+        currency="EUR",
+        payment_token="tok_ok",
+        customer_id="cust-1",  # the order's customer, so the payment service can scope reads
     )
     assert sent.command_id == derived_id(ORDER_ID, "saga-command:2")  # the version of its step fact
     assert d.order_commands == []
@@ -143,7 +148,9 @@ def test_happy_path_to_delivered() -> None:
     w = World()
     w.place()
     assert command_types(payment_answers(w)) == ["shipment.schedule"]
-    assert w.sent[-1].command == ScheduleShipment(shipment_id=SHIPMENT_ID, order_id=ORDER_ID, address=ADDRESS)
+    assert w.sent[-1].command == ScheduleShipment(
+        shipment_id=SHIPMENT_ID, order_id=ORDER_ID, address=ADDRESS, customer_id="cust-1"
+    )
     assert w.saga.step == "scheduling_shipment"
     assert command_types(shipping_answers(w)) == ["payment.capture"]
     capture = w.sent[-1]

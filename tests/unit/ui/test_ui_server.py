@@ -4,13 +4,16 @@ development sign-in and the static front end. The upstream is an ASGI app in the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from infra.tokens import ensure_dev_keys
 from services.ui.app import create_app
 from services.ui.settings import UiSettings
 
@@ -45,8 +48,8 @@ def upstream_app() -> FastAPI:
 
 
 @pytest.fixture
-async def ui() -> AsyncIterator[httpx.AsyncClient]:
-    settings = UiSettings(order_url="http://order", query_url="http://query")
+async def ui(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = UiSettings(order_url="http://order", query_url="http://query", ui_dev_keys_dir=tmp_path / "auth")
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=upstream_app())) as upstream:
         app.state.http = upstream  # what the lifespan would set, pointed at the stand-in
@@ -99,7 +102,7 @@ async def test_unknown_service_is_refused_in_the_one_error_shape(ui: httpx.Async
 async def test_an_unreachable_service_is_502_with_retry_after() -> None:
     from infra.stack import free_port
 
-    app = create_app(UiSettings(order_url=f"http://127.0.0.1:{free_port()}"))
+    app = create_app(UiSettings(order_url=f"http://127.0.0.1:{free_port()}", ui_dev_keys_dir=Path("unused")))
     async with httpx.AsyncClient() as http:
         app.state.http = http
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ui") as client:
@@ -109,13 +112,23 @@ async def test_an_unreachable_service_is_502_with_retry_after() -> None:
     assert r.headers["retry-after"] == "1"
 
 
-async def test_session_says_development_only_and_refuses_bad_input(ui: httpx.AsyncClient) -> None:
+async def test_session_mints_a_development_token_and_refuses_bad_input(ui: httpx.AsyncClient, tmp_path: Path) -> None:
     ok = await ui.post("/session", json={"role": "customer", "customer_id": "c-1"})
     assert ok.status_code == 200
     assert ok.json()["development_only"] is True
     assert (ok.json()["role"], ok.json()["customer_id"]) == ("customer", "c-1")
     staff = await ui.post("/session", json={"role": "staff", "customer_id": "c-1"})
     assert staff.json()["customer_id"] is None, "staff and admin name no customer"
+    keys = ensure_dev_keys(tmp_path / "auth")  # the key the services trust (its JWKS)
+    for session, (sub, role) in ((ok, ("c-1", "customer")), (staff, ("staff", "staff"))):
+        claims = jwt.decode(
+            session.json()["token"],
+            keys.private_key.public_key(),
+            algorithms=["ES256"],
+            audience=keys.audience,
+            issuer=keys.issuer,
+        )
+        assert (claims["sub"], claims["role"]) == (sub, role)
     for bad, field in (({"role": "root"}, "role"), ({"role": "customer", "customer_id": "a b"}, "customer_id")):
         r = await ui.post("/session", json=bad)
         assert r.status_code == 422
