@@ -34,6 +34,7 @@ function describe(err) {
   if (!err) return "Something went wrong.";
   const b = err.body || {};
   const field = b.field ? ` (field: ${b.field})` : "";
+  if (err.status === 401) return `Not signed in (${b.code || 401}): ${b.message || ""} Sign out and sign in again.`;
   return `Refused (${err.status}${b.code ? ` ${b.code}` : ""}): ${b.message || err.message || "no reason given"}${field}`;
 }
 
