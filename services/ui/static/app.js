@@ -482,7 +482,7 @@ async function renderWarehouse() {
     const res = await api("query", `/orders?status=${status}&limit=50`);
     if (!res.ok) { box.replaceChildren(alertBox(res)); return; }
     const tasks = res.body.items.filter((o) => o.shipment_id);
-    box.replaceChildren(tasks.length ? h("ul", {}, tasks.map((o) => h("li", { class: "actions", style: "margin-bottom:.5rem" },
+    box.replaceChildren(tasks.length ? h("ul", { class: "tasks" }, tasks.map((o) => h("li", { class: "actions", style: "margin-bottom:.5rem" },
       h("a", { href: `#/orders/${encodeURIComponent(o.order_id)}` }, h("span", { class: "mono" }, short(o.order_id))),
       h("span", {}, `${o.customer_id} · ${money(o.total_cents, o.currency)}`),
       h("button", { type: "button", "aria-label": `${label} order ${o.order_id}`, onclick: async (e) => {
