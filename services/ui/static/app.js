@@ -179,7 +179,7 @@ async function renderSignIn() {
   const roleRadio = (value, label, hint) => h("div", { class: "field" },
     h("input", { type: "radio", name: "role", id: `role-${value}`, value, checked: value === "customer", style: "width:auto;min-height:0" }),
     " ", h("label", { for: `role-${value}`, style: "display:inline" }, label), h("p", { class: "hint" }, hint));
-  const form = h("form", { "aria-labelledby": "signin-title", onsubmit: async (e) => {
+  const form = h("form", { "aria-label": "Sign in", onsubmit: async (e) => {
     e.preventDefault();
     const role = form.querySelector("input[name=role]:checked").value;
     const res = await fetch("/session", { method: "POST", headers: { "Content-Type": "application/json" },
