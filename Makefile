@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars up down ps logs lint test unit e2e bench-kernel bench-codecs bench-personal bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
+.PHONY: help venv kafka-jars chromium screenshots up down ps logs lint test unit e2e bench-kernel bench-codecs bench-personal bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 
 kafka-jars: venv ## fetch the Kafka broker jars with Maven (once; cached)
 	$(PY) -m infra kafka-jars
+
+chromium: ## Debian's Chromium for the browser tests (apt-get as root, only when /usr/bin/chromium is missing)
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 up: venv kafka-jars ## start Kafka + PostgreSQL (+ services) in the background
 	$(PY) -m infra up
@@ -46,14 +49,17 @@ lint: venv ## ruff (lint + format check) over the tree and mypy --strict over th
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy --strict $(TYPED)
 
-test: venv kafka-jars lint ## lint and types, then unit + integration + end-to-end tests against real Kafka and PostgreSQL
+test: venv kafka-jars chromium lint ## lint and types, then unit + integration + end-to-end tests against real Kafka and PostgreSQL
 	$(VENV)/bin/pytest $(TEST_PATHS) $(PYTEST_ARGS)
 
 unit: venv ## unit tests only (no Kafka / PostgreSQL)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-e2e: venv kafka-jars ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E2E_*_URL: see e2e-tests/conftest.py)
+e2e: venv kafka-jars chromium ## end-to-end tests only (own stack; E2E_USE_MAKE_UP=1 or E2E_*_URL: see e2e-tests/conftest.py)
 	$(VENV)/bin/pytest e2e-tests $(PYTEST_ARGS)
+
+screenshots: venv kafka-jars chromium ## screenshots of the web UI's main pages into docs/ui/ (on a private stack)
+	E2E_UI_SCREENSHOT_DIR=docs/ui $(VENV)/bin/pytest e2e-tests/ui/test_screenshots.py -q
 
 bench-codecs: venv ## codec micro-benchmark that chose the contract's msgspec: msgspec vs pydantic vs dataclass+orjson
 	$(PY) -m bench.codecs

@@ -1,8 +1,9 @@
 # One image per service, built from this file by docker-compose.yml (`target:` = the service):
 #   docker build -f docker/service.Dockerfile --target order -t events-first/order .
 # Stages: `base` (Python + the project with its pinned dependencies, non-root user), then one
-# small stage per service (order, payment, shipping, query), `topics` (the topic-creation job) and
-# `auth-keys` (the job that creates the development signing key, infra/tokens.py).
+# small stage per service (order, payment, shipping, query, ui: the web UI), `topics` (the
+# topic-creation job) and `auth-keys` (the job that creates the development signing key,
+# infra/tokens.py).
 
 FROM python:3.11-slim AS base
 
@@ -63,6 +64,13 @@ EXPOSE 8004
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "docker/healthcheck.py", "query", "8004"]
 CMD ["python", "-m", "services.query"]
+
+# The web UI: static files, development sign-in and one origin proxying to the four services.
+FROM base AS ui
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "docker/healthcheck.py", "ui", "8000"]
+CMD ["python", "-m", "services.ui"]
 
 # A one-shot job: creates every topic of the message contract (shared/topics.py) and exits 0.
 FROM base AS topics

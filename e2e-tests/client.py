@@ -454,6 +454,12 @@ class SystemClient:
     async def rebuild_status(self, rebuild_id: str) -> httpx.Response:
         return await self.http.get(f"{self.endpoints.query}/admin/rebuild/{rebuild_id}")
 
+    async def consumers(self) -> httpx.Response:
+        return await self.http.get(f"{self.endpoints.query}/admin/consumers")
+
+    async def dead_letters(self) -> httpx.Response:
+        return await self.http.get(f"{self.endpoints.query}/admin/dlq")
+
     # ---- waiting (bounded polling)
     async def wait_order(self, order_id: str, statuses: Iterable[str], timeout: float = 30.0) -> Json:
         """The write-side order once its status is one of `statuses`."""

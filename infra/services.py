@@ -29,6 +29,7 @@ class ServiceDef:
     default_port: int
     database: str | None  # PostgreSQL database it owns (README: addresses)
     keystore: bool = False  # given KEYSTORE_URL: it reads personal data (payment does not)
+    upstreams: tuple[str, ...] = ()  # services it calls over HTTP: `<NAME>_URL` in its env
 
     @property
     def port_env(self) -> str:
@@ -43,6 +44,7 @@ SERVICES: tuple[ServiceDef, ...] = (
     ServiceDef("payment", "services.payment", 8002, "payment"),
     ServiceDef("shipping", "services.shipping", 8003, "shipping", keystore=True),
     ServiceDef("query", "services.query", 8004, "query", keystore=True),
+    ServiceDef("ui", "services.ui", 8000, None, upstreams=("order", "payment", "shipping", "query")),
 )
 
 
@@ -60,6 +62,10 @@ def default_service_env(stack: LocalStack, svc: ServiceDef) -> dict[str, str]:
         env["DATABASE_URL"] = stack.service_dsn(svc.name, svc.database)
     if svc.keystore:
         env["KEYSTORE_URL"] = stack.service_dsn(svc.name, KEYSTORE_DATABASE)
+    for name in svc.upstreams:
+        env[f"{name.upper()}_URL"] = stack.service_url(name)
+    if svc.name == "ui":
+        env["UI_DEV_KEYS_DIR"] = str(stack.run_dir / "auth")
     return env
 
 

@@ -254,6 +254,13 @@ def _invalid(detail: list[dict[str, Any]], status: int = 422, code: str = "inval
     return error_response(status, code, str(first.get("msg")), field=_field_of(first.get("loc", ())), detail=detail)
 
 
+def invalid_input(exc: RequestValidationError) -> JSONResponse:
+    """422 `invalid_input` in the one error shape. FastAPI's own handler echoes each bad `input`;
+    a non-finite number (`NaN`, `Infinity`, `1e400` → inf) cannot be rendered as JSON, which
+    turned a 422 into a 500."""
+    return _invalid(_json_safe(jsonable_encoder(exc.errors())))
+
+
 def _invalid_text(loc: tuple[str | int, ...], msg: str) -> JSONResponse:
     return _invalid([{"loc": list(loc), "msg": msg, "type": "string_unstorable"}])
 
@@ -340,9 +347,7 @@ def build_app(definition: ServiceDefinition) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each bad `input`; a non-finite number (`NaN`, `Infinity`,
-        # `1e400` → inf) cannot be rendered as JSON, which turned a 422 into a 500.
-        return _invalid(_json_safe(jsonable_encoder(exc.errors())))
+        return invalid_input(exc)
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         # The database (or a lock) is away for a moment: nothing was written, and a retry is

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.query import api, rebuild, sse
+from services.query import api, operations, rebuild, sse
 from services.query.context import QueryContext
 from services.query.feed import CausalGapReleaser
 from services.query.generations import bootstrap_sql
@@ -36,7 +36,7 @@ def definition(settings: QuerySettings, context: QueryContext) -> ServiceDefinit
     return ServiceDefinition(
         name="query",
         settings=settings,
-        routers=[api.router, sse.router, rebuild.router],
+        routers=[api.router, sse.router, rebuild.router, operations.router],
         schema=[VIEWS_SQL, bootstrap_sql(settings.query_consumer_prefix)],
         loops=[context.notifications.run, context.supervisor.run, CausalGapReleaser(settings).run],
         readiness=[context.supervisor.readiness],
@@ -44,7 +44,7 @@ def definition(settings: QuerySettings, context: QueryContext) -> ServiceDefinit
         openapi_tags=[
             {"name": "views", "description": "read models: order summaries, lists, timelines, stats"},
             {"name": "stream", "description": "Server-Sent Events of facts"},
-            {"name": "admin", "description": "rebuilding the views by replay"},
+            {"name": "admin", "description": "rebuilding the views by replay; consumer lag and dead letters"},
         ],
     )
 

@@ -47,6 +47,8 @@ TOPIC_JOB = "kafka-topics"
 AUTH_JOB = "auth-keys"  # creates the development signing key in the volume the services mount
 AUTH_MOUNT = "auth-keys:/auth:ro"
 UI_SERVICE = "kafka-ui"
+WEB_UI = "ui"  # the project's own web UI (services/ui): no database, no Kafka
+WEB_UI_PORT = 8000
 
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 TOP_LEVEL_KEYS = {"version", "name", "include", "services", "networks", "volumes", "secrets", "configs", "models"}
@@ -924,7 +926,9 @@ def test_postgres_is_pinned_and_creates_one_database_per_service_owned_by_its_ow
 
 
 def test_service_ports_are_those_of_the_readme() -> None:
-    assert {s.name: s.default_port for s in SERVICES} == PORTS, "infra/services.py and PORTS disagree"
+    assert {s.name: s.default_port for s in SERVICES if s.name != WEB_UI} == PORTS, (
+        "infra/services.py and PORTS disagree"
+    )
     for name, port in PORTS.items():
         cls = settings_class(name)
         assert cls.model_fields["http_port"].default == port, f"{name}: default HTTP_PORT"
@@ -939,6 +943,38 @@ def test_service_ports_are_those_of_the_readme() -> None:
     assert re.search(rf"^\|\s*Kafka[^|]*\|\s*127\.0\.0\.1:{KAFKA_HOST_PORT}\s*\|", text, re.MULTILINE)
 
 
+def test_web_ui_image_runs_its_module_with_a_healthcheck() -> None:
+    svc = services()[WEB_UI]
+    assert svc["build"]["target"] == WEB_UI
+    stages = dockerfile_stages(dockerfile_of(svc))
+    assert exec_form(str(effective(stages, WEB_UI, "CMD"))) == ["python", "-m", "services.ui"]
+    assert effective(stages, WEB_UI, "EXPOSE") == str(WEB_UI_PORT)
+    hc = effective(stages, WEB_UI, "HEALTHCHECK")
+    assert hc is not None and exec_form(hc) == ["python", "docker/healthcheck.py", WEB_UI, str(WEB_UI_PORT)]
+    user = effective(stages, WEB_UI, "USER")
+    assert user is not None and user.split(":")[0] not in ("root", "0")
+
+
+def test_web_ui_environment_points_at_the_four_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    svcs = services()
+    ui = svcs[WEB_UI]
+    env = environment(ui)
+    cls = settings_class(WEB_UI)
+    assert {k.upper() for k in env} <= env_names(cls), f"{WEB_UI}: {sorted(env)} not all read by {cls.__name__}"
+    settings = settings_from(cls, env, monkeypatch)
+    assert settings.http_host == "0.0.0.0" and settings.http_port == WEB_UI_PORT
+    assert [(p.host, p.container) for p in ports(ui)] == [(WEB_UI_PORT, WEB_UI_PORT)]
+    assert {s.name: s.default_port for s in SERVICES}[WEB_UI] == WEB_UI_PORT
+    assert cls.model_fields["http_port"].default == WEB_UI_PORT
+    for name in APP:
+        url = urlsplit(str(getattr(settings, f"{name}_url")))
+        assert (url.hostname, url.port) == (name, PORTS[name]), f"{WEB_UI} -> {name}: {url.geturl()}"
+    assert depends_on(ui) == {**dict.fromkeys(APP, "service_healthy"), AUTH_JOB: "service_completed_successfully"}
+    mounts = [str(v) for v in ui.get("volumes", [])]
+    assert any(m.startswith(f"{AUTH_JOB}:{settings.ui_dev_keys_dir}") for m in mounts), mounts
+    assert re.search(rf"^\|\s*ui\s*\|\s*http://127\.0\.0\.1:{WEB_UI_PORT}\s*\|", README.read_text(), re.MULTILINE)
+
+
 def test_kafka_ui_is_optional_behind_the_ui_profile() -> None:
     svcs = services()
     ui = svcs[UI_SERVICE]
@@ -947,7 +983,7 @@ def test_kafka_ui_is_optional_behind_the_ui_profile() -> None:
     assert environment(ui)["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"] in internal_bootstrap()
     assert all("profiles" in s for s in svcs.values() if UI_SERVICE in depends_on(s))
     always = {n for n, s in svcs.items() if "profiles" not in s}
-    assert always == {"kafka", "postgres", TOPIC_JOB, AUTH_JOB, *APP}, (
+    assert always == {"kafka", "postgres", TOPIC_JOB, AUTH_JOB, WEB_UI, *APP}, (
         "everything else starts with a plain `docker compose up`"
     )
 

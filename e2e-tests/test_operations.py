@@ -1,0 +1,66 @@
+"""The query service's operations views (the admin UI's data): consumer lag per group and the
+dead letters of every DLQ topic, read from Kafka without joining a group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from client import SystemClient, bearer, eventually, new_customer, order_body
+from test_dlq import COMMANDS, DLQ, bad_authorize
+
+
+async def test_consumer_lag_per_group_and_partition(client: SystemClient) -> None:
+    placed = await client.place_ok(order_body(new_customer("lag")))
+    await client.wait_view(placed["order_id"], lambda v: v["status"] == "CONFIRMED", timeout=30)
+
+    async def every_group() -> dict[str, Any] | None:
+        response = await client.consumers()
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        names = {g["group"] for g in body["groups"]}
+        wanted = {"order.saga", "payment.commands", "shipping.commands"}
+        return body if wanted <= names and any(n.startswith("query.views") for n in names) else None
+
+    body = await eventually(every_group, timeout=30, what="the services' consumer groups")
+    assert "committed" in body["note"]
+    for group in body["groups"]:
+        assert group["partitions"], group
+        for p in group["partitions"]:
+            assert p["lag"] == max(0, p["end_offset"] - p["committed_offset"]), p
+        assert group["lag"] == sum(p["lag"] for p in group["partitions"])
+
+
+async def test_dead_letters_are_listed_with_their_failure(client: SystemClient) -> None:
+    order_id = new_customer("dlq-api")
+    command_id, value = bad_authorize(order_id, f"pay-{order_id}")
+    producer = AIOKafkaProducer(bootstrap_servers=client.endpoints.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(COMMANDS, value, key=f"pay-{order_id}".encode())
+    finally:
+        await producer.stop()
+
+    async def listed() -> dict[str, Any] | None:
+        response = await client.dead_letters()
+        assert response.status_code == 200, response.text
+        mine = [d for d in response.json()["items"] if d.get("id") == command_id]
+        return mine[0] if mine else None
+
+    letter = await eventually(listed, timeout=60, what=f"dead letter {command_id} in GET /admin/dlq")
+    assert letter["dlq"] == DLQ
+    assert letter["type"] == "payment.authorize"
+    assert letter["consumer"] == "payment.commands"
+    assert letter["attempts"] >= 1 and letter["error"]
+    assert letter["origin"]["topic"] == COMMANDS
+    topics = (await client.dead_letters()).json()["topics"]
+    assert DLQ in topics and all(t.endswith(".dlq") for t in topics)
+
+
+async def test_operations_are_for_admins_only(client: SystemClient) -> None:
+    customer = client.token("customer", new_customer("ops"))
+    for token, status in ((customer, 403), (client.token("staff"), 403), ("", 401)):
+        for path in ("/admin/consumers", "/admin/dlq"):
+            r = await client.http.get(f"{client.endpoints.query}{path}", headers=bearer(token))
+            assert r.status_code == status, (path, r.text)
+            assert r.json()["code"] in ("forbidden", "token_missing"), r.text

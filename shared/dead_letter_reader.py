@@ -1,0 +1,124 @@
+"""Reading the dead-letter topics without joining a consumer group.
+
+Shared by the operator CLI (`python -m infra dlq`) and the query service's operations API
+(`GET /admin/dlq`): both list every record of the DLQ topics up to their current ends with a
+consumer in no group, so listing never commits or moves anyone's offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.contract import DeadLetter, DeadLetterFormatError, dlq_topic, read_dead_letter
+from shared.contract.topics import DLQ_SUFFIX
+from shared.kafka import make_admin
+
+READ_TIMEOUT_S = 60.0
+
+
+class DlqError(Exception):
+    """What was asked for cannot be done (unknown topic or id, or reading took too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One record of a dead-letter topic and what it says (None: not a dead letter at all)."""
+
+    dlq: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    letter: DeadLetter | None
+
+    def as_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"dlq": self.dlq, "partition": self.partition, "offset": self.offset}
+        row["key"] = self.key.decode(errors="replace") if self.key else None
+        if self.letter is None:
+            return row | {"error": "not a dead letter"}
+        letter = self.letter
+        topic, partition, offset = letter.origin
+        return row | {
+            "id": letter.id,
+            "type": letter.type,
+            "source": letter.source,
+            "subject": letter.subject,
+            "consumer": letter.dlqconsumer,
+            "attempts": letter.attempts,
+            "error": letter.dlqerror,
+            "first_failure": letter.dlqfirstfailure,
+            "last_failure": letter.dlqlastfailure,
+            "origin": {"topic": topic, "partition": partition, "offset": offset},
+        }
+
+
+def dlq_of(topic: str) -> str:
+    """The dead-letter topic named by `topic`, itself or the topic whose DLQ it is."""
+    return topic if topic.endswith(DLQ_SUFFIX) else dlq_topic(topic)
+
+
+async def read_dead_letters(
+    bootstrap: str, dlqs: Sequence[str], *, timeout_s: float = READ_TIMEOUT_S
+) -> list[DeadLetterRecord]:
+    """Every record of `dlqs` up to their current ends, in topic, partition, offset order.
+    Raises DlqError for a topic that does not exist."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,  # no group: nothing is committed, nobody's offsets move
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    partitions = await partition_counts(bootstrap, dlqs)
+    missing = [t for t in dlqs if t not in partitions]
+    if missing:
+        raise DlqError(f"no such topic: {', '.join(missing)}")
+    tps = [TopicPartition(t, p) for t in dlqs for p in range(partitions[t])]
+    await consumer.start()
+    try:
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        out: list[DeadLetterRecord] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise DlqError(f"reading the dead letters took longer than {timeout_s:.0f}s")
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, records in batches.items():
+                out += [_record(tp, r.offset, r.key, r.value) for r in records if r.offset < ends[tp]]
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.dlq, r.partition, r.offset))
+
+
+async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """The partition count of each of `topics` that exists."""
+    admin = make_admin(bootstrap, client_id="dlq-reader")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> DeadLetterRecord:
+    try:
+        letter: DeadLetter | None = read_dead_letter(value)
+    except DeadLetterFormatError:
+        letter = None
+    return DeadLetterRecord(tp.topic, tp.partition, offset, key, value, letter)
