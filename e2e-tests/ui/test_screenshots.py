@@ -35,6 +35,8 @@ async def test_screenshots_of_the_main_pages(browser: BrowserContext, page: Page
     order_id = await place_order(page)
     await expect(page.get_by_test_id("order-status")).to_have_text("CONFIRMED")
     await expect(page.get_by_test_id("travel-version")).to_have_text("Version 2 of 2")
+    await expect(page.locator("#stream-state")).to_have_text(re.compile(r"^live"))
+    await expect(page.locator("ol.timeline li[data-type='order.confirmed']")).to_have_count(1)
     await shot(page, "order")
     await page.get_by_role("link", name="My orders").click()
     await expect(page.get_by_role("cell").get_by_text("CONFIRMED")).to_have_count(1)
