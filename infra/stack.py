@@ -8,6 +8,7 @@ stopped by exactly that PID; logs go to `<run_dir>/logs/`. Kafka is one node (`k
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -32,13 +33,25 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+#: Where free ports are chosen: below Linux's ephemeral range (32768-60999), which the kernel
+#: hands to OUTGOING connections. A port bound with port 0 comes from that range, so a Kafka
+#: or PostgreSQL client connecting in the seconds before the service binds could take it as its
+#: local port ("address already in use"); below it, only a listener can hold a port.
+PORT_RANGE = (20000, 32000)
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free ports (sockets held open together so they cannot repeat)."""
+    """n distinct ports on 127.0.0.1 that nothing holds right now, chosen at random in PORT_RANGE
+    (sockets held open together so they cannot repeat)."""
     socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", random.randrange(*PORT_RANGE)))
+            except OSError:  # taken: draw again
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
