@@ -460,6 +460,10 @@ class SystemClient:
     async def dead_letters(self) -> httpx.Response:
         return await self.http.get(f"{self.endpoints.query}/admin/dlq")
 
+    async def replay_dead_letter(self, topic: str, message_id: str, *, token: str | None = None) -> httpx.Response:
+        body = {"topic": topic, "id": message_id}
+        return await self.http.post(f"{self.endpoints.query}/admin/dlq/replay", json=body, headers=bearer(token))
+
     # ---- waiting (bounded polling)
     async def wait_order(self, order_id: str, statuses: Iterable[str], timeout: float = 30.0) -> Json:
         """The write-side order once its status is one of `statuses`."""

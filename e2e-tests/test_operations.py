@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from client import SystemClient, bearer, eventually, new_customer, order_body
+from client import SystemClient, bearer, eventually, expect, new_customer, order_body
 from test_dlq import COMMANDS, DLQ, bad_authorize
 
 
@@ -56,6 +56,21 @@ async def test_dead_letters_are_listed_with_their_failure(client: SystemClient) 
     topics = (await client.dead_letters()).json()["topics"]
     assert DLQ in topics and all(t.endswith(".dlq") for t in topics)
 
+    # Resubmitted after a "fix" (here: none, so the payment consumer dead-letters it once more).
+    replayed = expect(await client.replay_dead_letter(DLQ, command_id), 202)
+    assert (replayed["message_id"], replayed["topic"], replayed["dlq"]) == (command_id, COMMANDS, DLQ)
+
+    async def twice() -> list[dict[str, Any]] | None:
+        mine = [d for d in (await client.dead_letters()).json()["items"] if d.get("id") == command_id]
+        return mine if len(mine) == 2 else None
+
+    again = await eventually(twice, timeout=60, what=f"dead letter {command_id} handled again after its replay")
+    assert again[1]["offset"] > again[0]["offset"]
+    unknown = await client.replay_dead_letter(DLQ, "no-such-message")
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "dead_letter_not_found"), unknown.text
+    bad_topic = await client.replay_dead_letter("not.a.topic", command_id)
+    assert (bad_topic.status_code, bad_topic.json()["field"]) == (422, "topic"), bad_topic.text
+
 
 async def test_operations_are_for_admins_only(client: SystemClient) -> None:
     customer = client.token("customer", new_customer("ops"))
@@ -64,3 +79,5 @@ async def test_operations_are_for_admins_only(client: SystemClient) -> None:
             r = await client.http.get(f"{client.endpoints.query}{path}", headers=bearer(token))
             assert r.status_code == status, (path, r.text)
             assert r.json()["code"] in ("forbidden", "token_missing"), r.text
+        refused = await client.replay_dead_letter(DLQ, "any", token=token)
+        assert refused.status_code == status, refused.text

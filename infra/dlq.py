@@ -15,14 +15,19 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TextIO
 
 import msgspec
 
-from shared.contract import DLQ_TOPICS, original_value
-from shared.dead_letter_reader import READ_TIMEOUT_S, DeadLetterRecord, DlqError, dlq_of, read_dead_letters
-from shared.kafka import make_producer
+from shared.contract import DLQ_TOPICS
+from shared.dead_letter_topics import (
+    DeadLetterRecord,
+    DlqError,
+    Replayed,
+    dlq_of,
+    read_dead_letters,
+    replay,
+)
 
 __all__ = ["DeadLetterRecord", "DlqError", "Replayed", "dlq_of", "main", "read_dead_letters", "replay", "table"]
 
@@ -55,41 +60,6 @@ def table(records: Sequence[DeadLetterRecord]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]).rstrip() for row in rows)
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """Where the original went."""
-
-    message_id: str
-    message_type: str
-    dlq: str
-    dlq_offset: int
-    topic: str
-    partition: int
-    offset: int
-
-
-async def replay(bootstrap: str, topic: str, message_id: str, *, timeout_s: float = READ_TIMEOUT_S) -> Replayed:
-    """Produce the original of the dead letter `message_id` of `topic` (a DLQ or its source
-    topic) to the original topic, with the original key. The latest dead letter of that id is
-    used: a message dead-lettered by several consumers, or more than once, is the same original."""
-    dlq = dlq_of(topic)
-    found = [r for r in await read_dead_letters(bootstrap, [dlq], timeout_s=timeout_s) if r.letter is not None]
-    matching = [r for r in found if r.letter is not None and r.letter.id == message_id]
-    if not matching:
-        raise DlqError(f"no dead letter with id {message_id!r} in {dlq} ({len(found)} dead letters there)")
-    record = matching[-1]
-    letter = record.letter
-    assert letter is not None
-    value = original_value(record.value)
-    producer = make_producer(bootstrap, client_id="infra-dlq-replay")
-    await producer.start()
-    try:
-        meta = await producer.send_and_wait(letter.dlqtopic, value, key=record.key or None)
-    finally:
-        await producer.stop()
-    return Replayed(letter.id, letter.type, dlq, record.offset, letter.dlqtopic, meta.partition, meta.offset)
 
 
 def _default_bootstrap() -> str:

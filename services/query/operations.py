@@ -1,22 +1,26 @@
-"""Operations views for the admin screens: consumer lag per group and the dead letters.
+"""Operations for the admin screens: consumer lag per group, the dead letters, and resubmitting one.
 
-Both read Kafka without joining a group (shared/consumer_lag.py, shared/dead_letter_reader.py,
-the same code `python -m infra dlq` uses), so looking never moves anyone's offsets. Admin only, like the rebuild.
+Lag and dead letters are read from Kafka without joining a group (shared/consumer_lag.py,
+shared/dead_letter_topics.py, the same code `python -m infra dlq` uses), so looking never moves
+anyone's offsets. A replay produces the dead letter's original message to its topic and nothing
+else (no database write in the request path); the consumers' inboxes make it take effect once.
+Admin only, like the rebuild.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.query.context import context_of
 from shared.auth import Role, require_role
 from shared.consumer_lag import consumer_lag
 from shared.contract import DLQ_TOPICS
-from shared.dead_letter_reader import DlqError, read_dead_letters
+from shared.dead_letter_topics import DeadLetterNotFound, DlqError, read_dead_letters, replay
 from shared.rest import error_response, error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_role(Role.ADMIN))])
@@ -117,3 +121,46 @@ async def get_dead_letters(request: Request) -> Any:
     except DlqError as exc:
         return error_response(503, "kafka_unavailable", str(exc), headers={"Retry-After": "1"})
     return DeadLettersView(topics=topics, items=[DeadLetterView(**r.as_json()) for r in records])
+
+
+class ReplayRequest(BaseModel):
+    topic: str = Field(
+        min_length=1, max_length=249, description="the DLQ topic (`payment.commands.dlq`) or its source topic"
+    )
+    id: str = Field(min_length=1, max_length=200, description="the dead-lettered message's id (`GET /admin/dlq`)")
+
+
+class ReplayedView(BaseModel):
+    message_id: str
+    message_type: str
+    dlq: str
+    dlq_offset: int
+    topic: str = Field(description="where the original went back to")
+    partition: int
+    offset: int
+
+
+@router.post(
+    "/dlq/replay",
+    status_code=202,
+    response_model=ReplayedView,
+    summary="Resubmit ONE dead letter's original message to its topic, after a fix",
+    description="The original key and value go back to the original topic (the latest dead letter of that id). "
+    "Consumers are idempotent by message id: one that dead-lettered it handles it once; one that had "
+    "handled it drops it. 404 `dead_letter_not_found`; 422 for a topic that is not a contract topic or DLQ.",
+    responses=error_responses(403, 404, 422, 503),
+)
+async def replay_dead_letter(request: Request, body: ReplayRequest) -> Any:
+    known = set(DLQ_TOPICS) | {t.removesuffix(".dlq") for t in DLQ_TOPICS}
+    if body.topic not in known:
+        return error_response(
+            422, "unknown_topic", f"{body.topic!r} is not a topic of the contract or its DLQ", field="topic"
+        )
+    bootstrap = context_of(request).settings.kafka_bootstrap_servers
+    try:
+        done = await replay(bootstrap, body.topic, body.id, timeout_s=READ_TIMEOUT_S, client_id="query-dlq-replay")
+    except DeadLetterNotFound as exc:
+        return error_response(404, "dead_letter_not_found", str(exc))
+    except DlqError as exc:
+        return error_response(503, "kafka_unavailable", str(exc), headers={"Retry-After": "1"})
+    return ReplayedView(**asdict(done))

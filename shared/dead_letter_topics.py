@@ -1,8 +1,9 @@
-"""Reading the dead-letter topics without joining a consumer group.
+"""The dead-letter topics: reading them without joining a consumer group, and resubmitting one.
 
 Shared by the operator CLI (`python -m infra dlq`) and the query service's operations API
-(`GET /admin/dlq`): both list every record of the DLQ topics up to their current ends with a
-consumer in no group, so listing never commits or moves anyone's offsets.
+(`GET /admin/dlq`, `POST /admin/dlq/replay`): both list every record of the DLQ topics up to
+their current ends with a consumer in no group, so listing never commits or moves anyone's
+offsets, and replay the same way.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.contract import DeadLetter, DeadLetterFormatError, dlq_topic, read_dead_letter
+from shared.contract import DeadLetter, DeadLetterFormatError, dlq_topic, original_value, read_dead_letter
 from shared.contract.topics import DLQ_SUFFIX
-from shared.kafka import make_admin
+from shared.kafka import make_admin, make_producer
 
 READ_TIMEOUT_S = 60.0
 
 
 class DlqError(Exception):
     """What was asked for cannot be done (unknown topic or id, or reading took too long)."""
+
+
+class DeadLetterNotFound(DlqError):
+    """No dead letter of that id in that DLQ topic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +127,40 @@ def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | N
     except DeadLetterFormatError:
         letter = None
     return DeadLetterRecord(tp.topic, tp.partition, offset, key, value, letter)
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """Where the original went."""
+
+    message_id: str
+    message_type: str
+    dlq: str
+    dlq_offset: int
+    topic: str
+    partition: int
+    offset: int
+
+
+async def replay(
+    bootstrap: str, topic: str, message_id: str, *, timeout_s: float = READ_TIMEOUT_S, client_id: str = "dlq-replay"
+) -> Replayed:
+    """Produce the original of the dead letter `message_id` of `topic` (a DLQ or its source
+    topic) to the original topic, with the original key. The latest dead letter of that id is
+    used: a message dead-lettered by several consumers, or more than once, is the same original."""
+    dlq = dlq_of(topic)
+    found = [r for r in await read_dead_letters(bootstrap, [dlq], timeout_s=timeout_s) if r.letter is not None]
+    matching = [r for r in found if r.letter is not None and r.letter.id == message_id]
+    if not matching:
+        raise DeadLetterNotFound(f"no dead letter with id {message_id!r} in {dlq} ({len(found)} dead letters there)")
+    record = matching[-1]
+    letter = record.letter
+    assert letter is not None
+    value = original_value(record.value)
+    producer = make_producer(bootstrap, client_id=client_id)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(letter.dlqtopic, value, key=record.key or None)
+    finally:
+        await producer.stop()
+    return Replayed(letter.id, letter.type, dlq, record.offset, letter.dlqtopic, meta.partition, meta.offset)
