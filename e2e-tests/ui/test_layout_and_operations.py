@@ -5,9 +5,32 @@ from __future__ import annotations
 import re
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from client import SystemClient, eventually, new_customer
+from client import expect as expect_status
 from playwright.async_api import Page, expect
+from test_dlq import COMMANDS, bad_authorize
 
 from .conftest import NARROW, WIDE, customer_id, place_order, sign_in
+
+
+async def dead_letter_one(client: SystemClient) -> str:
+    """A poison `payment.authorize` on payment.commands, once GET /admin/dlq lists it: its id."""
+    order_id = new_customer("ui-dlq")
+    command_id, value = bad_authorize(order_id, f"pay-{order_id}")
+    producer = AIOKafkaProducer(bootstrap_servers=client.endpoints.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(COMMANDS, value, key=f"pay-{order_id}".encode())
+    finally:
+        await producer.stop()
+
+    async def listed() -> bool | None:
+        items = expect_status(await client.dead_letters(), 200)["items"]
+        return True if any(d.get("id") == command_id for d in items) else None
+
+    await eventually(listed, timeout=60, what=f"dead letter {command_id} listed")
+    return command_id
 
 
 @pytest.mark.parametrize("viewport", [NARROW, WIDE], ids=["375px", "1440px"])
@@ -43,13 +66,18 @@ async def test_sign_in_by_keyboard_with_visible_focus(page: Page, ui_url: str) -
     await expect(page.get_by_role("heading", name="My orders")).to_be_visible()
 
 
-async def test_operations_lag_dead_letters_stats_and_rebuild(page: Page, ui_url: str) -> None:
+async def test_operations_lag_dead_letters_stats_and_rebuild(page: Page, ui_url: str, client: SystemClient) -> None:
+    command_id = await dead_letter_one(client)  # listed before the page opens: no refresh needed
     await sign_in(page, ui_url, "admin")
     await expect(page.get_by_role("heading", name="Operations")).to_be_visible()
     await expect(page.get_by_role("img", name=re.compile(r"^Orders by status: PENDING \d+"))).to_be_visible()
     lag = page.get_by_role("region", name="Consumer lag")
     await expect(lag.get_by_role("cell", name=re.compile(r"^query\.views"))).not_to_have_count(0)
-    await expect(page.get_by_role("region", name="Dead letters")).to_contain_text(re.compile(r"DLQ|No dead letters"))
+    letters = page.get_by_role("region", name="Dead letters")
+    await letters.get_by_role("button", name=f"Replay dead letter {command_id}").first.click()
+    await expect(letters.get_by_test_id("dlq-outcome")).to_have_text(
+        re.compile(rf"^Replayed payment\.authorize {command_id} to payment\.commands ")
+    )
     await page.get_by_role("button", name="Start rebuild").click()
     progress = page.get_by_role("region", name="Rebuild the views")
     await expect(progress.get_by_role("progressbar", name="Rebuild progress")).to_be_visible()

@@ -194,7 +194,7 @@ async function renderSignIn() {
       h("div", { class: "field" }, h("label", { for: "customer-id" }, "Customer id"), customer, demo,
         h("p", { class: "hint", id: "customer-hint" }, "Any id works; each id is its own customer.")),
       roleRadio("staff", "Warehouse staff", "Dispatches and delivers shipments; reads every order."),
-      roleRadio("admin", "Administrator", "Everything staff may do, plus operations: lag, dead letters, rebuild.")),
+      roleRadio("admin", "Administrator", "Everything staff may do, plus operations: lag, dead letters and their replay, rebuild.")),
     err,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in")));
   page("Sign in",
@@ -552,12 +552,28 @@ async function renderOps() {
     lagBox.replaceChildren(h("p", { class: "hint" }, r.body.note),
       table(["Consumer group", "Lag", "Partitions"], r.body.groups.map((g) => [h("span", { class: "mono" }, g.group), String(g.lag), String(g.partitions.length)])));
   };
+  const dlqOutcome = h("p", { "aria-live": "polite", "data-testid": "dlq-outcome" });
+  // A command like any other: the query service may refuse it (shown), and on success the
+  // original is back on its topic; the list is read again (a consumer may dead-letter it anew).
+  const replay = async (d, button) => {
+    button.disabled = true;
+    const r = await api("query", "/admin/dlq/replay", { method: "POST", body: { topic: d.dlq, id: d.id } });
+    if (!r.ok) { dlqOutcome.replaceChildren(alertBox(r)); button.disabled = false; return; }
+    dlqOutcome.replaceChildren(`Replayed ${r.body.message_type} ${r.body.message_id} to ${r.body.topic} (partition ${r.body.partition}, offset ${r.body.offset}).`);
+    await loadDlq();
+  };
+  const replayButton = (d) => {
+    if (!d.id) return "—";
+    const b = h("button", { type: "button", class: "secondary", "aria-label": `Replay dead letter ${d.id}` }, "Replay");
+    b.onclick = () => replay(d, b);
+    return b;
+  };
   const loadDlq = async () => {
     const r = await api("query", "/admin/dlq");
     if (!r.ok) { dlqBox.replaceChildren(alertBox(r)); return; }
     dlqBox.replaceChildren(r.body.items.length
-      ? table(["DLQ", "Offset", "Type", "Consumer", "Attempts", "Error"], r.body.items.map((d) =>
-        [d.dlq, String(d.offset), d.type || "?", d.consumer || "?", String(d.attempts ?? "?"), d.error || ""]))
+      ? table(["DLQ", "Offset", "Type", "Consumer", "Attempts", "Error", "Action"], r.body.items.map((d) =>
+        [d.dlq, String(d.offset), d.type || "?", d.consumer || "?", String(d.attempts ?? "?"), d.error || "", replayButton(d)]))
       : h("p", {}, `No dead letters in ${r.body.topics.length} DLQ topics.`));
   };
   const startRebuild = async (e) => {
@@ -590,7 +606,7 @@ async function renderOps() {
         h("button", { type: "button", onclick: startRebuild }, "Start rebuild"), rebuildBox),
       h("section", { class: "card wide", "aria-labelledby": "h-lag" }, h("h2", { id: "h-lag" }, "Consumer lag"), lagBox,
         h("button", { type: "button", class: "secondary", onclick: loadLag }, "Refresh lag")),
-      h("section", { class: "card wide", "aria-labelledby": "h-dlq" }, h("h2", { id: "h-dlq" }, "Dead letters"), dlqBox,
+      h("section", { class: "card wide", "aria-labelledby": "h-dlq" }, h("h2", { id: "h-dlq" }, "Dead letters"), dlqOutcome, dlqBox,
         h("button", { type: "button", class: "secondary", onclick: loadDlq }, "Refresh dead letters"))));
   await Promise.all([loadStats(), loadLag(), loadDlq()]);
 }
