@@ -22,6 +22,7 @@ Writes bench/results/latest.json and latest.png, prints a summary table.
 
 Environment: BENCH_RATES (comma-separated orders/s), BENCH_STEP_S (seconds per rate),
 BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
+BENCH_PEER_LEVELS (comma-separated concurrencies of the peer, bench/peer.py), BENCH_PEER_STEP_S,
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
 bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*), BENCH_TRACING=1
 (tracing on in every service, exported over OTLP/HTTP to a receiver in this process that
@@ -48,12 +49,13 @@ import asyncpg
 import httpx
 import orjson
 
-from bench import floor, plot
+from bench import floor, peer, plot
 from bench.figures import Config, headline, make_config, per, step_figures
 from bench.observe import FeedWatcher, OrderEventsWatcher, backlog
 from bench.report import METHOD, Display, print_summary, py_spy, summarise_profile
-from bench.resources import OFFSETS_TOPIC, PROCESSES, SERVICES, TOPICS, Resources, deltas
+from bench.resources import OFFSETS_TOPIC, PG_STAT_STATEMENTS, PROCESSES, SERVICES, TOPICS, Resources, deltas
 from bench.tracing import OtlpSink
+from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,6 +329,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         duration_s=cfg.floor_s,
     )
     await res.close()
+    peer = await run_peer(run)
     commits = run_totals["commits_per_saga"]["total"]
     xacts = run_totals["write_xacts_per_saga"]
     msgs = run_totals["kafka_messages_per_saga"]["total"]
@@ -349,7 +352,35 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "note": "floors are measured on the same Kafka and PostgreSQL after the services stopped, so "
         "nothing else of the system competes; the bench client itself shares the 2 cores",
     }
-    return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result}
+    return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result, "peer": peer}
+
+
+async def run_peer(run: Run) -> dict[str, Any]:
+    """The peer (bench/peer.py, DBOS Transact) in its own process on the same PostgreSQL, once
+    our services are stopped; its figures, or the reason it did not run."""
+    cfg = run.config
+    run.display.line(f"the peer: DBOS Transact, concurrency {', '.join(map(str, cfg.peer_levels))}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.peer",
+        "--admin-dsn",
+        run.stack.pg_admin_dsn(),
+        "--dsn",
+        run.stack.pg_dsn(peer.DATABASE),
+        "--levels",
+        ",".join(map(str, cfg.peer_levels)),
+        "--step-s",
+        str(cfg.peer_step_s),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        return {"error": f"bench.peer exited {proc.returncode}", "stderr_tail": err.decode(errors="replace")[-2000:]}
+    figures: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return figures
 
 
 def _shown(path: Path) -> str:
@@ -374,7 +405,9 @@ def main() -> None:
         sink = exits.enter_context(OtlpSink()) if traced else None
         tmp = Path(tmp_name)
         kafka_port, controller_port, pg_port, *service_ports = free_ports(7)
-        stack = LocalStack(tmp, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
+        infra = InfraSettings()
+        infra = infra.model_copy(update={"pg_settings": {**infra.pg_settings, **PG_STAT_STATEMENTS}})
+        stack = LocalStack(tmp, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port, settings=infra)
         ports = dict(zip(SERVICES, service_ports))
         env = {name: dict(SERVICE_ENV) for name in SERVICES}
         env["query"]["SSE_MAX_STREAM_S"] = "3600"
@@ -438,7 +471,7 @@ def main() -> None:
     if sink is not None:
         result["tracing"] = {"otlp_exports": sink.requests, "otlp_bytes": sink.bytes}
     result.update(headline(measured, cfg))
-    result.update(measured)
+    result.update({k: v for k, v in measured.items() if k != "peer"})  # the peer is in the headline
     timeline = run.timeline
     prefix = f"{cfg.out_prefix}-tracing" if traced else cfg.out_prefix
     json_path = RESULTS / f"{prefix}.json"
