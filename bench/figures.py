@@ -67,6 +67,7 @@ def make_config(quick: bool) -> Config:
     rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
     step_s = float(env.get("BENCH_STEP_S", config.step_s))
     warmup_s = float(env.get("BENCH_WARMUP_S", config.warmup_s))
+    idle_s = float(env.get("BENCH_IDLE_S", config.idle_s))
     profile = float(env["BENCH_PROFILE_RATE"]) if env.get("BENCH_PROFILE_RATE") else None
     levels = env.get("BENCH_PEER_LEVELS")
     return Config(
@@ -75,7 +76,7 @@ def make_config(quick: bool) -> Config:
         step_s,
         config.warmup_rate,
         warmup_s,
-        config.idle_s,
+        idle_s,
         config.drain_timeout_s,
         config.floor_s,
         profile_rate=profile,
@@ -281,16 +282,19 @@ def headline(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
     p99_50 = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_write_ms") or {}).get("p99")
     p99_50_q = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_query_ms") or {}).get("p99")
     last = steps[-1] if steps else None
-    cpu = (best or {}).get("cpu_s_per_saga", {})
+    costed = best or (steps[0] if steps else {})  # nothing kept up: the lowest rate's costs
+    cpu = costed.get("cpu_s_per_saga", {})
     ms = {k: round(v * 1000, 2) for k, v in cpu.items() if v is not None}
     return {
+        "costs_at_rate_per_s": costed.get("rate_per_s"),
         "cpu_ms_per_saga": ms.get("system_total"),
         "cpu_ms_per_saga_by_process": {k: v for k, v in ms.items() if k in PROCESSES},
         "bench_client_cpu_ms_per_saga": ms.get("bench_client"),
-        "commits_per_saga": (best or {}).get("commits_per_saga"),
-        "statements_per_saga": (best or {}).get("statements_per_saga"),
-        "data_statements_per_saga": (best or {}).get("data_statements_per_saga"),
-        "at_saturation_note": "CPU, commits and statements per saga of the saturation step (incl. its drain); "
+        "commits_per_saga": costed.get("commits_per_saga"),
+        "statements_per_saga": costed.get("statements_per_saga"),
+        "data_statements_per_saga": costed.get("data_statements_per_saga"),
+        "at_saturation_note": "CPU, commits and statements per saga of the saturation step (incl. its drain; "
+        "the lowest rate's when no step kept up), at costs_at_rate_per_s; "
         "cpu_ms_per_saga sums the system's processes (services, Kafka, PostgreSQL), the load generator "
         "and the bench's observers are bench_client_cpu_ms_per_saga",
         "peer": peer_figures(result.get("peer"), sat_sagas),

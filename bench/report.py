@@ -154,7 +154,7 @@ def print_summary(result: dict[str, Any]) -> None:
     by_process = ", ".join(f"{k} {v}" for k, v in (result.get("cpu_ms_per_saga_by_process") or {}).items())
     print()
     print(
-        f"at saturation: {result.get('cpu_ms_per_saga')} CPU ms per saga ({by_process}); "
+        f"at saturation ({result.get('costs_at_rate_per_s')}/s): {result.get('cpu_ms_per_saga')} CPU ms per saga ({by_process}); "
         f"load generator + observers {result.get('bench_client_cpu_ms_per_saga')} ms"
     )
     for label, key in (("commits", "commits_per_saga"), ("statements", "statements_per_saga")):

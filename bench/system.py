@@ -21,7 +21,8 @@ Starts its own Kafka, PostgreSQL and the four services on free ports in a tempor
 Writes bench/results/latest.json and latest.png, prints a summary table.
 
 Environment: BENCH_RATES (comma-separated orders/s), BENCH_STEP_S (seconds per rate),
-BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
+BENCH_WARMUP_S (seconds of warm-up), BENCH_IDLE_S (seconds of the idle measurement),
+BENCH_RESULTS_DIR (default bench/results),
 BENCH_PEER_LEVELS (comma-separated concurrencies of the peer, bench/peer.py), BENCH_PEER_STEP_S,
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
 bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*), BENCH_TRACING=1
@@ -247,7 +248,9 @@ async def measure_system(run: Run) -> dict[str, Any]:
 
     # The running system's own idle cost.
     before = await res.snapshot()
+    calls_before = await res.calls_by_statement()
     await asyncio.sleep(cfg.idle_s)
+    calls_after = await res.calls_by_statement()
     d = deltas(before, await res.snapshot())
     idle = {
         "seconds": round(d["wall_s"], 2),
@@ -255,6 +258,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "commits_per_s": round(sum(d["commits"].values()) / d["wall_s"], 1),
         "kafka_messages_per_s": round(sum(v for t, v in d["messages"].items() if t != OFFSETS_TOPIC) / d["wall_s"], 1),
         "other_load_cores": round(d["other_load_cores"], 2),
+        "statements_per_s": idle_statements(calls_before, calls_after, d["wall_s"]),
     }
     run.display.line(
         f"idle: system uses {sum(v for k, v in idle['cpu_cores'].items() if k in PROCESSES):.2f} cores, "
@@ -381,6 +385,18 @@ async def run_peer(run: Run) -> dict[str, Any]:
         return {"error": f"bench.peer exited {proc.returncode}", "stderr_tail": err.decode(errors="replace")[-2000:]}
     figures: dict[str, Any] = orjson.loads(out.splitlines()[-1])
     return figures
+
+
+def idle_statements(
+    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 10
+) -> list[dict[str, Any]]:
+    """The statements an idle system still sends, most frequent first: what keeps it awake."""
+    counted = sorted(((n - before.get(key, 0), key) for key, n in after.items()), key=lambda c: -c[0])
+    return [
+        {"database": db, "statement": " ".join(query.split())[:160], "per_s": round(n / seconds, 2)}
+        for n, (db, query) in counted[:top]
+        if n > 0
+    ]
 
 
 def _shown(path: Path) -> str:
