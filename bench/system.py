@@ -256,6 +256,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "seconds": round(d["wall_s"], 2),
         "cpu_cores": {k: round(v / d["wall_s"], 3) for k, v in d["cpu_s"].items()},
         "commits_per_s": round(sum(d["commits"].values()) / d["wall_s"], 1),
+        "commits_per_s_by_database": {db: round(v / d["wall_s"], 2) for db, v in d["commits"].items()},
         "kafka_messages_per_s": round(sum(v for t, v in d["messages"].items() if t != OFFSETS_TOPIC) / d["wall_s"], 1),
         "other_load_cores": round(d["other_load_cores"], 2),
         "statements_per_s": idle_statements(calls_before, calls_after, d["wall_s"]),
@@ -388,7 +389,7 @@ async def run_peer(run: Run) -> dict[str, Any]:
 
 
 def idle_statements(
-    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 10
+    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 20
 ) -> list[dict[str, Any]]:
     """The statements an idle system still sends, most frequent first: what keeps it awake."""
     counted = sorted(((n - before.get(key, 0), key) for key, n in after.items()), key=lambda c: -c[0])
