@@ -62,6 +62,7 @@ from infra.stack import LocalStack, free_ports
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).with_name("results"))
 SERVICE_ENV = {"LOG_LEVEL": "WARNING"}
+STATS_SETTLE_S = 11.0  # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s) and a margin
 
 
 # --------------------------------------------------------------------------- the run
@@ -174,6 +175,7 @@ class Run:
         label = f"{rate:g}/s"
         profiling = cfg.profile_rate is not None and rate == cfg.profile_rate
         before = await self.resources.snapshot()
+        calls_before = await self.resources.calls_by_statement()
         spies: list[tuple[str, asyncio.subprocess.Process, Path]] = []
         if profiling:
             spies = await self.start_profilers(cfg.step_s)
@@ -181,10 +183,16 @@ class Run:
         drain_s = await self.drain([o for o, s in zip(load["order_id"], load["status"]) if s == 202], label)
         await asyncio.sleep(0.5)  # let trailing facts (e.g. payment.captured in the views) settle
         after = await self.resources.snapshot()
+        calls_after = await self.resources.calls_by_statement()
         result = step_figures(
             cfg, rate, load, deltas(before, after), drain_s, self.feed.finals, self.writes.finals, self.timeline
         )
         self.completed_all += result["completed"]
+        if result["completed"]:
+            result["top_statements_per_saga"] = [
+                {**r, "per_saga": round(r.pop("per_s") / result["completed"], 3)}
+                for r in statement_rates(calls_before, calls_after, 1.0, top=25)
+            ]
         if spies:
             result["profile"] = await self.finish_profilers(spies, cfg.step_s)
         return result
@@ -246,7 +254,9 @@ async def measure_system(run: Run) -> dict[str, Any]:
     await run.drain([o for o, s in zip(warm["order_id"], warm["status"]) if s == 202], "warm-up")
     await asyncio.sleep(0.5)
 
-    # The running system's own idle cost.
+    # The running system's own idle cost, once the warm-up's statistics are in: a PostgreSQL
+    # backend reports its last second of counts up to 10 s after it went idle.
+    await asyncio.sleep(STATS_SETTLE_S)
     before = await res.snapshot()
     calls_before = await res.calls_by_statement()
     await asyncio.sleep(cfg.idle_s)
@@ -259,7 +269,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "commits_per_s_by_database": {db: round(v / d["wall_s"], 2) for db, v in d["commits"].items()},
         "kafka_messages_per_s": round(sum(v for t, v in d["messages"].items() if t != OFFSETS_TOPIC) / d["wall_s"], 1),
         "other_load_cores": round(d["other_load_cores"], 2),
-        "statements_per_s": idle_statements(calls_before, calls_after, d["wall_s"]),
+        "statements_per_s": statement_rates(calls_before, calls_after, d["wall_s"]),
     }
     run.display.line(
         f"idle: system uses {sum(v for k, v in idle['cpu_cores'].items() if k in PROCESSES):.2f} cores, "
@@ -388,10 +398,10 @@ async def run_peer(run: Run) -> dict[str, Any]:
     return figures
 
 
-def idle_statements(
+def statement_rates(
     before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 20
 ) -> list[dict[str, Any]]:
-    """The statements an idle system still sends, most frequent first: what keeps it awake."""
+    """Statements sent between two counts, per second, most frequent first (idle: what keeps it awake)."""
     counted = sorted(((n - before.get(key, 0), key) for key, n in after.items()), key=lambda c: -c[0])
     return [
         {"database": db, "statement": " ".join(query.split())[:160], "per_s": round(n / seconds, 2)}
