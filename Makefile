@@ -64,7 +64,7 @@ bench-tracing: venv ## CPU per message hop with tracing off, on, and on but samp
 bench-kernel: venv ## micro-benchmark of the event-store kernel
 	$(PY) -m bench.kernel
 
-bench: venv kafka-jars ## whole-system benchmark on its own stack: bench/results/latest.json + .png (< ~10 min)
+bench: venv kafka-jars ## whole-system benchmark on its own stack, with the DBOS peer: bench/results/latest.json + .png (< ~10 min)
 	$(PY) -m bench.system
 
 bench-quick: venv kafka-jars ## the same whole-system benchmark, shorter steps (< 2 min)
