@@ -143,6 +143,11 @@ class UnitOfWork:
         self._queued: list[tuple[str, str, bytes]] = []
         self.published_messages = 0  # rows this transaction puts in the outbox
 
+    @property
+    def store(self) -> EventStore:
+        """The store this transaction belongs to (one per database: a process-wide cache key)."""
+        return self._store
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction has committed (metrics, logs): never on rollback."""
         self.after_commit_callbacks.append(callback)
