@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.deps-installed
 PYTEST_ARGS ?=
 TEST_PATHS := $(wildcard tests e2e-tests)
 
-.PHONY: help venv kafka-jars chromium screenshots up down ps logs lint test unit e2e bench-kernel bench-codecs bench-personal bench-tracing bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
+.PHONY: help venv kafka-jars chromium screenshots up down ps logs lint test unit e2e bench-kernel bench-codecs bench-personal bench-tracing bench-clients bench bench-quick demo watch dlq dlq-replay audit chaos contract asyncapi-spec
 
 help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -70,10 +70,13 @@ bench-personal: venv ## crypto-shredding's CPU per order: seal at placement, ope
 bench-tracing: venv ## CPU per message hop with tracing off, on, and on but sampled out (bench/results/tracing.json)
 	$(PY) -m bench.tracing
 
+bench-clients: venv kafka-jars ## aiokafka vs confluent-kafka, relay- and runner-shaped: CPU per message (bench/results/clients.json)
+	$(PY) -m bench.clients
+
 bench-kernel: venv ## micro-benchmark of the event-store kernel
 	$(PY) -m bench.kernel
 
-bench: venv kafka-jars ## whole-system benchmark on its own stack: bench/results/latest.json + .png (< ~10 min)
+bench: venv kafka-jars ## whole-system benchmark on its own stack, with the DBOS peer: bench/results/latest.json + .png (< ~10 min)
 	$(PY) -m bench.system
 
 bench-quick: venv kafka-jars ## the same whole-system benchmark, shorter steps (< 2 min)

@@ -30,6 +30,8 @@ class Config:
     max_error_ratio: float = 0.01
     sample_every: int = 50
     profile_rate: float | None = None
+    peer_levels: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    peer_step_s: float = 10.0
 
     @property
     def out_prefix(self) -> str:
@@ -47,6 +49,8 @@ def make_config(quick: bool) -> Config:
             idle_s=1,
             drain_timeout_s=10,
             floor_s=2,
+            peer_levels=(1, 4, 16, 64),
+            peer_step_s=3.0,
         )
     else:
         config = Config(
@@ -63,17 +67,21 @@ def make_config(quick: bool) -> Config:
     rates = [float(r) for r in env["BENCH_RATES"].split(",")] if env.get("BENCH_RATES") else config.rates
     step_s = float(env.get("BENCH_STEP_S", config.step_s))
     warmup_s = float(env.get("BENCH_WARMUP_S", config.warmup_s))
+    idle_s = float(env.get("BENCH_IDLE_S", config.idle_s))
     profile = float(env["BENCH_PROFILE_RATE"]) if env.get("BENCH_PROFILE_RATE") else None
+    levels = env.get("BENCH_PEER_LEVELS")
     return Config(
         config.mode,
         rates,
         step_s,
         config.warmup_rate,
         warmup_s,
-        config.idle_s,
+        idle_s,
         config.drain_timeout_s,
         config.floor_s,
         profile_rate=profile,
+        peer_levels=tuple(int(x) for x in levels.split(",")) if levels else config.peer_levels,
+        peer_step_s=float(env.get("BENCH_PEER_STEP_S", config.peer_step_s)),
     )
 
 
@@ -96,6 +104,13 @@ def summary(values: list[float]) -> dict[str, float] | None:
 
 def per(numerator: float, denominator: float, digits: int = 3) -> float | None:
     return round(numerator / denominator, digits) if denominator else None
+
+
+def _per_db(counts: dict[str, int], completed: int) -> dict[str, float | None]:
+    """Counts per database divided by the sagas, with their total ({} when not measured)."""
+    if not counts:
+        return {}
+    return {**{db: per(v, completed, 2) for db, v in counts.items()}, "total": per(sum(counts.values()), completed, 2)}
 
 
 def step_figures(
@@ -230,6 +245,8 @@ def step_figures(
             "total": per(sum(d["commits"].values()), completed, 2),
         },
         "write_xacts_per_saga": per(d["write_xacts"], completed, 2),
+        "statements_per_saga": _per_db(d.get("statements", {}), completed),
+        "data_statements_per_saga": _per_db(d.get("data_statements", {}), completed),
         "rollbacks": d["rollbacks"],
         "kafka_messages_per_saga": {
             **{t: per(v, completed, 2) for t, v in event_topics.items() if v},
@@ -237,6 +254,22 @@ def step_figures(
         },
         "offset_commit_records_per_saga": per(d["messages"].get(OFFSETS_TOPIC, 0), completed, 2),
         "sampled_for_step_s": round(d["wall_s"], 2),
+    }
+
+
+def peer_figures(peer: dict[str, Any] | None, ours: float) -> dict[str, Any] | None:
+    """The peer's headline, with ratio = our saturation / the peer's (None when it did not run)."""
+    if not peer or "saturation_per_s" not in peer:
+        return peer
+    theirs = peer["saturation_per_s"]
+    return {
+        "name": peer["name"],
+        "version": peer["version"],
+        "saturation_per_s": theirs,
+        "p50_ms": peer["p50_ms"],
+        "p99_ms": peer["p99_ms"],
+        "ratio": per(ours, theirs, 2),
+        **{k: v for k, v in peer.items() if k not in ("name", "version", "saturation_per_s", "p50_ms", "p99_ms")},
     }
 
 
@@ -249,7 +282,22 @@ def headline(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
     p99_50 = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_write_ms") or {}).get("p99")
     p99_50_q = ((at_50 or {}).get("latency", {}).get("placed_to_confirmed_query_ms") or {}).get("p99")
     last = steps[-1] if steps else None
+    costed = best or (steps[0] if steps else {})  # nothing kept up: the lowest rate's costs
+    cpu = costed.get("cpu_s_per_saga", {})
+    ms = {k: round(v * 1000, 2) for k, v in cpu.items() if v is not None}
     return {
+        "costs_at_rate_per_s": costed.get("rate_per_s"),
+        "cpu_ms_per_saga": ms.get("system_total"),
+        "cpu_ms_per_saga_by_process": {k: v for k, v in ms.items() if k in PROCESSES},
+        "bench_client_cpu_ms_per_saga": ms.get("bench_client"),
+        "commits_per_saga": costed.get("commits_per_saga"),
+        "statements_per_saga": costed.get("statements_per_saga"),
+        "data_statements_per_saga": costed.get("data_statements_per_saga"),
+        "at_saturation_note": "CPU, commits and statements per saga of the saturation step (incl. its drain; "
+        "the lowest rate's when no step kept up), at costs_at_rate_per_s; "
+        "cpu_ms_per_saga sums the system's processes (services, Kafka, PostgreSQL), the load generator "
+        "and the bench's observers are bench_client_cpu_ms_per_saga",
+        "peer": peer_figures(result.get("peer"), sat_sagas),
         "saturation_rate_per_s": best["rate_per_s"] if best else None,
         "saturation_sagas_per_s": sat_sagas,
         "max_completed_sagas_per_s": max((s["completed_sagas_per_s"] for s in steps), default=0.0),

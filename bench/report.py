@@ -111,6 +111,15 @@ METHOD = {
     "(transactions that wrote), exact",
     "backlog": "each service's /metrics when the arrivals end: consumer_lag_messages summed per consumer "
     "(messages behind the partition ends) and outbox_backlog (rows the relay saw at its last pass)",
+    "statements": "pg_stat_statements (preloaded by the bench's own PostgreSQL start, track=top): calls of "
+    "top-level statements per database, i.e. what each service sends (a PL/pgSQL function call counts "
+    "once); data_statements leave out BEGIN/COMMIT/ROLLBACK",
+    "at_saturation": "cpu_ms_per_saga, its split per process, commits and statements per saga are the "
+    "saturation step's; bench_client (the load generator and the bench's observers) is reported apart",
+    "peer": "bench/peer.py in its own process once our services stopped: the same five write transactions "
+    "as a DBOS Transact workflow (async datasource, default isolation) on the same PostgreSQL, closed "
+    "loop, concurrency doubled until the throughput stops growing; its saturation is the best step with "
+    "p99 < 1 s; ratio = our saturation_sagas_per_s / the peer's",
     "messages": "Kafka end-offset deltas per topic (idempotent, non-transactional producers: one offset per "
     "message); __consumer_offsets (offset commits) reported separately",
 }
@@ -142,6 +151,23 @@ def print_summary(result: dict[str, Any]) -> None:
             f"{f(s['commits_per_saga']['total'], 7)} {f(s['kafka_messages_per_saga']['total'], 5)} | "
             f"{'yes' if s['keeps_up'] else 'NO'}"
         )
+    by_process = ", ".join(f"{k} {v}" for k, v in (result.get("cpu_ms_per_saga_by_process") or {}).items())
+    print()
+    print(
+        f"at saturation ({result.get('costs_at_rate_per_s')}/s): {result.get('cpu_ms_per_saga')} CPU ms per saga ({by_process}); "
+        f"load generator + observers {result.get('bench_client_cpu_ms_per_saga')} ms"
+    )
+    for label, key in (("commits", "commits_per_saga"), ("statements", "statements_per_saga")):
+        figures = result.get(key) or {}
+        print(f"{label} per saga: " + (", ".join(f"{k} {v}" for k, v in figures.items()) or "not measured"))
+    peer = result.get("peer") or {}
+    if "saturation_per_s" in peer:
+        print(
+            f"peer {peer['name']} {peer['version']}: {peer['saturation_per_s']} workflows/s at concurrency "
+            f"{peer.get('best_concurrency')} (p50 {peer['p50_ms']} ms, p99 {peer['p99_ms']} ms); ours / peer = {peer['ratio']}"
+        )
+    elif peer:
+        print(f"peer: did not run ({peer.get('error')})")
     fl = result["floor"]
     th = fl["theoretical_max_sagas_per_s"]
     sp = fl["system_spends_per_saga"]

@@ -6,7 +6,7 @@ Snapshots are taken before and after each step; `deltas` turns two of them into 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,15 @@ DATABASES = ("order", "payment", "shipping", "query")
 PROCESSES = (*SERVICES, "kafka", "postgres")
 TOPICS = EVENT_TOPICS + COMMAND_TOPICS
 OFFSETS_TOPIC = "__consumer_offsets"
+# Loaded by the bench's own PostgreSQL start (InfraSettings.pg_settings): top-level statements
+# per database, what each service sends (a PL/pgSQL function call counts once).
+PG_STAT_STATEMENTS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "top"}
+_STATEMENTS = """
+SELECT d.datname, sum(s.calls)::bigint AS calls,
+       (sum(s.calls) FILTER (WHERE upper(left(ltrim(s.query), 5)) NOT IN ('BEGIN', 'COMMI', 'ROLLB')))::bigint AS data
+FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+WHERE d.datname = ANY($1::text[]) GROUP BY d.datname
+"""
 
 
 def _own_cpu(proc: psutil.Process) -> float:
@@ -54,6 +63,8 @@ class Snapshot:
     rollbacks: dict[str, int]
     xid: int
     offsets: dict[str, int]
+    statements: dict[str, int] = field(default_factory=dict)  # all top-level statements per database
+    data_statements: dict[str, int] = field(default_factory=dict)  # without BEGIN/COMMIT/ROLLBACK
 
 
 class Resources:
@@ -65,9 +76,16 @@ class Resources:
         self.admin: asyncpg.Connection | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.partitions: list[TopicPartition] = []
+        self.has_statements = False
 
     async def open(self) -> None:
         self.admin = await asyncpg.connect(self.stack.pg_admin_dsn())
+        try:
+            await self.admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await self.admin.fetch(_STATEMENTS, list(DATABASES))
+            self.has_statements = True
+        except asyncpg.PostgresError:
+            self.has_statements = False  # not preloaded: statements are not reported
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
         )
@@ -104,6 +122,25 @@ class Resources:
             int(xid),
         )
 
+    async def statements(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Top-level statements per database so far: all, and without transaction control."""
+        if self.admin is None or not self.has_statements:
+            return {}, {}
+        rows = await self.admin.fetch(_STATEMENTS, list(DATABASES))
+        return {r["datname"]: int(r["calls"]) for r in rows}, {r["datname"]: int(r["data"] or 0) for r in rows}
+
+    async def calls_by_statement(self) -> dict[tuple[str, str], int]:
+        """Calls so far of each top-level statement text, per database (for the idle breakdown)."""
+        if self.admin is None or not self.has_statements:
+            return {}
+        rows = await self.admin.fetch(
+            """SELECT d.datname, s.query, sum(s.calls)::bigint AS calls
+               FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+               WHERE d.datname = ANY($1::text[]) GROUP BY 1, 2""",
+            list(DATABASES),
+        )
+        return {(r["datname"], r["query"]): int(r["calls"]) for r in rows}
+
     async def offsets(self) -> dict[str, int]:
         assert self.consumer is not None
         ends = await self.consumer.end_offsets(self.partitions)
@@ -118,8 +155,17 @@ class Resources:
         busy = float(
             t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
         )
+        statements, data = await self.statements()
         return Snapshot(
-            time.time(), self.cpu() if with_cpu else {}, busy, commits, rollbacks, xid, await self.offsets()
+            time.time(),
+            self.cpu() if with_cpu else {},
+            busy,
+            commits,
+            rollbacks,
+            xid,
+            await self.offsets(),
+            statements,
+            data,
         )
 
     async def message_sizes(self, per_partition: int = 200) -> dict[str, float]:
@@ -162,5 +208,9 @@ def deltas(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         "commits": {db: after.commits.get(db, 0) - before.commits.get(db, 0) for db in DATABASES},
         "rollbacks": {db: after.rollbacks.get(db, 0) - before.rollbacks.get(db, 0) for db in DATABASES},
         "write_xacts": after.xid - before.xid,
+        "statements": {db: after.statements[db] - before.statements.get(db, 0) for db in after.statements},
+        "data_statements": {
+            db: after.data_statements[db] - before.data_statements.get(db, 0) for db in after.data_statements
+        },
         "messages": {t: after.offsets.get(t, 0) - before.offsets.get(t, 0) for t in after.offsets},
     }

@@ -21,7 +21,9 @@ Starts its own Kafka, PostgreSQL and the four services on free ports in a tempor
 Writes bench/results/latest.json and latest.png, prints a summary table.
 
 Environment: BENCH_RATES (comma-separated orders/s), BENCH_STEP_S (seconds per rate),
-BENCH_WARMUP_S (seconds of warm-up), BENCH_RESULTS_DIR (default bench/results),
+BENCH_WARMUP_S (seconds of warm-up), BENCH_IDLE_S (seconds of the idle measurement),
+BENCH_RESULTS_DIR (default bench/results),
+BENCH_PEER_LEVELS (comma-separated concurrencies of the peer, bench/peer.py), BENCH_PEER_STEP_S,
 BENCH_PROFILE_RATE (py-spy the four services during the step at this rate; results go to
 bench/results/profiled-*.json/png and profile-<service>.txt, not latest.*), BENCH_TRACING=1
 (tracing on in every service, exported over OTLP/HTTP to a receiver in this process that
@@ -48,18 +50,20 @@ import asyncpg
 import httpx
 import orjson
 
-from bench import floor, plot
+from bench import floor, peer, plot
 from bench.figures import Config, headline, make_config, per, step_figures
 from bench.observe import FeedWatcher, OrderEventsWatcher, backlog
 from bench.report import METHOD, Display, print_summary, py_spy, summarise_profile
-from bench.resources import OFFSETS_TOPIC, PROCESSES, SERVICES, TOPICS, Resources, deltas
+from bench.resources import OFFSETS_TOPIC, PG_STAT_STATEMENTS, PROCESSES, SERVICES, TOPICS, Resources, deltas
 from bench.tracing import OtlpSink
+from infra.settings import InfraSettings
 from infra.stack import LocalStack, free_ports
 from infra.tokens import stack_auth
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).with_name("results"))
 SERVICE_ENV = {"LOG_LEVEL": "WARNING"}
+STATS_SETTLE_S = 11.0  # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s) and a margin
 
 
 # --------------------------------------------------------------------------- the run
@@ -174,6 +178,7 @@ class Run:
         label = f"{rate:g}/s"
         profiling = cfg.profile_rate is not None and rate == cfg.profile_rate
         before = await self.resources.snapshot()
+        calls_before = await self.resources.calls_by_statement()
         spies: list[tuple[str, asyncio.subprocess.Process, Path]] = []
         if profiling:
             spies = await self.start_profilers(cfg.step_s)
@@ -181,10 +186,16 @@ class Run:
         drain_s = await self.drain([o for o, s in zip(load["order_id"], load["status"]) if s == 202], label)
         await asyncio.sleep(0.5)  # let trailing facts (e.g. payment.captured in the views) settle
         after = await self.resources.snapshot()
+        calls_after = await self.resources.calls_by_statement()
         result = step_figures(
             cfg, rate, load, deltas(before, after), drain_s, self.feed.finals, self.writes.finals, self.timeline
         )
         self.completed_all += result["completed"]
+        if result["completed"]:
+            result["top_statements_per_saga"] = [
+                {**r, "per_saga": round(r.pop("per_s") / result["completed"], 3)}
+                for r in statement_rates(calls_before, calls_after, 1.0, top=25)
+            ]
         if spies:
             result["profile"] = await self.finish_profilers(spies, cfg.step_s)
         return result
@@ -246,16 +257,22 @@ async def measure_system(run: Run) -> dict[str, Any]:
     await run.drain([o for o, s in zip(warm["order_id"], warm["status"]) if s == 202], "warm-up")
     await asyncio.sleep(0.5)
 
-    # The running system's own idle cost.
+    # The running system's own idle cost, once the warm-up's statistics are in: a PostgreSQL
+    # backend reports its last second of counts up to 10 s after it went idle.
+    await asyncio.sleep(STATS_SETTLE_S)
     before = await res.snapshot()
+    calls_before = await res.calls_by_statement()
     await asyncio.sleep(cfg.idle_s)
+    calls_after = await res.calls_by_statement()
     d = deltas(before, await res.snapshot())
     idle = {
         "seconds": round(d["wall_s"], 2),
         "cpu_cores": {k: round(v / d["wall_s"], 3) for k, v in d["cpu_s"].items()},
         "commits_per_s": round(sum(d["commits"].values()) / d["wall_s"], 1),
+        "commits_per_s_by_database": {db: round(v / d["wall_s"], 2) for db, v in d["commits"].items()},
         "kafka_messages_per_s": round(sum(v for t, v in d["messages"].items() if t != OFFSETS_TOPIC) / d["wall_s"], 1),
         "other_load_cores": round(d["other_load_cores"], 2),
+        "statements_per_s": statement_rates(calls_before, calls_after, d["wall_s"]),
     }
     run.display.line(
         f"idle: system uses {sum(v for k, v in idle['cpu_cores'].items() if k in PROCESSES):.2f} cores, "
@@ -330,6 +347,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         duration_s=cfg.floor_s,
     )
     await res.close()
+    peer = await run_peer(run)
     commits = run_totals["commits_per_saga"]["total"]
     xacts = run_totals["write_xacts_per_saga"]
     msgs = run_totals["kafka_messages_per_saga"]["total"]
@@ -352,7 +370,47 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "note": "floors are measured on the same Kafka and PostgreSQL after the services stopped, so "
         "nothing else of the system competes; the bench client itself shares the 2 cores",
     }
-    return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result}
+    return {"idle": idle, "steps": steps, "run_totals": run_totals, "floor": floor_result, "peer": peer}
+
+
+async def run_peer(run: Run) -> dict[str, Any]:
+    """The peer (bench/peer.py, DBOS Transact) in its own process on the same PostgreSQL, once
+    our services are stopped; its figures, or the reason it did not run."""
+    cfg = run.config
+    run.display.line(f"the peer: DBOS Transact, concurrency {', '.join(map(str, cfg.peer_levels))}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.peer",
+        "--admin-dsn",
+        run.stack.pg_admin_dsn(),
+        "--dsn",
+        run.stack.pg_dsn(peer.DATABASE),
+        "--levels",
+        ",".join(map(str, cfg.peer_levels)),
+        "--step-s",
+        str(cfg.peer_step_s),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        return {"error": f"bench.peer exited {proc.returncode}", "stderr_tail": err.decode(errors="replace")[-2000:]}
+    figures: dict[str, Any] = orjson.loads(out.splitlines()[-1])
+    return figures
+
+
+def statement_rates(
+    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 20
+) -> list[dict[str, Any]]:
+    """Statements sent between two counts, per second, most frequent first (idle: what keeps it awake)."""
+    counted = sorted(((n - before.get(key, 0), key) for key, n in after.items()), key=lambda c: -c[0])
+    return [
+        {"database": db, "statement": " ".join(query.split())[:160], "per_s": round(n / seconds, 2)}
+        for n, (db, query) in counted[:top]
+        if n > 0
+    ]
 
 
 def _shown(path: Path) -> str:
@@ -377,7 +435,9 @@ def main() -> None:
         sink = exits.enter_context(OtlpSink()) if traced else None
         tmp = Path(tmp_name)
         kafka_port, controller_port, pg_port, *service_ports = free_ports(7)
-        stack = LocalStack(tmp, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port)
+        infra = InfraSettings()
+        infra = infra.model_copy(update={"pg_settings": {**infra.pg_settings, **PG_STAT_STATEMENTS}})
+        stack = LocalStack(tmp, kafka_port=kafka_port, controller_port=controller_port, pg_port=pg_port, settings=infra)
         ports = dict(zip(SERVICES, service_ports))
         env = {name: dict(SERVICE_ENV) for name in SERVICES}
         env["query"]["SSE_MAX_STREAM_S"] = "3600"
@@ -441,7 +501,7 @@ def main() -> None:
     if sink is not None:
         result["tracing"] = {"otlp_exports": sink.requests, "otlp_bytes": sink.bytes}
     result.update(headline(measured, cfg))
-    result.update(measured)
+    result.update({k: v for k, v in measured.items() if k != "peer"})  # the peer is in the headline
     timeline = run.timeline
     prefix = f"{cfg.out_prefix}-tracing" if traced else cfg.out_prefix
     json_path = RESULTS / f"{prefix}.json"

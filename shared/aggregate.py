@@ -20,7 +20,8 @@ and its outcome is one of three:
   message: it is raised, so the consumer runner dead-letters it.
 
 An aggregate addressed by a derived id (payment, shipment) keeps `<name>_by_order(stream_id,
-order_id, created_at)`, written in the transaction that creates it, so `GET /<things>?order_id=`
+order_id, created_at)`, written by the append statement that creates it (no round trip of its
+own), so `GET /<things>?order_id=`
 is an index lookup that answers for any id, not only the derived one. The table is the
 service's own: its schema.sql creates it.
 """
@@ -38,7 +39,7 @@ from prometheus_client import Counter
 from shared.consumer import Delivery, Handler
 from shared.contract import Fact
 from shared.errors import DomainError, IllegalTransition, InvalidCommand, NotFound
-from shared.eventstore import ConcurrencyConflict, EventStore, Recorded, StreamAppend, UnitOfWork
+from shared.eventstore import ConcurrencyConflict, EventStore, IndexRows, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by, current_context
 
 log = logging.getLogger("shared.aggregate")
@@ -200,14 +201,11 @@ class Aggregate(Generic[C, S]):
         new_facts = self.decide(command, state)
         if not new_facts:
             return Outcome(state, [], self.find_answer(command, history))
-        appended = await uow.append(stream_id, state.version, new_facts)
+        index = None
+        if state.version == 0 and self.indexed_by_order:  # a new aggregate: its lookup row, same statement
+            index = IndexRows(self.index_table, [(stream_id, self.fold(new_facts).order_id)])
+        appended = await uow.append(stream_id, state.version, new_facts, index=index)
         after = self.fold(facts_of([*history, *appended]))
-        if state.version == 0 and self.indexed_by_order:
-            await uow.conn.execute(
-                f"INSERT INTO {self.index_table} (stream_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                stream_id,
-                after.order_id,
-            )
         return Outcome(after, appended, None)
 
     def consumer(self, accepts: tuple[type[C], ...]) -> Handler:

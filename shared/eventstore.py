@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -62,6 +63,29 @@ WITH heads AS (
 SELECT count(*) FROM new_events
 """
 
+# An aggregate's lookup rows (e.g. payment_by_order: stream -> order) written by the append
+# statement itself when the stream is created: one round trip instead of two per new aggregate.
+_INDEX_CTE = """
+), indexed AS (
+    INSERT INTO {table} (stream_id, order_id)
+    SELECT i.stream_id, i.order_id FROM unnest($16::text[], $17::text[]) AS i(stream_id, order_id)
+    WHERE EXISTS (SELECT 1 FROM new_events)
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM new_events
+"""
+
+
+@functools.cache
+def _append_sql(index_table: str | None) -> str:
+    """The append statement, writing rows of `index_table` too when one is given."""
+    if index_table is None:
+        return _APPEND_SQL
+    if not index_table.isidentifier():
+        raise ValueError(f"not a table name: {index_table!r}")
+    return _APPEND_SQL.replace("\n)\nSELECT count(*) FROM new_events\n", _INDEX_CTE.format(table=index_table))
+
+
 _ENQUEUE_SQL = """
 INSERT INTO outbox (topic, key, value)
 SELECT o.topic, o.key, o.value
@@ -96,6 +120,14 @@ class StreamAppend:
     events: Sequence[Fact]
 
 
+@dataclass(frozen=True, slots=True)
+class IndexRows:
+    """Lookup rows (stream_id, order_id) of `table` written with an append, if it succeeds."""
+
+    table: str
+    rows: Sequence[tuple[str, str]]
+
+
 class UnitOfWork:
     """One database transaction: read streams, append facts, queue commands and messages.
 
@@ -110,6 +142,11 @@ class UnitOfWork:
         self.after_commit_callbacks: list[Callable[[], None]] = []
         self._queued: list[tuple[str, str, bytes]] = []
         self.published_messages = 0  # rows this transaction puts in the outbox
+
+    @property
+    def store(self) -> EventStore:
+        """The store this transaction belongs to (one per database: a process-wide cache key)."""
+        return self._store
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction has committed (metrics, logs): never on rollback."""
@@ -145,11 +182,13 @@ class UnitOfWork:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        index: IndexRows | None = None,
     ) -> list[Recorded]:
         [recorded] = await self.append_many(
             [StreamAppend(stream_id, expected_version, events)],
             correlation_id=correlation_id,
             causation_id=causation_id,
+            index=index,
         )
         return recorded
 
@@ -159,13 +198,20 @@ class UnitOfWork:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        index: IndexRows | None = None,
     ) -> list[list[Recorded]]:
         """Append to several streams in one statement (all or none; ConcurrencyConflict if any
-        stream moved), writing the messages queued so far with them, before their facts."""
+        stream moved), writing the messages queued so far with them, before their facts, and
+        the `index` rows."""
         if not any(a.events for a in appends):
             return [[] for _ in appends]  # nothing to write: the queue waits for commit
         recorded = await self._store.append_many(
-            appends, correlation_id=correlation_id, causation_id=causation_id, conn=self.conn, queued=self._queued
+            appends,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            conn=self.conn,
+            queued=self._queued,
+            index=index,
         )
         self.published_messages += sum(1 for stream in recorded for e in stream if e.data.TOPIC is not None)
         self._queued.clear()
@@ -287,10 +333,12 @@ class EventStore:
         conn: asyncpg.Connection | None = None,
         occurred_at: datetime | None = None,
         queued: Sequence[tuple[str, str, bytes]] = (),
+        index: IndexRows | None = None,
     ) -> list[list[Recorded]]:
         """Append to each stream after its expected version, all in one statement, or raise
         ConcurrencyConflict (nothing written). `queued` outbox rows (topic, key, value) are
-        written first. Streams without events are not checked; a stream may appear once."""
+        written first; `index` rows with the facts (ON CONFLICT DO NOTHING). Streams without
+        events are not checked; a stream may appear once."""
         given = list(appends)
         appends = [a for a in given if a.events]
         streams = [a.stream_id for a in appends]
@@ -344,14 +392,17 @@ class EventStore:
             [o[2] for o in outbox],
             causation_type,
         )
+        if index is not None:
+            args += ([r[0] for r in index.rows], [r[1] for r in index.rows])
+        sql = _append_sql(index.table if index is not None else None)
         try:
             if conn is None:
                 async with self.pool.acquire() as own:
-                    inserted = await own.fetchval(_APPEND_SQL, *args)
+                    inserted = await own.fetchval(sql, *args)
                 if outbox and inserted == len(flat):
                     self.outbox_written.set()
             else:
-                inserted = await conn.fetchval(_APPEND_SQL, *args)
+                inserted = await conn.fetchval(sql, *args)
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyConflict(first, appends[0].expected_version) from exc
         if inserted != len(flat):

@@ -14,7 +14,10 @@ Wake-up: while rows keep coming the relay just fetches again. A commit in the re
 process rings `EventStore.outbox_written` (no database round trip), so a relay that just went
 idle waits for that bell, looking every `linger_poll_s` for other processes' rows; after
 `linger_s` of quiet it raises a flag (`outbox_relay_state.listening`) so that every writer's
-commit NOTIFYs it, with polling every `poll_interval_s` as the fallback. The flag stays up
+commit NOTIFYs it. The fallback look comes `poll_interval_s` later and doubles while nothing
+comes, up to `idle_poll_max_s`: only a transaction already past its outbox INSERT when the
+flag went up can commit without ringing, and such transactions end soon, so an idle relay
+costs about nothing (it used to fetch every `poll_interval_s` for ever). The flag stays up
 through short bursts (raising and lowering it costs a commit each) and comes down only once
 the relay has been busy for `busy_s`: schema.sql explains why writers must not notify on every
 commit under load.
@@ -62,6 +65,7 @@ class RelaySettings:
     max_backoff_s: float = 5.0
     linger_s: float = 0.05
     linger_poll_s: float = 0.02
+    idle_poll_max_s: float = 30.0  # the longest fallback look while the doorbell is up
     busy_s: float = 1.0  # the doorbell comes down once every fetch found rows for this long
     #: On stop, how long the leader keeps publishing what the outbox holds (graceful shutdown);
     #: rows still there afterwards are the next leader's.
@@ -133,12 +137,13 @@ class OutboxRelay:
         busy_since: float | None = None
         listening = await self._set_doorbell(conn, False)  # a crashed leader may have left it up
         caught_up = False
+        quiet_poll_s = self.settings.poll_interval_s  # the fallback look while the doorbell is up
         acknowledged: list[int] = []  # published rows, deleted by the next fetch (same round trip)
         try:
             while not stop.is_set():
                 if caught_up and (self._local_writers or listening):
                     # All that was committed before the last fetch is out: wait for a writer.
-                    await self._wait_for_writers(wake, stop, listening)
+                    await self._wait_for_writers(wake, stop, listening, quiet_poll_s)
                 self.local_bell.clear()  # before the fetch: a commit after it rings again
                 wake.clear()
                 rows = await self._fetch(conn, acknowledged)
@@ -148,7 +153,8 @@ class OutboxRelay:
                     caught_up, busy_since = False, None
                     idle_since = now if idle_since is None else idle_since
                     if listening:
-                        await self._wait_for_writers(wake, stop, listening)
+                        await self._wait_for_writers(wake, stop, listening, quiet_poll_s)
+                        quiet_poll_s = min(quiet_poll_s * 2, self.settings.idle_poll_max_s)
                     elif now - idle_since < self.settings.linger_s:
                         # Just gone idle: wait for a local commit, looking now and then for
                         # other processes' rows, before asking every writer to ring.
@@ -157,8 +163,10 @@ class OutboxRelay:
                         # Ask writers to ring, then look once more (the next fetch): a commit
                         # may have slipped in before the bell was up.
                         listening = await self._set_doorbell(conn, True)
+                        quiet_poll_s = self.settings.poll_interval_s
                     continue
                 idle_since = None
+                quiet_poll_s = self.settings.poll_interval_s
                 busy_since = now if busy_since is None else busy_since
                 if listening and now - busy_since >= self.settings.busy_s:
                     # Busy for a while: every commit's NOTIFY would be pure cost (it serialises
@@ -223,10 +231,12 @@ class OutboxRelay:
         log.info("relay flushed the outbox on stop", extra={"published": flushed})
         return acknowledged, producer
 
-    async def _wait_for_writers(self, wake: asyncio.Event, stop: asyncio.Event, listening: bool) -> None:
-        """Until a local commit, a NOTIFY (while the doorbell is up) or the poll fallback."""
+    async def _wait_for_writers(
+        self, wake: asyncio.Event, stop: asyncio.Event, listening: bool, fallback_s: float
+    ) -> None:
+        """Until a local commit, a NOTIFY (while the doorbell is up) or the fallback look."""
         if listening:
-            await _wait_any((self.local_bell, wake, stop), self.settings.poll_interval_s)
+            await _wait_any((self.local_bell, wake, stop), fallback_s)
         else:
             await _wait_any((self.local_bell, stop), self.settings.linger_poll_s)
 

@@ -18,7 +18,8 @@ class ServiceSettings(BaseSettings):
     DB_POOL_MAX_SIZE         connections in the service's pool (default 20)
     MAX_BODY_BYTES           larger request bodies are refused with 413 (default 65536)
     RELAY_BATCH_SIZE         outbox rows published per relay pass (default 1000)
-    RELAY_POLL_INTERVAL_S    relay polling fallback when no NOTIFY arrives (default 0.5)
+    RELAY_POLL_INTERVAL_S    an idle relay's first fallback look when no NOTIFY arrives (default 0.5);
+                             it doubles while nothing comes, up to RELAY_IDLE_POLL_MAX_S (default 30)
     CONSUMER_MAX_BATCH       Kafka records applied per transaction (default 500)
     CONSUMER_MAX_ATTEMPTS    handler attempts before a message goes to the DLQ (default 3)
     CONSUMER_LINGER_MS       after a poll of less than a full batch, wait this long for more
@@ -56,6 +57,7 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = 65536
     relay_batch_size: int = 1000
     relay_poll_interval_s: float = 0.5
+    relay_idle_poll_max_s: float = 30.0
     consumer_max_batch: int = 500
     consumer_max_attempts: int = 3
     consumer_linger_ms: float = 0.0

@@ -5,6 +5,11 @@ mirrors the current one in `saga_deadlines` (same transaction), so they survive 
 a scheduler that was down simply fires late. Every replica runs this loop; `FOR UPDATE SKIP
 LOCKED` keeps them off each other's sagas, and correctness does not depend on it anyway: a
 timeout before the deadline, or a second one for the same deadline, decides nothing.
+
+Between passes the loop sleeps until the earliest deadline (at least SAGA_TICK_S), and at most
+SAGA_STEP_TIMEOUT_S: every deadline is set to "now + the step timeout" when it is written, so a
+saga placed while the loop sleeps is never due before it wakes. An idle service (no saga
+waiting) thus looks once per step timeout instead of every tick.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import logging
 from datetime import datetime
 
+import asyncpg
 from prometheus_client import Counter
 
 from services.order import handlers
@@ -46,8 +52,21 @@ async def fire_due(store: EventStore, *, limit: int, now: datetime | None = None
     return fired
 
 
+async def next_deadline(pool: asyncpg.Pool) -> datetime | None:
+    """The earliest deadline of any saga (due or not); None when no saga waits."""
+    due: datetime | None = await pool.fetchval("SELECT min(deadline) FROM saga_deadlines")
+    return due
+
+
+def pause_until(due: datetime | None, now: datetime, settings: OrderSettings) -> float:
+    """Seconds to sleep before the next pass: until `due`, within [tick, step timeout]."""
+    if due is None:
+        return settings.saga_step_timeout_s
+    return min(max((due - now).total_seconds(), settings.saga_tick_s), settings.saga_step_timeout_s)
+
+
 def deadline_loop(settings: OrderSettings) -> BackgroundLoop:
-    """The loop the service definition runs: a pass every SAGA_TICK_S (at once while busy)."""
+    """The loop the service definition runs: a pass at the earliest deadline (at once while busy)."""
 
     async def saga_deadlines(runtime: Runtime, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -60,8 +79,15 @@ def deadline_loop(settings: OrderSettings) -> BackgroundLoop:
                 log.warning("deadline pass failed", extra={"error": repr(exc)})
             if fired >= settings.saga_deadline_batch:
                 continue  # a backlog: keep going without waiting
+            pause = settings.saga_tick_s
             try:
-                await asyncio.wait_for(stop.wait(), timeout=settings.saga_tick_s)
+                pause = pause_until(await next_deadline(runtime.store.pool), utc_now(), settings)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("next deadline unknown", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=pause)
             except TimeoutError:
                 pass
 

@@ -21,6 +21,14 @@ optimistic version check of the event store remains the safety net: a lost race 
 ConcurrencyConflict (the consumer runner applies the message again; a request decides again
 up to CONFLICT_ATTEMPTS times, then answers 409).
 
+A memory image (`SagaImage`): the reply consumer keeps each saga's folded order and saga state
+after its commits, keyed by the saga version they fold. The saga lock reads the index row's
+`saga_version`, written with every saga fact in the same transaction, so an image entry is used
+only while the log is still at its version; otherwise (another replica, the cancel endpoint or
+the deadline scheduler moved the saga) the streams are read again. An order stream that moved
+anyway fails the optimistic version check at append; the batch is then applied again without
+the image (its entries are dropped on any failure). No read round trip per reply batch.
+
 `saga_deadlines` is an index of the saga log, not the truth: a saga whose facts are in the log
 but which has no row (a log restored without its index) is adopted, i.e. given its row, the
 first time a reply or a cancel reaches it.
@@ -29,6 +37,8 @@ first time a reply or a cancel reaches it.
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -84,6 +94,45 @@ class CancelAccepted:
 
     order: OrderState
     saga: SagaState
+
+
+class SagaImage:
+    """Folded (order, saga) states by order id, with the saga version they fold; bounded LRU."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[OrderState, SagaState]] = OrderedDict()
+
+    def get(self, order_id: str, saga_version: int | None) -> tuple[OrderState, SagaState] | None:
+        """The entry, only if it folds the saga at `saga_version` (the log's, read under lock)."""
+        entry = self._entries.get(order_id)
+        if entry is None or saga_version is None or entry[1].version != saga_version:
+            return None
+        self._entries.move_to_end(order_id)
+        return entry
+
+    def put_all(self, entries: dict[str, tuple[OrderState, SagaState]]) -> None:
+        """After a commit: the states it left (the oldest entries make room)."""
+        for order_id, entry in entries.items():
+            self._entries[order_id] = entry
+            self._entries.move_to_end(order_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, order_ids: Sequence[str]) -> None:
+        for order_id in order_ids:
+            self._entries.pop(order_id, None)
+
+
+#: One image per event store (database) in the process.
+_IMAGES: weakref.WeakKeyDictionary[EventStore, SagaImage] = weakref.WeakKeyDictionary()
+
+
+def saga_image(store: EventStore) -> SagaImage:
+    image = _IMAGES.get(store)
+    if image is None:
+        image = _IMAGES[store] = SagaImage()
+    return image
 
 
 # --------------------------------------------------------------------------- place
@@ -154,7 +203,7 @@ async def cancel_order(store: EventStore, order_id: str, *, causation_id: str, a
 
     async def attempt() -> tuple[OrderState, SagaDecision]:
         async with store.transaction() as uow:
-            locked, adopted = await _lock_sagas(uow, [order_id])
+            locked, adopted, _ = await _lock_sagas(uow, [order_id])
             if not locked:
                 raise NotFound("order_not_found", f"order {order_id} does not exist")
             order_state, saga_state, _ = await _load(uow, order_id)
@@ -189,8 +238,9 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
     """Feed participants' facts to their sagas, in the consumer runner's transaction.
 
     The batch takes its sagas' locks up front, in one sorted order (two replicas' batches then
-    never wait on each other in a cycle), and reads every order and saga stream it needs in one
-    round trip; each reply then decides on its saga as the earlier replies of the batch left
+    never wait on each other in a cycle), and reads every order and saga stream the memory
+    image does not hold at the locked version in one round trip (none when it holds them all);
+    each reply then decides on its saga as the earlier replies of the batch left
     it, and the deadline index is updated once per saga. Facts about orders this service does
     not know (other deployments or tests sharing the topics) are ignored. ConcurrencyConflict
     propagates: the runner applies the message again, alone.
@@ -200,26 +250,33 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
         log.debug("messages ignored: not replies about an order", extra={"ignored": len(deliveries) - len(replies)})
     if not replies:
         return
-    known, adopted = await _lock_sagas(uow, [order_id for _, (order_id, _) in replies])
-    streams = await uow.read_many([s for order_id in known for s in (order_id, saga.saga_stream_id(order_id))])
-    sagas = {
-        oid: (domain.fold(facts_of(streams[oid])), saga.fold(facts_of(streams[saga.saga_stream_id(oid)])))
-        for oid in known
-    }
-    moved: dict[str, SagaState] = {oid: sagas[oid][1] for oid in adopted}
-    for delivery, (order_id, reply) in replies:
-        if order_id not in sagas:
-            log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
-            continue
-        order_state, saga_state = sagas[order_id]
-        with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
-            decision = saga.decide(reply, saga_state, utc_now())
-            order_state = await _write_decision(uow, order_state, saga_state, decision)
-        if not decision.is_empty:
-            sagas[order_id] = (order_state, decision.state)
-            moved[order_id] = decision.state
-        uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
-    await _index_deadlines(uow, list(moved.values()))
+    image = saga_image(uow.store)
+    known, adopted, versions = await _lock_sagas(uow, [order_id for _, (order_id, _) in replies])
+    try:
+        sagas = {oid: entry for oid in known if (entry := image.get(oid, versions.get(oid))) is not None}
+        unread = [oid for oid in known if oid not in sagas]
+        streams = await uow.read_many([s for oid in unread for s in (oid, saga.saga_stream_id(oid))]) if unread else {}
+        for oid in unread:
+            sagas[oid] = (domain.fold(facts_of(streams[oid])), saga.fold(facts_of(streams[saga.saga_stream_id(oid)])))
+        moved: dict[str, SagaState] = {oid: sagas[oid][1] for oid in adopted}
+        for delivery, (order_id, reply) in replies:
+            if order_id not in sagas:
+                log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
+                continue
+            order_state, saga_state = sagas[order_id]
+            with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
+                decision = saga.decide(reply, saga_state, utc_now())
+                order_state = await _write_decision(uow, order_state, saga_state, decision)
+            if not decision.is_empty:
+                sagas[order_id] = (order_state, decision.state)
+                moved[order_id] = decision.state
+            uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
+        await _index_deadlines(uow, list(moved.values()))
+    except BaseException:
+        image.drop(known)  # a conflict or a failure: the next attempt reads the log
+        raise
+    settled = {oid: sagas[oid] for oid in known}
+    uow.after_commit(lambda: image.put_all(settled))
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -286,18 +343,21 @@ def _deadline_cause(order_id: str, history: Sequence[Recorded]) -> str:
 # --------------------------------------------------------------------------- shared steps
 
 
-async def _lock_sagas(uow: UnitOfWork, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+async def _lock_sagas(uow: UnitOfWork, order_ids: Sequence[str]) -> tuple[list[str], list[str], dict[str, int]]:
     """Take the turn (row locks until commit) of each saga of `order_ids` this service has, in
-    one sorted order: (every locked order id, those of them adopted now)."""
+    one sorted order: (every locked order id, those of them adopted now, the saga version each
+    index row holds, read after the lock: the memory image's validation)."""
     wanted = sorted(set(order_ids))
     rows = await uow.conn.fetch(
-        "SELECT order_id FROM saga_deadlines WHERE order_id = ANY($1::text[]) ORDER BY order_id FOR UPDATE",
+        """SELECT order_id, saga_version FROM saga_deadlines WHERE order_id = ANY($1::text[])
+           ORDER BY order_id FOR UPDATE""",
         wanted,
     )
     locked = [row["order_id"] for row in rows]
+    versions = {row["order_id"]: row["saga_version"] for row in rows if row["saga_version"] is not None}
     missing = sorted(set(wanted) - set(locked))
     adopted = await _adopt(uow, missing) if missing else []
-    return locked + adopted, adopted
+    return locked + adopted, adopted, versions
 
 
 async def _adopt(uow: UnitOfWork, order_ids: Sequence[str]) -> list[str]:

@@ -20,7 +20,8 @@ class OrderSettings(ServiceSettings):
     HTTP_PORT              REST port (default 8001; ORDER_PORT is accepted too, as `make up` sets it)
     SAGA_STEP_TIMEOUT_S    how long the saga waits for a participant's answer before it
                            compensates (default 30). Fixed per saga when it starts.
-    SAGA_TICK_S            how often the deadline scheduler looks for due sagas (default 0.5)
+    SAGA_TICK_S            the deadline scheduler's shortest pause between passes; otherwise it
+                           sleeps until the earliest deadline, at most SAGA_STEP_TIMEOUT_S (default 0.5)
     SAGA_DEADLINE_BATCH    due sagas fired per scheduler pass, one transaction each (default 100)
     """
 

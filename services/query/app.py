@@ -38,7 +38,11 @@ def definition(settings: QuerySettings, context: QueryContext) -> ServiceDefinit
         settings=settings,
         routers=[api.router, sse.router, rebuild.router, operations.router],
         schema=[VIEWS_SQL, bootstrap_sql(settings.query_consumer_prefix)],
-        loops=[context.notifications.run, context.supervisor.run, CausalGapReleaser(settings).run],
+        loops=[
+            context.notifications.run,
+            context.supervisor.run,
+            CausalGapReleaser(settings, context.notifications).run,
+        ],
         readiness=[context.supervisor.readiness],
         description=DESCRIPTION,
         openapi_tags=[

@@ -40,7 +40,9 @@ class QuerySettings(ServiceSettings):
     CONSUMER_LINGER_MS         as in ServiceSettings, but default 5 here: a view transaction (feed
                                lock, NOTIFY, WAL flush) costs far more than one fact, so facts
                                arriving together share one for 5 ms more view latency
-    GENERATION_POLL_S          how often the supervisor checks generations and rebuild progress (default 0.5)
+    GENERATION_POLL_S          how often the supervisor checks generations and rebuild progress while a
+                               rebuild catches up or its NOTIFY listener is down (default 0.5)
+    GENERATION_IDLE_POLL_S     otherwise (it waits for a NOTIFY): the fallback look (default 30)
     REBUILD_SWITCH_GRACE_S     once a rebuild reached its target offsets, how long the switch waits for
                                the new views to also pass the old ones' positions, so reads never go
                                back in version (default 10)
@@ -66,6 +68,7 @@ class QuerySettings(ServiceSettings):
     consumer_max_batch: int = Field(default=2000, ge=1)
     consumer_linger_ms: float = Field(default=5.0, ge=0)
     generation_poll_s: float = Field(default=0.5, gt=0)
+    generation_idle_poll_s: float = Field(default=30.0, gt=0)
     rebuild_switch_grace_s: float = Field(default=10.0, ge=0)
     retained_generations: int = Field(default=1, ge=0)
 

@@ -62,6 +62,7 @@ class GenerationSupervisor:
         self.notifications = notifications
         self.runners: dict[int, _Running] = {}
         self.ticked = False  # the live generations' consumers have been started once
+        self.building = False  # a rebuild is catching up: its switch is polled for
 
     def readiness(self) -> str | None:
         """The kernel's readiness check of the view consumers (every live generation's)."""
@@ -85,18 +86,25 @@ class GenerationSupervisor:
                 stopping = asyncio.ensure_future(stop.wait())
                 woken = asyncio.ensure_future(waiter.wait())
                 try:
-                    await asyncio.wait(
-                        {stopping, woken}, timeout=self.settings.generation_poll_s, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await asyncio.wait({stopping, woken}, timeout=self._pause(), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     stopping.cancel()
                     woken.cancel()
         finally:
             await asyncio.gather(*(self._stop(n) for n in list(self.runners)), return_exceptions=True)
 
+    def _pause(self) -> float:
+        """Until the next look: GENERATION_POLL_S while a rebuild catches up (its switch is
+        polled) or the listener is down; otherwise only a NOTIFY (rebuild start, switch) or
+        the idle fallback wakes the supervisor, so an idle service does not commit every tick."""
+        if self.building or not self.notifications.listening:
+            return self.settings.generation_poll_s
+        return self.settings.generation_idle_poll_s
+
     async def tick(self, runtime: Runtime) -> None:
         async with runtime.pool.acquire() as conn:
             live = await generations.generations(conn, generations.LIVE_STATES)
+        self.building = any(g.state == "building" for g in live)
         wanted = {g.generation: g for g in live}
         for number in list(self.runners):
             if number not in wanted:

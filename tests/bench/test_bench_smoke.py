@@ -25,6 +25,8 @@ def test_a_short_bench_run_writes_every_figure(tmp_path: Path) -> None:
         "BENCH_STEP_S": "3",
         "BENCH_WARMUP_S": "2",
         "BENCH_RESULTS_DIR": str(tmp_path),
+        "BENCH_PEER_LEVELS": "1,2",
+        "BENCH_PEER_STEP_S": "1",
     }
     run = subprocess.run(
         [sys.executable, "-m", "bench.system", "--quick"],
@@ -48,6 +50,14 @@ def test_a_short_bench_run_writes_every_figure(tmp_path: Path) -> None:
     assert set(step["cpu_s_per_saga"]) >= {"order", "payment", "shipping", "query", "kafka", "postgres"}
     assert result["p99_placed_to_confirmed_ms"]["5"] == step["latency"]["placed_to_confirmed_write_ms"]["p99"]
     assert "saturation_sagas_per_s" in result
+    assert result["cpu_ms_per_saga"] > 0 and result["bench_client_cpu_ms_per_saga"] is not None
+    assert set(result["cpu_ms_per_saga_by_process"]) == {"order", "payment", "shipping", "query", "kafka", "postgres"}
+    assert result["commits_per_saga"]["total"] > 0
+    statements = result["statements_per_saga"]  # pg_stat_statements, loaded by the bench's PostgreSQL
+    assert set(statements) == {"order", "payment", "shipping", "query", "total"} and statements["total"] > 0
+    peer = result["peer"]
+    assert peer["name"] == "DBOS Transact" and peer["version"] and peer["saturation_per_s"] > 0, peer
+    assert peer["p50_ms"] <= peer["p99_ms"] and peer["ratio"] is not None
     floor = result["floor"]
     assert floor["kafka_messages_per_s"] > 0 and floor["postgres_commits_per_s"] > 0
     assert floor["system_spends_per_saga"] and floor["theoretical_max_sagas_per_s"]

@@ -29,7 +29,7 @@ from shared.contract import (
     decode,
 )
 from shared.db import create_pool, migrate
-from shared.eventstore import ConcurrencyConflict, EventStore, StreamAppend
+from shared.eventstore import ConcurrencyConflict, EventStore, IndexRows, StreamAppend
 from shared.ids import caused_by
 
 pytestmark = pytest.mark.integration
@@ -381,3 +381,21 @@ async def test_append_many_writes_several_streams_and_the_queue_in_one_statement
         assert await conn.fetchval("SELECT count(*) FROM outbox") == before
     with pytest.raises(ValueError, match="once per statement"):
         await store.append_many([StreamAppend("d", 0, [happened(1)]), StreamAppend("d", 1, [happened(2)])])
+
+
+async def test_index_rows_are_written_by_the_append_statement_only_when_it_appends(store: EventStore) -> None:
+    async with store.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE thing_by_order (stream_id TEXT PRIMARY KEY, order_id TEXT NOT NULL)")
+    async with store.transaction() as uow:
+        await uow.append("thing-1", 0, [happened(1)], index=IndexRows("thing_by_order", [("thing-1", "o-1")]))
+    async with store.transaction() as uow:  # a lost race: no facts, no row
+        with pytest.raises(ConcurrencyConflict):
+            await uow.append("thing-1", 0, [happened(2)], index=IndexRows("thing_by_order", [("thing-1", "o-2")]))
+    async with store.pool.acquire() as conn:
+        assert [tuple(r) for r in await conn.fetch("SELECT stream_id, order_id FROM thing_by_order")] == [
+            ("thing-1", "o-1")
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1
+    async with store.transaction() as uow:
+        with pytest.raises(ValueError):
+            await uow.append("thing-2", 0, [happened(3)], index=IndexRows("thing_by_order; DROP TABLE x", []))

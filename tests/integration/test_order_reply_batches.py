@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,64 @@ async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: Even
     assert [e.causation_id for e in outbox if e.type == "payment.capture"] == [batch[2].envelope.id]
     assert index is not None and index["saga_version"] == state.version and index["deadline"] == state.deadline
     assert "payment.capture" not in state.awaiting
+
+
+async def _place(store: EventStore) -> str:
+    order_id = str(uuid.uuid4())
+    command = PlaceOrderRequest.model_validate(order_body()).to_command(order_id)
+    await place_order(store, command, causation_id="req-1", step_timeout_s=30)
+    return order_id
+
+
+def _count_reads(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record the streams every read_many of `store` asks for."""
+    reads: list[list[str]] = []
+    original = store.read_many
+
+    async def recording(stream_ids: Sequence[str], **kwargs: Any) -> dict[str, list[Any]]:
+        reads.append(list(stream_ids))
+        return await original(stream_ids, **kwargs)
+
+    monkeypatch.setattr(store, "read_many", recording)
+    return reads
+
+
+async def test_the_memory_image_spares_the_read_while_the_saga_is_at_its_version(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await _place(store)
+    reads = _count_reads(store, monkeypatch)
+    async with store.transaction() as uow:
+        await handlers.handle_replies(uow, [reply(order_id, PaymentAuthorized, 1)])
+    assert reads == [[order_id, f"saga-{order_id}"]], "a cold image reads the streams"
+    async with store.transaction() as uow:
+        await handlers.handle_replies(uow, [reply(order_id, ShipmentScheduled, 2)])
+    async with store.transaction() as uow:
+        await handlers.handle_replies(uow, [reply(order_id, PaymentCaptured, 3)])
+    assert len(reads) == 1, "the image holds the saga at the version the index row says"
+    assert (await queries.get_order(store, order_id)).status == "CONFIRMED"
+    folded, _ = await queries.get_saga(store, order_id)
+    held = handlers.saga_image(store).get(order_id, folded.version)
+    assert held is not None and held[1] == folded, "the image is what folding the log gives"
+
+
+async def test_a_saga_moved_elsewhere_is_read_again_never_decided_on_a_stale_image(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order_id = await _place(store)
+    async with store.transaction() as uow:
+        await handlers.handle_replies(uow, [reply(order_id, PaymentAuthorized, 1)])
+    stale = handlers.saga_image(store).get(order_id, (await queries.get_saga(store, order_id))[0].version)
+    assert stale is not None
+    # The cancel endpoint moves the saga without the reply consumer (another path, or a replica).
+    await handlers.cancel_order(store, order_id, causation_id="req-2", attempts=3)
+    moved, _ = await queries.get_saga(store, order_id)
+    assert moved.version > stale[1].version
+    reads = _count_reads(store, monkeypatch)
+    async with store.transaction() as uow:
+        await handlers.handle_replies(uow, [reply(order_id, ShipmentScheduled, 2)])
+    assert reads == [[order_id, f"saga-{order_id}"]], "the index row's version disagreed: read again"
+    folded, _ = await queries.get_saga(store, order_id)
+    held = handlers.saga_image(store).get(order_id, folded.version)
+    assert held is not None and held[1] == folded, "decided on the log, not on the stale entry"
+    assert (await queries.get_order(store, order_id)).status != "CONFIRMED", "cancelled, never confirmed"
