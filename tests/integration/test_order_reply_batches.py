@@ -111,7 +111,11 @@ async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: Even
 async def _place(store: EventStore) -> str:
     order_id = str(uuid.uuid4())
     command = PlaceOrderRequest.model_validate(order_body()).to_command(order_id)
-    await place_order(store, command, causation_id="req-1", step_timeout_s=30)
+    keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)  # the session's (tests/conftest.py)
+    try:
+        await place_order(store, command, causation_id="req-1", step_timeout_s=30, keystore=keystore)
+    finally:
+        await keystore.close()
     return order_id
 
 
@@ -141,8 +145,8 @@ async def test_the_memory_image_spares_the_read_while_the_saga_is_at_its_version
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, [reply(order_id, PaymentCaptured, 3)])
     assert len(reads) == 1, "the image holds the saga at the version the index row says"
-    assert (await queries.get_order(store, order_id)).status == "CONFIRMED"
-    folded, _ = await queries.get_saga(store, order_id)
+    assert (await queries.get_order(store, order_id, None, STAFF)).status == "CONFIRMED"
+    folded, _ = await queries.get_saga(store, order_id, STAFF)
     held = handlers.saga_image(store).get(order_id, folded.version)
     assert held is not None and held[1] == folded, "the image is what folding the log gives"
 
@@ -153,17 +157,17 @@ async def test_a_saga_moved_elsewhere_is_read_again_never_decided_on_a_stale_ima
     order_id = await _place(store)
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, [reply(order_id, PaymentAuthorized, 1)])
-    stale = handlers.saga_image(store).get(order_id, (await queries.get_saga(store, order_id))[0].version)
+    stale = handlers.saga_image(store).get(order_id, (await queries.get_saga(store, order_id, STAFF))[0].version)
     assert stale is not None
     # The cancel endpoint moves the saga without the reply consumer (another path, or a replica).
     await handlers.cancel_order(store, order_id, causation_id="req-2", attempts=3)
-    moved, _ = await queries.get_saga(store, order_id)
+    moved, _ = await queries.get_saga(store, order_id, STAFF)
     assert moved.version > stale[1].version
     reads = _count_reads(store, monkeypatch)
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, [reply(order_id, ShipmentScheduled, 2)])
     assert reads == [[order_id, f"saga-{order_id}"]], "the index row's version disagreed: read again"
-    folded, _ = await queries.get_saga(store, order_id)
+    folded, _ = await queries.get_saga(store, order_id, STAFF)
     held = handlers.saga_image(store).get(order_id, folded.version)
     assert held is not None and held[1] == folded, "decided on the log, not on the stale entry"
-    assert (await queries.get_order(store, order_id)).status != "CONFIRMED", "cancelled, never confirmed"
+    assert (await queries.get_order(store, order_id, None, STAFF)).status != "CONFIRMED", "cancelled, never confirmed"
