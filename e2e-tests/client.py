@@ -152,7 +152,9 @@ NO_CUSTOMER = "e2e-no-customer"
 
 class ActingAuth(httpx.Auth):
     """Bearer tokens for requests that bring none: `POST /orders` as the customer its body names
-    (placing is a customer's act), everything else as an admin. Tokens are made once each."""
+    (placing is a customer's act), everything else as an admin. Tokens are made once each.
+    (The project's own tools use the same rule from infra/tokens.py; this client is black-box
+    and imports nothing of the project, so it states the rule again.)"""
 
     def __init__(self, tokens: TokenMaker) -> None:
         self.tokens = tokens

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from client import SystemClient, eventually
+from client import SystemClient, eventually, new_customer
 from streams import read_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,19 @@ def bad_authorize(order_id: str, payment_id: str) -> tuple[str, bytes]:
         "data": {"order_id": order_id, "payment_id": payment_id},
     }
     return command_id, json.dumps(document, separators=(",", ":")).encode()
+
+
+async def send_poison(client: SystemClient, tag: str) -> str:
+    """A poison `payment.authorize` (bad_authorize) sent to payment.commands: its id."""
+    order_id = new_customer(tag)
+    command_id, value = bad_authorize(order_id, f"pay-{order_id}")
+    producer = AIOKafkaProducer(bootstrap_servers=client.endpoints.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(COMMANDS, value, key=f"pay-{order_id}".encode())
+    finally:
+        await producer.stop()
+    return command_id
 
 
 async def letters_of(client: SystemClient, command_id: str, count: int) -> list[dict[str, Any]]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from client import SystemClient, bearer, eventually, expect, new_customer, order_body
-from test_dlq import COMMANDS, DLQ, bad_authorize
+from test_dlq import COMMANDS, DLQ, send_poison
 
 
 async def test_consumer_lag_per_group_and_partition(client: SystemClient) -> None:
@@ -32,14 +31,7 @@ async def test_consumer_lag_per_group_and_partition(client: SystemClient) -> Non
 
 
 async def test_dead_letters_are_listed_with_their_failure(client: SystemClient) -> None:
-    order_id = new_customer("dlq-api")
-    command_id, value = bad_authorize(order_id, f"pay-{order_id}")
-    producer = AIOKafkaProducer(bootstrap_servers=client.endpoints.kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(COMMANDS, value, key=f"pay-{order_id}".encode())
-    finally:
-        await producer.stop()
+    command_id = await send_poison(client, "dlq-api")
 
     async def listed() -> dict[str, Any] | None:
         response = await client.dead_letters()

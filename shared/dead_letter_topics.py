@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.contract import DeadLetter, DeadLetterFormatError, dlq_topic, original_value, read_dead_letter
 from shared.contract.topics import DLQ_SUFFIX
-from shared.kafka import make_admin, make_producer
+from shared.kafka import make_producer, partition_counts
 
 READ_TIMEOUT_S = 60.0
 
@@ -79,7 +79,7 @@ async def read_dead_letters(
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
-    partitions = await partition_counts(bootstrap, dlqs)
+    partitions = await partition_counts(bootstrap, dlqs, client_id="dlq-reader")
     missing = [t for t in dlqs if t not in partitions]
     if missing:
         raise DlqError(f"no such topic: {', '.join(missing)}")
@@ -106,19 +106,6 @@ async def read_dead_letters(
     finally:
         await consumer.stop()
     return sorted(out, key=lambda r: (r.dlq, r.partition, r.offset))
-
-
-async def partition_counts(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
-    """The partition count of each of `topics` that exists."""
-    admin = make_admin(bootstrap, client_id="dlq-reader")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in topics if t in existing]
-        described = await admin.describe_topics(wanted) if wanted else []
-    finally:
-        await admin.close()
-    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
 
 
 def _record(tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None) -> DeadLetterRecord:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -41,3 +43,16 @@ def make_consumer(bootstrap_servers: str, *, group_id: str | None, client_id: st
 def make_admin(bootstrap_servers: str, *, client_id: str) -> AIOKafkaAdminClient:
     """For describing and creating topics."""
     return AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+
+
+async def partition_counts(bootstrap_servers: str, topics: Sequence[str], *, client_id: str) -> dict[str, int]:
+    """The partition count of each of `topics` that exists (missing ones are left out)."""
+    admin = make_admin(bootstrap_servers, client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}

@@ -5,25 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from client import SystemClient, eventually, new_customer
+from client import SystemClient, eventually
 from client import expect as expect_status
 from playwright.async_api import Page, expect
-from test_dlq import COMMANDS, bad_authorize
+from test_dlq import send_poison
 
 from .conftest import NARROW, WIDE, customer_id, place_order, sign_in
 
 
 async def dead_letter_one(client: SystemClient) -> str:
     """A poison `payment.authorize` on payment.commands, once GET /admin/dlq lists it: its id."""
-    order_id = new_customer("ui-dlq")
-    command_id, value = bad_authorize(order_id, f"pay-{order_id}")
-    producer = AIOKafkaProducer(bootstrap_servers=client.endpoints.kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(COMMANDS, value, key=f"pay-{order_id}".encode())
-    finally:
-        await producer.stop()
+    command_id = await send_poison(client, "ui-dlq")
 
     async def listed() -> bool | None:
         items = expect_status(await client.dead_letters(), 200)["items"]

@@ -23,6 +23,7 @@ from shared.contract import (
     decode_data,
 )
 from shared.eventstore import Recorded
+from shared.kafka import partition_counts
 
 _LOG_SQL = """SELECT position, event_id::text AS event_id, stream_id, version, type, schema_version, data::text AS data,
                      occurred_at, correlation_id, causation_id
@@ -130,17 +131,7 @@ async def read_topics(bootstrap: str, topics: Sequence[str], timeout_s: float = 
 
 async def topic_partitions(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
     """Partition count of each existing topic among `topics` (missing ones are left out)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in topics if t in existing]
-        described = await admin.describe_topics(wanted) if wanted else []
-    finally:
-        await admin.close()
-    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+    return await partition_counts(bootstrap, topics, client_id="audit")
 
 
 async def read_views_http(

@@ -75,13 +75,7 @@ def reply(order_id: str, kind: type[PaymentFact] | type[ShipmentScheduled], offs
 
 
 async def test_three_replies_about_one_order_in_one_batch_confirm_it(store: EventStore) -> None:
-    order_id = str(uuid.uuid4())
-    command = PlaceOrderRequest.model_validate(order_body()).to_command(order_id)
-    keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)  # the session's (tests/conftest.py)
-    try:
-        await place_order(store, command, causation_id="req-1", step_timeout_s=30, keystore=keystore)
-    finally:
-        await keystore.close()
+    order_id = await _place(store)
     batch = [
         reply(order_id, PaymentAuthorized, 1),
         reply(str(uuid.uuid4()), PaymentAuthorized, 2),  # an order this service does not know
