@@ -348,9 +348,14 @@ function renderOrder(orderId) {
       h("dt", {}, "Payment"), h("dd", { "data-testid": "payment-status" }, badge(o.payment_status)),
       h("dt", {}, "Shipment"), h("dd", { "data-testid": "shipment-status" }, badge(o.shipment_status)),
       h("dt", {}, "Version"), h("dd", {}, String(o.version))));
-    actions.replaceChildren(CANCELLABLE.has(o.status)
+    // The offer changes only when the status moves it: a refresh that changes nothing keeps the
+    // same button (and a keyboard user's focus on it).
+    const offer = CANCELLABLE.has(o.status) ? "cancel" : FINAL.has(o.status) ? "final" : "shipped";
+    if (actions.dataset.offer === offer) return;
+    actions.dataset.offer = offer;
+    actions.replaceChildren(offer === "cancel"
       ? h("button", { type: "button", class: "danger", onclick: cancel }, "Cancel order")
-      : h("p", { class: "muted" }, FINAL.has(o.status) ? "Final: no command applies any more." : "Cancel is no longer offered: the order has shipped."));
+      : h("p", { class: "muted" }, offer === "final" ? "Final: no command applies any more." : "Cancel is no longer offered: the order has shipped."));
   };
 
   const showSaga = (sg) => {
