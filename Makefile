@@ -26,8 +26,11 @@ $(STAMP): pyproject.toml
 kafka-jars: venv ## fetch the Kafka broker jars with Maven (once; cached)
 	$(PY) -m infra kafka-jars
 
+# apt-get needs root: as root directly, otherwise through sudo (non-interactive: it fails, never prompts).
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo -n)
+
 chromium: ## Debian's Chromium for the browser tests (apt-get as root, only when /usr/bin/chromium is missing)
-	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@test -x /usr/bin/chromium || { $(AS_ROOT) apt-get update -qq && $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 up: venv kafka-jars ## start Kafka + PostgreSQL (+ services) in the background
 	$(PY) -m infra up
