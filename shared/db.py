@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ import asyncpg
 import orjson
 
 KERNEL_SCHEMA = Path(__file__).with_name("schema.sql")
+log = logging.getLogger("shared.db")
+
 _MIGRATION_LOCK = 0x4556_454E_5453  # any constant; serialises replicas migrating at once
 
 
@@ -41,11 +45,30 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
     return pool
 
 
+#: A migration that lost a deadlock to a running replica's transaction is run again this often.
+MIGRATION_ATTEMPTS = 10
+
+
 async def migrate(pool: asyncpg.Pool, extra_schema: Iterable[Path | str] = ()) -> None:
-    """Apply the kernel schema and a service's own DDL, one replica at a time."""
+    """Apply the kernel schema and a service's own DDL, one replica at a time.
+
+    The DDL is idempotent but still takes table locks (a trigger replaced, an index checked),
+    while replicas already running write to those tables: PostgreSQL may end the migration as
+    a deadlock's victim. Like a consumer's batch (shared/consumer.py), it is then run again:
+    nothing of it was committed."""
     scripts = [KERNEL_SCHEMA.read_text()]
     scripts += [s.read_text() if isinstance(s, Path) else s for s in extra_schema]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        for script in scripts:
-            await conn.execute(script)
+    for attempt in range(1, MIGRATION_ATTEMPTS + 1):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                for script in scripts:
+                    await conn.execute(script)
+            return
+        except asyncpg.DeadlockDetectedError:
+            if attempt == MIGRATION_ATTEMPTS:
+                raise
+            log.warning(
+                "migration lost a deadlock to a running transaction; running it again", extra={"attempt": attempt}
+            )
+            await asyncio.sleep(0.05 * attempt)

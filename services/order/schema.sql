@@ -15,9 +15,16 @@ CREATE TABLE IF NOT EXISTS order_idempotency_keys (
 );
 -- A database from before the scoping (key alone was the primary key) gets the column and the
 -- scoped unique key; its old rows keep customer '' and so bind no customer's key.
-ALTER TABLE order_idempotency_keys ADD COLUMN IF NOT EXISTS customer_id TEXT NOT NULL DEFAULT '';
-ALTER TABLE order_idempotency_keys DROP CONSTRAINT IF EXISTS order_idempotency_keys_pkey;
-CREATE UNIQUE INDEX IF NOT EXISTS order_idempotency_keys_scoped ON order_idempotency_keys (customer_id, idempotency_key);
+-- Only when the scoped key is missing: an ALTER TABLE locks the table exclusively even when
+-- it changes nothing, and replicas already running write to it while another one starts.
+DO $$
+BEGIN
+    IF to_regclass('order_idempotency_keys_scoped') IS NULL THEN
+        ALTER TABLE order_idempotency_keys ADD COLUMN IF NOT EXISTS customer_id TEXT NOT NULL DEFAULT '';
+        ALTER TABLE order_idempotency_keys DROP CONSTRAINT IF EXISTS order_idempotency_keys_pkey;
+        CREATE UNIQUE INDEX order_idempotency_keys_scoped ON order_idempotency_keys (customer_id, idempotency_key);
+    END IF;
+END $$;
 
 -- One row per saga, inserted with the order.
 -- Every saga transaction locks its row first (SELECT … FOR UPDATE), so the consumer, the
