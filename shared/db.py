@@ -45,8 +45,10 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
     return pool
 
 
-#: A migration that lost a deadlock to a running replica's transaction is run again this often.
+#: A migration that lost a deadlock to a running replica's transaction is run again this often,
+#: after a back-off growing by MIGRATION_BACKOFF_S per attempt (the other transaction ends first).
 MIGRATION_ATTEMPTS = 10
+MIGRATION_BACKOFF_S = 0.05
 
 
 async def migrate(pool: asyncpg.Pool, extra_schema: Iterable[Path | str] = ()) -> None:
@@ -71,4 +73,4 @@ async def migrate(pool: asyncpg.Pool, extra_schema: Iterable[Path | str] = ()) -
             log.warning(
                 "migration lost a deadlock to a running transaction; running it again", extra={"attempt": attempt}
             )
-            await asyncio.sleep(0.05 * attempt)
+            await asyncio.sleep(MIGRATION_BACKOFF_S * attempt)
