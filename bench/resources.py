@@ -129,17 +129,18 @@ class Resources:
         rows = await self.admin.fetch(_STATEMENTS, list(DATABASES))
         return {r["datname"]: int(r["calls"]) for r in rows}, {r["datname"]: int(r["data"] or 0) for r in rows}
 
-    async def calls_by_statement(self) -> dict[tuple[str, str], int]:
-        """Calls so far of each top-level statement text, per database (for the idle breakdown)."""
+    async def calls_by_statement(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """Calls so far of each top-level statement text, per database, and PostgreSQL's
+        execution milliseconds of them (the idle breakdown; which statements cost the server)."""
         if self.admin is None or not self.has_statements:
             return {}
         rows = await self.admin.fetch(
-            """SELECT d.datname, s.query, sum(s.calls)::bigint AS calls
+            """SELECT d.datname, s.query, sum(s.calls)::bigint AS calls, sum(s.total_exec_time) AS exec_ms
                FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
                WHERE d.datname = ANY($1::text[]) GROUP BY 1, 2""",
             list(DATABASES),
         )
-        return {(r["datname"], r["query"]): int(r["calls"]) for r in rows}
+        return {(r["datname"], r["query"]): (int(r["calls"]), float(r["exec_ms"] or 0.0)) for r in rows}
 
     async def offsets(self) -> dict[str, int]:
         assert self.consumer is not None

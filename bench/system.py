@@ -192,10 +192,12 @@ class Run:
         )
         self.completed_all += result["completed"]
         if result["completed"]:
-            result["top_statements_per_saga"] = [
-                {**r, "per_saga": round(r.pop("per_s") / result["completed"], 3)}
-                for r in statement_rates(calls_before, calls_after, 1.0, top=25)
-            ]
+            per_saga = {"per_s": "per_saga", "exec_ms_per_s": "exec_ms_per_saga"}
+            for key, by_time in (("top_statements_per_saga", False), ("top_statements_by_exec_time", True)):
+                result[key] = [
+                    {per_saga.get(k, k): round(v / result["completed"], 3) if k in per_saga else v for k, v in r.items()}
+                    for r in statement_rates(calls_before, calls_after, 1.0, top=25, by_time=by_time)
+                ]
         if spies:
             result["profile"] = await self.finish_profilers(spies, cfg.step_s)
         return result
@@ -402,13 +404,28 @@ async def run_peer(run: Run) -> dict[str, Any]:
 
 
 def statement_rates(
-    before: dict[tuple[str, str], int], after: dict[tuple[str, str], int], seconds: float, top: int = 20
+    before: dict[tuple[str, str], tuple[int, float]],
+    after: dict[tuple[str, str], tuple[int, float]],
+    seconds: float,
+    top: int = 20,
+    *,
+    by_time: bool = False,
 ) -> list[dict[str, Any]]:
-    """Statements sent between two counts, per second, most frequent first (idle: what keeps it awake)."""
-    counted = sorted(((n - before.get(key, 0), key) for key, n in after.items()), key=lambda c: -c[0])
+    """Statements sent between two counts, per second, most frequent first (idle: what keeps it
+    awake), or (`by_time`) those PostgreSQL spent the most execution time on first."""
+    counted = []
+    for key, (calls, exec_ms) in after.items():
+        calls_before, exec_before = before.get(key, (0, 0.0))
+        counted.append((calls - calls_before, exec_ms - exec_before, key))
+    counted.sort(key=lambda c: -(c[1] if by_time else c[0]))
     return [
-        {"database": db, "statement": " ".join(query.split())[:160], "per_s": round(n / seconds, 2)}
-        for n, (db, query) in counted[:top]
+        {
+            "database": db,
+            "statement": " ".join(query.split())[:160],
+            "per_s": round(n / seconds, 2),
+            "exec_ms_per_s": round(ms / seconds, 2),
+        }
+        for n, ms, (db, query) in counted[:top]
         if n > 0
     ]
 
