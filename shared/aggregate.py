@@ -31,16 +31,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Counter
 
+from shared.batch_write import BatchWork
 from shared.consumer import Delivery, Handler
 from shared.contract import Fact
 from shared.errors import DomainError, IllegalTransition, InvalidCommand, NotFound
 from shared.eventstore import ConcurrencyConflict, EventStore, IndexRows, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by, current_context
+from shared.memory_image import MemoryImage
 
 log = logging.getLogger("shared.aggregate")
 
@@ -134,6 +136,8 @@ class Aggregate(Generic[C, S]):
     find_answer: Callable[[C, Sequence[Recorded]], Recorded | None] = lambda command, history: None
     indexed_by_order: bool = False
     conflict_attempts: int = 5
+    #: The histories the command consumer decided on last (shared/memory_image.py).
+    image: MemoryImage[list[Recorded]] = field(default_factory=MemoryImage, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not _IDENT.fullmatch(self.name):
@@ -249,14 +253,31 @@ class Aggregate(Generic[C, S]):
         async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
             # InvalidCommand → the batch is re-applied message by message, then dead-lettered.
             commands = [command_of(d) for d in deliveries]
-            histories = await uow.read_many(sorted({self.stream_of(c) for c in commands}))
+            streams = sorted({self.stream_of(c) for c in commands})
+            if isinstance(uow, BatchWork):
+                histories = self._from_image(uow, streams)
+            else:
+                histories = await uow.read_many(streams)
             for delivery, command in zip(deliveries, commands):
                 env = delivery.envelope
                 stream_id = self.stream_of(command)
                 with caused_by(env.correlation_id or env.subject, env.id, env.type):
                     histories[stream_id] = await handle_one(uow, delivery, command, histories[stream_id])
+            uow.after_commit(lambda: self.image.put_all(histories))
 
         return handle
+
+    def _from_image(self, uow: BatchWork, streams: Sequence[str]) -> dict[str, list[Recorded]]:
+        """The batch's histories from the memory image, without a read. A stream the image does
+        not hold is taken to be new (most commands create their aggregate); the one statement
+        checks every version assumed here, so a stream that does exist refuses it and the batch
+        is read and decided again in a transaction."""
+        histories: dict[str, list[Recorded]] = {}
+        for stream_id in streams:
+            history = self.image.get(stream_id) or []
+            uow.expect(stream_id, history[-1].sequence if history else 0)
+            histories[stream_id] = history
+        return histories
 
     def record_refusal(
         self,

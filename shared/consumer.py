@@ -38,6 +38,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from shared.batch_write import BatchPreconditionFailed, BatchWork, Claim, NeedsTransaction
 from shared.contract import (
     Envelope,
     Message,
@@ -49,7 +50,7 @@ from shared.contract import (
 from shared.dead_letters import origin_id, record_failure, revive
 from shared.eventstore import ConcurrencyConflict, EventStore, UnitOfWork
 from shared.kafka import make_consumer
-from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, HANDLER_ERRORS, MESSAGES_HANDLED
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERED, HANDLER_ERRORS, MESSAGES_HANDLED, ONE_STATEMENT_BATCHES
 from shared.tracing import NO_TRACE, ConsumeTrace, consume_trace
 
 log = logging.getLogger("shared.consumer")
@@ -143,8 +144,11 @@ class ConsumerRunner:
         handler: Handler,
         settings: ConsumerSettings = ConsumerSettings(),
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+        one_statement: bool = False,
     ) -> None:
         self.name = name
+        #: Try each batch as one statement first (shared/batch_write.py), the handler permitting.
+        self.one_statement = one_statement
         self.topics = list(topics)
         self.store = store
         self.handler = handler
@@ -159,6 +163,7 @@ class ConsumerRunner:
         self.assigned = False
         self.handled = 0
         self.dead_lettered = 0
+        self.one_statement_batches = 0  # batches written in one statement (the rest: in a transaction)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.tracing is not None:
@@ -280,8 +285,10 @@ class ConsumerRunner:
                 )
 
     async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], *, isolate: bool) -> None:
-        dead: list[tuple[_Origin, str]] = []  # (origin, kind) dead-lettered in this attempt
         records = [record for tp in sorted(batches) for record in batches[tp]]
+        if self.one_statement and not isolate and await self._apply_in_one_statement(batches, records):
+            return
+        dead: list[tuple[_Origin, str]] = []  # (origin, kind) dead-lettered in this attempt
         async with self.store.transaction() as uow:
             fresh: list[Delivery] = []
             poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
@@ -320,6 +327,59 @@ class ConsumerRunner:
             DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
         self.handled += len(handled)
         self.dead_lettered += len(dead)
+
+    async def _apply_in_one_statement(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], records: list[ConsumerRecord[Any, Any]]
+    ) -> bool:
+        """The optimistic path (shared/batch_write.py): the whole batch, its claim included, as one
+        statement. False (nothing written) when it cannot be: a record that is not a valid
+        message, a message seen before, a handler that needs a transaction or fails, or a
+        precondition the statement found broken; the classic path then takes the batch."""
+        deliveries: list[Delivery] = []
+        repeated: list[Delivery] = []  # an id the batch already has (a re-publication): no effect
+        ids: set[str] = set()
+        for record in records:
+            try:
+                env = decode(record.value)
+            except MessageFormatError:
+                return False  # dead-lettering needs the classic path
+            delivery = Delivery(env, record.topic, record.partition, record.offset)
+            (repeated if env.id in ids else deliveries).append(delivery)
+            ids.add(env.id)
+        partitions = sorted(batches)
+        claim = Claim(
+            self.name,
+            [d.envelope.id for d in deliveries],
+            [tp.topic for tp in partitions],
+            [tp.partition for tp in partitions],
+            [batches[tp][-1].offset + 1 for tp in partitions],
+        )
+        async with self.store.pool.acquire() as conn:
+            work = BatchWork(conn, self.store, claim)
+            traced = consume_trace(self.store.tracing, self.name, deliveries)
+            work.after_commit(traced.end)
+            try:
+                with traced.active():
+                    await self.handler(work, deliveries)
+                await work.commit()
+            except TRANSIENT_ERRORS:
+                raise
+            except (NeedsTransaction, BatchPreconditionFailed) as exc:
+                ONE_STATEMENT_BATCHES.labels(consumer=self.name, outcome="refused").inc()
+                log.debug("batch goes the classic way", extra={"consumer": self.name, "reason": repr(exc)})
+                return False
+            except Exception as exc:  # the classic path retries, isolates and dead-letters it
+                ONE_STATEMENT_BATCHES.labels(consumer=self.name, outcome="failed").inc()
+                log.debug("batch goes the classic way", extra={"consumer": self.name, "error": repr(exc)})
+                return False
+        ONE_STATEMENT_BATCHES.labels(consumer=self.name, outcome="written").inc()
+        self.one_statement_batches += 1
+        for message_type, count in Counter(d.envelope.type for d in deliveries).items():
+            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome="handled").inc(count)
+        for message_type, count in Counter(d.envelope.type for d in repeated).items():
+            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome="duplicate").inc(count)
+        self.handled += len(deliveries)
+        return True
 
     async def _apply_isolated(
         self,

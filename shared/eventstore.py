@@ -347,28 +347,10 @@ class EventStore:
         if not appends:
             return [[] for _ in given]
         first = appends[0].stream_id
-        correlation, causation, causation_type = _causal_ids(correlation_id, causation_id, fallback=first)
-        traceparent, tracestate = message_trace(causation) if self.tracing else (None, None)
-        when = occurred_at or utc_now()
-        recorded = [
-            [
-                Envelope(
-                    id=str(uuid.uuid4()),
-                    source=self.source,
-                    subject=a.stream_id,
-                    sequence=a.expected_version + i,
-                    time=when,
-                    correlation_id=correlation,
-                    causation_id=causation,
-                    data=e,
-                    causation_type=causation_type,
-                    traceparent=traceparent,
-                    tracestate=tracestate,
-                )
-                for i, e in enumerate(a.events, start=1)
-            ]
-            for a in appends
-        ]
+        recorded = self.envelopes(
+            appends, correlation_id=correlation_id, causation_id=causation_id, occurred_at=occurred_at
+        )
+        head = recorded[0][0]  # the statement's facts share their time and causal ids
         flat = [r for stream in recorded for r in stream]
         encoded = [encode_data(r.data) for r in flat]
         outbox = list(queued)
@@ -378,9 +360,9 @@ class EventStore:
         args: tuple[Any, ...] = (
             streams,
             [a.expected_version for a in appends],
-            when,
-            correlation,
-            causation,
+            head.time,
+            head.correlation_id,
+            head.causation_id,
             [r.uuid for r in flat],
             [r.subject for r in flat],
             [r.sequence for r in flat],
@@ -390,7 +372,7 @@ class EventStore:
             [o[0] for o in outbox],
             [o[1] for o in outbox],
             [o[2] for o in outbox],
-            causation_type,
+            head.causation_type,
         )
         if index is not None:
             args += ([r[0] for r in index.rows], [r[1] for r in index.rows])
@@ -411,6 +393,40 @@ class EventStore:
             EVENTS_APPENDED.labels(type=event_type).inc(count)
         by_stream = dict(zip(streams, recorded))
         return [by_stream.get(a.stream_id, []) if a.events else [] for a in given]
+
+    def envelopes(
+        self,
+        appends: Sequence[StreamAppend],
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> list[list[Recorded]]:
+        """The envelopes the facts of `appends` are recorded in (ids, versions, causal ids and the
+        trace context of the work that decided them), before anything is written."""
+        first = appends[0].stream_id
+        correlation, causation, causation_type = _causal_ids(correlation_id, causation_id, fallback=first)
+        traceparent, tracestate = message_trace(causation) if self.tracing else (None, None)
+        when = occurred_at or utc_now()
+        return [
+            [
+                Envelope(
+                    id=str(uuid.uuid4()),
+                    source=self.source,
+                    subject=a.stream_id,
+                    sequence=a.expected_version + i,
+                    time=when,
+                    correlation_id=correlation,
+                    causation_id=causation,
+                    data=e,
+                    causation_type=causation_type,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                )
+                for i, e in enumerate(a.events, start=1)
+            ]
+            for a in appends
+        ]
 
     async def read(
         self, stream_id: str, up_to_version: int | None = None, *, conn: asyncpg.Connection | None = None

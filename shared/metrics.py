@@ -14,5 +14,10 @@ RELAY_LAG = Histogram(
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Messages waiting in the outbox at the last relay pass")
 MESSAGES_HANDLED = Counter("consumer_messages_total", "Messages handled by consumers", ["consumer", "type", "outcome"])
 HANDLER_ERRORS = Counter("consumer_handler_errors_total", "Handler attempts that raised", ["consumer", "type"])
+ONE_STATEMENT_BATCHES = Counter(
+    "consumer_one_statement_batches_total",
+    "Batches tried as one statement (shared/batch_write.py): written, or refused/failed and applied in a transaction",
+    ["consumer", "outcome"],
+)
 DEAD_LETTERED = Counter("consumer_dead_lettered_total", "Messages sent to a DLQ", ["consumer", "type"])
 CONSUMER_LAG = Gauge("consumer_lag_messages", "Messages behind the partition end", ["consumer", "topic", "partition"])

@@ -53,11 +53,13 @@ log = logging.getLogger("shared.runtime")
 
 @dataclass(frozen=True)
 class ConsumerSpec:
-    """A consumer group this service runs: its name, topics and batch handler."""
+    """A consumer group this service runs: its name, topics and batch handler. `one_statement`:
+    the handler can decide a batch as a `shared.batch_write.BatchWork` (tried first)."""
 
     name: str
     topics: Sequence[str]
     handler: Handler
+    one_statement: bool = False
 
 
 BackgroundLoop = Callable[["Runtime", asyncio.Event], Coroutine[Any, Any, None]]
@@ -420,6 +422,7 @@ async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) 
             bootstrap_servers=settings.kafka_bootstrap_servers,
             handler=spec.handler,
             settings=consumer_settings,
+            one_statement=spec.one_statement,
         )
         runtime.consumers.append(runner)
         runtime.tasks.append(asyncio.create_task(runner.run(runtime.stop), name=f"consumer:{spec.name}"))

@@ -92,3 +92,14 @@ CREATE TABLE IF NOT EXISTS consumer_positions (
     next_offset  BIGINT  NOT NULL,
     PRIMARY KEY (consumer, topic, partition)
 );
+
+-- A consumer batch written in one statement (shared/batch_write.py) ends with this check: false
+-- aborts the whole statement (nothing of it is written) with a code the runner recognises.
+CREATE OR REPLACE FUNCTION batch_precondition(ok BOOLEAN) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION 'the batch''s preconditions do not hold' USING ERRCODE = 'EF409';
+    END IF;
+    RETURN true;
+END $$;

@@ -44,7 +44,12 @@ Order facts are published on `{ORDER_EVENTS}`; the saga's own facts stay private
 def definition(settings: OrderSettings) -> ServiceDefinition:
     def consumers(store: EventStore) -> list[ConsumerSpec]:
         return [
-            ConsumerSpec(name=handlers.SAGA_CONSUMER, topics=handlers.REPLY_TOPICS, handler=handlers.handle_replies)
+            ConsumerSpec(
+                name=handlers.SAGA_CONSUMER,
+                topics=handlers.REPLY_TOPICS,
+                handler=handlers.handle_replies,
+                one_statement=True,
+            )
         ]
 
     return ServiceDefinition(

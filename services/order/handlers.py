@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -52,12 +51,14 @@ from services.order.domain import OrderCommand, OrderState, PlaceOrder
 from services.order.idempotency import IdempotencyKey, Placed, claim_idempotency_key
 from services.order.saga import SagaDecision, SagaState
 from shared.aggregate import Aggregate, deciding_again, facts_of
+from shared.batch_write import BatchWork, DeferredWrite, NeedsTransaction
 from shared.consumer import Delivery
 from shared.contract import PAYMENT_EVENTS, SHIPPING_EVENTS, Fact, SagaDeadlineSet, utc_now
 from shared.errors import IllegalTransition, NotFound
 from shared.eventstore import EventStore, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by
 from shared.keystore import Keystore
+from shared.memory_image import MemoryImage
 
 log = logging.getLogger("services.order")
 
@@ -96,32 +97,15 @@ class CancelAccepted:
     saga: SagaState
 
 
-class SagaImage:
-    """Folded (order, saga) states by order id, with the saga version they fold; bounded LRU."""
+class SagaImage(MemoryImage[tuple[OrderState, SagaState]]):
+    """Folded (order, saga) states by order id (shared/memory_image.py)."""
 
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[OrderState, SagaState]] = OrderedDict()
-
-    def get(self, order_id: str, saga_version: int | None) -> tuple[OrderState, SagaState] | None:
+    def at_version(self, order_id: str, saga_version: int | None) -> tuple[OrderState, SagaState] | None:
         """The entry, only if it folds the saga at `saga_version` (the log's, read under lock)."""
-        entry = self._entries.get(order_id)
+        entry = self.get(order_id)
         if entry is None or saga_version is None or entry[1].version != saga_version:
             return None
-        self._entries.move_to_end(order_id)
         return entry
-
-    def put_all(self, entries: dict[str, tuple[OrderState, SagaState]]) -> None:
-        """After a commit: the states it left (the oldest entries make room)."""
-        for order_id, entry in entries.items():
-            self._entries[order_id] = entry
-            self._entries.move_to_end(order_id)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def drop(self, order_ids: Sequence[str]) -> None:
-        for order_id in order_ids:
-            self._entries.pop(order_id, None)
 
 
 #: One image per event store (database) in the process.
@@ -175,13 +159,14 @@ async def place_order(
         with caused_by(command.order_id, causation_id):
             start = saga.StartSaga.for_order(placed_state, command.payment_token, step_timeout_s)
             decision = saga.decide(start, SagaState(), utc_now())
-            await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed)
+            order_state = await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed)
             await uow.conn.execute(
                 "INSERT INTO saga_deadlines (order_id, deadline, saga_version) VALUES ($1, $2, $3)",
                 command.order_id,
                 decision.state.deadline,
                 decision.state.version,
             )
+    saga_image(store).put_all({command.order_id: (order_state, decision.state)})  # the first reply decides on it
     ORDERS_PLACED.inc()
     SAGA_TRIGGERS.labels(trigger="started", outcome="decided").inc()
     with caused_by(command.order_id, causation_id):
@@ -251,9 +236,12 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
     if not replies:
         return
     image = saga_image(uow.store)
+    if isinstance(uow, BatchWork):
+        await _decide_on_the_image(uow, image, replies)
+        return
     known, adopted, versions = await _lock_sagas(uow, [order_id for _, (order_id, _) in replies])
     try:
-        sagas = {oid: entry for oid in known if (entry := image.get(oid, versions.get(oid))) is not None}
+        sagas = {oid: entry for oid in known if (entry := image.at_version(oid, versions.get(oid))) is not None}
         unread = [oid for oid in known if oid not in sagas]
         streams = await uow.read_many([s for oid in unread for s in (oid, saga.saga_stream_id(oid))]) if unread else {}
         for oid in unread:
@@ -277,6 +265,40 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
         raise
     settled = {oid: sagas[oid] for oid in known}
     uow.after_commit(lambda: image.put_all(settled))
+
+
+async def _decide_on_the_image(
+    uow: BatchWork, image: SagaImage, replies: Sequence[tuple[Delivery, tuple[str, saga.ReplyReceived]]]
+) -> None:
+    """The batch in one statement (shared/batch_write.py): every saga decided on its memory
+    image entry, without lock or read; the statement checks that each order and saga stream is
+    still at the entry's version and that each saga's index row is there, so a saga moved by
+    another path (cancel, timeout, a replica) refuses the statement and the batch goes the
+    locked way. A saga the image does not hold needs that way too (it reads and may adopt)."""
+    sagas: dict[str, tuple[OrderState, SagaState]] = {}
+    for _, (order_id, _) in replies:
+        if order_id in sagas:
+            continue
+        entry = image.get(order_id)
+        if entry is None:
+            raise NeedsTransaction(f"saga of order {order_id} is not in the memory image")
+        sagas[order_id] = entry
+        uow.expect(order_id, entry[0].version)
+        uow.expect(saga.saga_stream_id(order_id), entry[1].version)
+    moved: dict[str, SagaState] = {}
+    for delivery, (order_id, reply) in replies:
+        order_state, saga_state = sagas[order_id]
+        with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
+            decision = saga.decide(reply, saga_state, utc_now())
+            order_state = await _write_decision(uow, order_state, saga_state, decision)
+        if not decision.is_empty:
+            sagas[order_id] = (order_state, decision.state)
+            moved[order_id] = decision.state
+        uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
+    if moved:
+        states = sorted(moved.values(), key=lambda state: state.order_id)
+        uow.defer(DeferredWrite(_INDEX_DEADLINES_SQL + " RETURNING 1", _deadline_columns(states), rows=len(states)))
+    uow.after_commit(lambda: image.put_all(sagas))
 
 
 # --------------------------------------------------------------------------- deadlines
@@ -429,10 +451,16 @@ async def _index_deadlines(uow: UnitOfWork, states: Sequence[SagaState]) -> None
     """Copy sagas' deadlines to `saga_deadlines` for the scheduler (step 4), in one statement."""
     if not states:
         return
-    await uow.conn.execute(
-        """UPDATE saga_deadlines AS d SET deadline = u.deadline, saga_version = u.version, updated_at = now()
-           FROM unnest($1::text[], $2::timestamptz[], $3::int[]) AS u(order_id, deadline, version)
-           WHERE d.order_id = u.order_id""",
+    await uow.conn.execute(_INDEX_DEADLINES_SQL.format("$1", "$2", "$3"), *_deadline_columns(states))
+
+
+_INDEX_DEADLINES_SQL = """UPDATE saga_deadlines AS d SET deadline = u.deadline, saga_version = u.version, updated_at = now()
+    FROM unnest({}::text[], {}::timestamptz[], {}::int[]) AS u(order_id, deadline, version)
+    WHERE d.order_id = u.order_id"""
+
+
+def _deadline_columns(states: Sequence[SagaState]) -> tuple[list[str], list[datetime | None], list[int]]:
+    return (
         [state.order_id for state in states],
         [state.deadline for state in states],
         [state.version for state in states],

@@ -46,7 +46,9 @@ def definition(settings: PaymentSettings) -> ServiceDefinition:
 
     def consumers(store: EventStore) -> list[ConsumerSpec]:
         handler = handlers.command_handler(payments)
-        return [ConsumerSpec(name=handlers.COMMAND_CONSUMER, topics=[PAYMENT_COMMANDS], handler=handler)]
+        return [
+            ConsumerSpec(name=handlers.COMMAND_CONSUMER, topics=[PAYMENT_COMMANDS], handler=handler, one_statement=True)
+        ]
 
     return ServiceDefinition(
         name="payment",

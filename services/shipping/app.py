@@ -42,7 +42,11 @@ def definition(settings: ShippingSettings) -> ServiceDefinition:
 
     def consumers(store: EventStore) -> list[ConsumerSpec]:
         handler = handlers.command_handler(shipments)
-        return [ConsumerSpec(name=handlers.COMMAND_CONSUMER, topics=[SHIPPING_COMMANDS], handler=handler)]
+        return [
+            ConsumerSpec(
+                name=handlers.COMMAND_CONSUMER, topics=[SHIPPING_COMMANDS], handler=handler, one_statement=True
+            )
+        ]
 
     return ServiceDefinition(
         name="shipping",

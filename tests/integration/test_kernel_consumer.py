@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from infra.stack import LocalStack
+from shared.batch_write import BatchWork, DeferredWrite
 from shared.consumer import ConsumerRunner, Delivery
 from shared.contract import (
     Envelope,
@@ -102,12 +103,24 @@ def raw_cloudevent(data: dict[str, Any], *, type: str = PaymentCaptured.TYPE, sc
 
 
 async def record_effect(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
+    """One `effects` row per message: written at once in a transaction, joined to the one
+    statement when the runner tries the batch that way (shared/batch_write.py)."""
+    rows = []
     for delivery in deliveries:
         data = delivery.envelope.data
         assert isinstance(data, PaymentFact), f"the runner handed over a {type(data).__name__}"
         if isinstance(data, PaymentVoided) and data.reason == REFUSED:
             raise ValueError(f"cannot handle n={data.amount.amount_cents}")
-        await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", delivery.envelope.id, data.amount.amount_cents)
+        rows.append((delivery.envelope.id, data.amount.amount_cents))
+    if isinstance(uow, BatchWork):
+        ids, amounts = [r[0] for r in rows], [r[1] for r in rows]
+        uow.defer(DeferredWrite(_EFFECTS_INSERT, (ids, amounts), rows=len(rows)))
+        return
+    for message_id, n in rows:
+        await uow.conn.execute("INSERT INTO effects VALUES ($1, $2)", message_id, n)
+
+
+_EFFECTS_INSERT = "INSERT INTO effects SELECT * FROM unnest({}::text[], {}::int[]) RETURNING 1"
 
 
 async def effects(store: EventStore) -> list[tuple[str, int]]:
@@ -126,8 +139,20 @@ class Running:
         await asyncio.wait_for(self.task, 30)
 
 
+@pytest.fixture(params=[False, True], ids=["in-a-transaction", "one-statement-first"])
+def one_statement(request: pytest.FixtureRequest) -> bool:
+    """The runner's two ways of writing a batch: each test runs with both."""
+    return bool(request.param)
+
+
 def runner(
-    store: EventStore, stack: LocalStack, topic: str, name: str = "c", group: str | None = None
+    store: EventStore,
+    stack: LocalStack,
+    topic: str,
+    name: str = "c",
+    group: str | None = None,
+    *,
+    one_statement: bool = False,
 ) -> ConsumerRunner:
     factory = None
     if group is not None:
@@ -139,6 +164,7 @@ def runner(
         bootstrap_servers=stack.kafka_bootstrap,
         handler=record_effect,
         consumer_factory=factory,
+        one_statement=one_statement,
     )
 
 
@@ -175,17 +201,18 @@ async def stored_position(store: EventStore, topic: str, name: str = "c") -> dic
 
 
 async def test_duplicate_and_replayed_deliveries_have_one_effect(
-    store: EventStore, stack: LocalStack, topic: str
+    store: EventStore, stack: LocalStack, topic: str, one_statement: bool
 ) -> None:
     messages = [fact(n, stream=f"s{n % 3}") for n in range(1, 31)]
     await produce(stack.kafka_bootstrap, topic, messages + messages[:10])  # the relay re-published ten
-    first = Running(runner(store, stack, topic))
+    first = Running(runner(store, stack, topic, one_statement=one_statement))
     await wait_for(lambda: first.runner.handled == 30)
     await first.close()
+    assert (first.runner.one_statement_batches > 0) == one_statement
     # Mass redelivery: Kafka offsets and stored positions rewound, everything arrives again.
     async with store.pool.acquire() as conn:
         await conn.execute("DELETE FROM consumer_positions")
-    replay = Running(runner(store, stack, topic, group=f"rewound-{uuid.uuid4().hex[:6]}"))
+    replay = Running(runner(store, stack, topic, group=f"rewound-{uuid.uuid4().hex[:6]}", one_statement=one_statement))
     await wait_for(lambda: replay.runner.handled == 0 and replay.runner._consumer is not None)
     await produce(stack.kafka_bootstrap, topic, [fact(31)])
     await wait_for(lambda: replay.runner.handled == 1)
@@ -196,14 +223,14 @@ async def test_duplicate_and_replayed_deliveries_have_one_effect(
 
 
 async def test_poison_and_failing_messages_go_to_the_dlq_and_the_next_is_processed(
-    store: EventStore, stack: LocalStack, topic: str, fresh_database: str
+    store: EventStore, stack: LocalStack, topic: str, fresh_database: str, one_statement: bool
 ) -> None:
     await produce(
         stack.kafka_bootstrap,
         topic,
         [("s", b"\x00 definitely not json"), fact(1), fact(2, fail=True), fact(3)],
     )
-    running = Running(runner(store, stack, topic))
+    running = Running(runner(store, stack, topic, one_statement=one_statement))
     await wait_for(lambda: running.runner.handled == 2 and running.runner.dead_lettered == 2)
     await running.close()
     assert [n for _, n in await effects(store)] == [1, 3]
@@ -285,7 +312,7 @@ async def test_an_unknown_type_and_a_newer_schema_version_are_dead_lettered_too(
     unknown = raw_cloudevent({"order_id": "s"}, type="payment.teleported")
     newer = raw_cloudevent({**valid_data, "amount_minor": 9}, schemaversion="3")
     await produce(stack.kafka_bootstrap, topic, [fact(1), ("s", unknown), ("s", newer), fact(2)])
-    running = Running(runner(store, stack, topic))
+    running = Running(runner(store, stack, topic, one_statement=one_statement))
     await wait_for(lambda: running.runner.handled == 2 and running.runner.dead_lettered == 2)
     await running.close()
     assert [n for _, n in await effects(store)] == [1, 2]
@@ -297,12 +324,14 @@ async def test_an_unknown_type_and_a_newer_schema_version_are_dead_lettered_too(
 
 
 async def test_two_replicas_in_one_group_share_the_work_once_through_rebalances(
-    store: EventStore, stack: LocalStack, topic: str
+    store: EventStore, stack: LocalStack, topic: str, one_statement: bool
 ) -> None:
     await produce(stack.kafka_bootstrap, topic, [fact(n, stream=f"s{n % 7}") for n in range(1, 201)])
-    a = Running(runner(store, stack, topic, name="shared-group"))
+    a = Running(runner(store, stack, topic, name="shared-group", one_statement=one_statement))
     await wait_for(lambda: a.runner.handled > 0)
-    b = Running(runner(store, stack, topic, name="shared-group"))  # joins: a rebalance mid-stream
+    b = Running(
+        runner(store, stack, topic, name="shared-group", one_statement=one_statement)
+    )  # joins: a rebalance mid-stream
     await produce(stack.kafka_bootstrap, topic, [fact(n, stream=f"s{n % 7}") for n in range(201, 401)])
     await wait_for(lambda: a.runner.handled + b.runner.handled >= 400, timeout_s=90)
     await a.close()  # leaves: another rebalance, b takes every partition
@@ -314,7 +343,7 @@ async def test_two_replicas_in_one_group_share_the_work_once_through_rebalances(
 
 
 async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isolates_only_its_message(
-    store: EventStore, stack: LocalStack, topic: str
+    store: EventStore, stack: LocalStack, topic: str, one_statement: bool
 ) -> None:
     streams = [f"k{i}" for i in range(12)]  # enough keys to land on all 3 partitions
     messages = [fact(n, stream=s, fail=(s == "k5" and n == 2)) for s in streams for n in (1, 2)]
@@ -326,7 +355,12 @@ async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isola
         await record_effect(uow, deliveries)
 
     consumer = ConsumerRunner(
-        name="c", topics=[topic], store=store, bootstrap_servers=stack.kafka_bootstrap, handler=handler
+        name="c",
+        topics=[topic],
+        store=store,
+        bootstrap_servers=stack.kafka_bootstrap,
+        handler=handler,
+        one_statement=one_statement,
     )
     running = Running(consumer)
     await wait_for(lambda: consumer.handled == len(messages) - 1 and consumer.dead_lettered == 1)

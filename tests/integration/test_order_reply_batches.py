@@ -130,6 +130,9 @@ async def test_the_memory_image_spares_the_read_while_the_saga_is_at_its_version
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     order_id = await _place(store)
+    placed, _ = await queries.get_saga(store, order_id, STAFF)
+    assert handlers.saga_image(store).at_version(order_id, placed.version) is not None, "placement leaves its saga"
+    handlers.saga_image(store).drop([order_id])  # as after a restart, or a placement by another replica
     reads = _count_reads(store, monkeypatch)
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, [reply(order_id, PaymentAuthorized, 1)])
@@ -141,7 +144,7 @@ async def test_the_memory_image_spares_the_read_while_the_saga_is_at_its_version
     assert len(reads) == 1, "the image holds the saga at the version the index row says"
     assert (await queries.get_order(store, order_id, None, STAFF)).status == "CONFIRMED"
     folded, _ = await queries.get_saga(store, order_id, STAFF)
-    held = handlers.saga_image(store).get(order_id, folded.version)
+    held = handlers.saga_image(store).at_version(order_id, folded.version)
     assert held is not None and held[1] == folded, "the image is what folding the log gives"
 
 
@@ -151,7 +154,7 @@ async def test_a_saga_moved_elsewhere_is_read_again_never_decided_on_a_stale_ima
     order_id = await _place(store)
     async with store.transaction() as uow:
         await handlers.handle_replies(uow, [reply(order_id, PaymentAuthorized, 1)])
-    stale = handlers.saga_image(store).get(order_id, (await queries.get_saga(store, order_id, STAFF))[0].version)
+    stale = handlers.saga_image(store).at_version(order_id, (await queries.get_saga(store, order_id, STAFF))[0].version)
     assert stale is not None
     # The cancel endpoint moves the saga without the reply consumer (another path, or a replica).
     await handlers.cancel_order(store, order_id, causation_id="req-2", attempts=3)
@@ -162,6 +165,6 @@ async def test_a_saga_moved_elsewhere_is_read_again_never_decided_on_a_stale_ima
         await handlers.handle_replies(uow, [reply(order_id, ShipmentScheduled, 2)])
     assert reads == [[order_id, f"saga-{order_id}"]], "the index row's version disagreed: read again"
     folded, _ = await queries.get_saga(store, order_id, STAFF)
-    held = handlers.saga_image(store).get(order_id, folded.version)
+    held = handlers.saga_image(store).at_version(order_id, folded.version)
     assert held is not None and held[1] == folded, "decided on the log, not on the stale entry"
     assert (await queries.get_order(store, order_id, None, STAFF)).status != "CONFIRMED", "cancelled, never confirmed"
