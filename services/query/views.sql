@@ -255,22 +255,23 @@ DECLARE
     documents JSON[];
     held INTEGER := 0;
     added INTEGER;
+    changed TEXT;
 BEGIN
     IF cardinality(ids) > 0 THEN
         PERFORM pg_advisory_xact_lock(4539208);
-        -- The common case, set-based: every cause is in the feed or earlier in this batch, and
-        -- nothing held waits for a fact of the batch. Then the batch is appended as it is.
-        IF NOT EXISTS (SELECT 1 FROM unnest(causes) AS c(id)
+    END IF;
+    -- The common case, set-based: every cause is in the feed or earlier in this batch, and
+    -- nothing held waits for a fact of the batch. Then the batch is appended as it is.
+    IF cardinality(ids) > 0
+       AND NOT EXISTS (SELECT 1 FROM unnest(causes) AS c(id)
                        WHERE c.id IS NOT NULL AND NOT c.id = ANY(ids)
                          AND NOT EXISTS (SELECT 1 FROM fact_feed f WHERE f.event_id = c.id))
-           AND NOT EXISTS (SELECT 1 FROM fact_feed_held WHERE cause_id = ANY(ids)) THEN
-            DELETE FROM fact_feed_held WHERE event_id = ANY(ids);  -- held before, sendable now
-            INSERT INTO fact_feed (event_id, order_id, document)
-            SELECT ids[e.n], order_ids[e.n], e.doc FROM json_array_elements(docs) WITH ORDINALITY AS e(doc, n)
-            ON CONFLICT (event_id) DO NOTHING;
-            PERFORM pg_notify('query_views', gen::text);
-            RETURN 0;
-        END IF;
+       AND NOT EXISTS (SELECT 1 FROM fact_feed_held WHERE cause_id = ANY(ids)) THEN
+        DELETE FROM fact_feed_held WHERE event_id = ANY(ids);  -- held before, sendable now
+        INSERT INTO fact_feed (event_id, order_id, document)
+        SELECT ids[e.n], order_ids[e.n], e.doc FROM json_array_elements(docs) WITH ORDINALITY AS e(doc, n)
+        ON CONFLICT (event_id) DO NOTHING;
+    ELSIF cardinality(ids) > 0 THEN
         SELECT array_agg(e.doc ORDER BY e.n) INTO documents FROM json_array_elements(docs) WITH ORDINALITY AS e(doc, n);
         FOR i IN 1 .. cardinality(ids) LOOP
             IF causes[i] IS NOT NULL
@@ -286,7 +287,10 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    PERFORM pg_notify('query_views', gen::text);
+    -- The payload names the batch's orders (notify.changed_orders), so a `min_version` waiter
+    -- re-reads only for its own order; too many for a payload (< 8000 bytes): the generation.
+    changed := array_to_json(ARRAY(SELECT DISTINCT o FROM unnest(order_ids) AS o))::text;
+    PERFORM pg_notify('query_views', CASE WHEN octet_length(changed) < 7900 THEN changed ELSE gen::text END);
     RETURN held;
 END $fn$;
 
