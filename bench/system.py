@@ -195,7 +195,10 @@ class Run:
             per_saga = {"per_s": "per_saga", "exec_ms_per_s": "exec_ms_per_saga"}
             for key, by_time in (("top_statements_per_saga", False), ("top_statements_by_exec_time", True)):
                 result[key] = [
-                    {per_saga.get(k, k): round(v / result["completed"], 3) if k in per_saga else v for k, v in r.items()}
+                    {
+                        per_saga.get(k, k): round(v / result["completed"], 3) if k in per_saga else v
+                        for k, v in r.items()
+                    }
                     for r in statement_rates(calls_before, calls_after, 1.0, top=25, by_time=by_time)
                 ]
         if spies:
