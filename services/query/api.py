@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from services.query import generations, store
 from services.query.context import context_of, pool_of
 from services.query.metrics import MIN_VERSION_WAIT
+from services.query.notify import Signal
 from services.query.projection import OrderReadModel, Received, causal_order
 from shared.auth import Caller, Forbidden, Role, require_role
 from shared.contract import OrderStatus, PaymentStatus, ShipmentStatus
@@ -226,22 +227,26 @@ async def get_order(
         raise _invalid("wait_s", f"at most {ctx.settings.min_version_max_timeout_s} seconds")
     started = time.monotonic()
     deadline = started + limit
-    signal = ctx.notifications.views
+    notifications = ctx.notifications
     while True:
-        waiter = signal.waiter()  # before reading, so a commit in between is not missed
-        async with current_views(request) as views:
-            model = await views.order(order_id)
-        if model is not None and not principal.may_access(model.customer_id):
-            model = None  # another customer's order waits like an unknown one: no existence oracle
-        current = model.version if model is not None else 0
-        if model is not None and current >= min_version:
-            MIN_VERSION_WAIT.labels(outcome="reached").observe(time.monotonic() - started)
-            return OrderSummary.of(model)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        # NOTIFY wakes us on every commit; the cap re-checks anyway (a silently lost listener).
-        await signal.wait(waiter, min(remaining, 1.0 if ctx.notifications.listening else 0.25))
+        waiter = notifications.order_waiter(order_id)  # before reading, so a commit in between is not missed
+        try:
+            async with current_views(request) as views:
+                model = await views.order(order_id)
+            if model is not None and not principal.may_access(model.customer_id):
+                model = None  # another customer's order waits like an unknown one: no existence oracle
+            current = model.version if model is not None else 0
+            if model is not None and current >= min_version:
+                MIN_VERSION_WAIT.labels(outcome="reached").observe(time.monotonic() - started)
+                return OrderSummary.of(model)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # A NOTIFY naming this order (or any order: a switch, a reconnect) wakes us; the cap
+            # re-checks anyway (a silently lost listener).
+            await Signal.wait(waiter, min(remaining, 1.0 if notifications.listening else 0.25))
+        finally:
+            notifications.forget(order_id, waiter)
     waited = round(time.monotonic() - started, 3)
     MIN_VERSION_WAIT.labels(outcome="timeout").observe(waited)
     return error_response(

@@ -2,8 +2,9 @@
 the atomic switch between them (the `view_generations` table of views.sql).
 
 Each generation has its own schema `views_g<N>` and its own consumer name (= Kafka group id,
-inbox and stored-position key). Batches hold the generation lock shared; starting a rebuild
-and switching take it exclusively, so no batch is ever half on either side of a switch.
+inbox and stored-position key). Batches (the generation's writer, views.sql) hold the generation
+lock shared; starting a rebuild and switching take it exclusively, so no batch is ever half on
+either side of a switch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncpg
 
 from services.query.store import Views, append_feed, schema_of
 
-# The same constants are written in views.sql (query_batch_begin).
+# The same constants are written in views.sql (the generations' batch writers).
 GENERATION_LOCK = 4539207  # batches share it; a generation switch or new rebuild takes it alone
 GENERATIONS_CHANNEL = "query_generations"  # NOTIFY when a rebuild starts or a switch happens
 
@@ -34,7 +35,7 @@ def bootstrap_sql(consumer_prefix: str) -> str:
 DO $boot$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM view_generations) THEN
-        PERFORM query_create_generation_schema('{schema_of(1)}');
+        PERFORM query_create_generation(1);
         INSERT INTO view_generations (generation, state, consumer, switched_at)
         VALUES (1, 'current', '{prefix}.g1-' || substr(md5(random()::text || clock_timestamp()::text), 1, 8), now());
     END IF;
@@ -92,12 +93,6 @@ _GEN_COLUMNS = (
 )
 
 
-async def begin_batch(conn: asyncpg.Connection, generation: int) -> str | None:
-    """Wait out a switch in progress, then return this generation's state (see views.sql)."""
-    state: str | None = await conn.fetchval("SELECT query_batch_begin($1)", generation)
-    return state
-
-
 async def current_generation(conn: asyncpg.Connection) -> int:
     generation: int | None = await conn.fetchval("SELECT generation FROM view_generations WHERE state = 'current'")
     if generation is None:
@@ -143,7 +138,7 @@ async def start_rebuild(conn: asyncpg.Connection, consumer_prefix: str, target: 
         if building:
             raise RebuildInProgress(building[0])
         number: int = await conn.fetchval("SELECT coalesce(max(generation), 0) + 1 FROM view_generations")
-        await conn.execute("SELECT query_create_generation_schema($1)", schema_of(number))
+        await conn.execute("SELECT query_create_generation($1)", number)
         row = await conn.fetchrow(
             f"""INSERT INTO view_generations (generation, state, consumer, rebuild_id, target_offsets)
                 VALUES ($1, 'building', $2, $3, $4) RETURNING {_GEN_COLUMNS}""",

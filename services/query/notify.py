@@ -1,8 +1,9 @@
 """Wake-ups from PostgreSQL LISTEN/NOTIFY: one listening connection per process, many waiters.
 
-Every batch transaction NOTIFYs `query_views` (delivered at commit, to every replica), so
-`/stream` and `?min_version=` react to new facts at once instead of polling; a rebuild start
-or a generation switch NOTIFYs `query_generations` for the supervisor. Waiters also use a
+Every batch transaction of the current views NOTIFYs `query_views` (delivered at commit, to every
+replica) naming the batch's orders, so `/stream` and `?min_version=` react to new facts at once
+instead of polling, and a `min_version` waiter re-reads only when its own order changed; a
+rebuild start or a generation switch NOTIFYs `query_generations` for the supervisor. Waiters also use a
 timeout, so a lost listener connection degrades to polling, never to a hang.
 """
 
@@ -13,6 +14,7 @@ import logging
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.query.generations import GENERATIONS_CHANNEL
 from services.query.store import VIEWS_CHANNEL
@@ -20,6 +22,19 @@ from shared.db import connect
 from shared.runtime import Runtime
 
 log = logging.getLogger("services.query.notify")
+
+
+def changed_orders(payload: str) -> list[str] | None:
+    """The order ids a views NOTIFY names (views.sql, query_feed_append: a JSON array of the
+    batch's order ids); None when it names none (too many for a payload, a feed release): then
+    any order may have changed."""
+    if not payload.startswith("["):
+        return None
+    try:
+        ids = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else None
 
 
 class Signal:
@@ -52,9 +67,36 @@ class Notifications:
         self.views = Signal()
         self.generations = Signal()
         self.listening = False
+        self._orders: dict[str, set[asyncio.Event]] = {}  # order id -> its waiters' events
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
-        (self.generations if channel == GENERATIONS_CHANNEL else self.views).fire()
+    def order_waiter(self, order_id: str) -> asyncio.Event:
+        """An event set by the next commit that changed `order_id`'s views, or may have (take it
+        before reading; `forget` it when done)."""
+        event = asyncio.Event()
+        self._orders.setdefault(order_id, set()).add(event)
+        return event
+
+    def forget(self, order_id: str, event: asyncio.Event) -> None:
+        waiting = self._orders.get(order_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._orders[order_id]
+
+    def _wake_orders(self, order_ids: list[str] | None) -> None:
+        """Set the waiters of these orders (None: of every order)."""
+        woken = self._orders.values() if order_ids is None else (self._orders.get(i, ()) for i in order_ids)
+        for waiting in woken:
+            for event in waiting:
+                event.set()
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == GENERATIONS_CHANNEL:
+            self.generations.fire()
+            self._wake_orders(None)  # a switch changes every order's current views
+            return
+        self.views.fire()
+        self._wake_orders(changed_orders(payload))
 
     async def run(self, runtime: Runtime, stop: asyncio.Event) -> None:
         """Background loop: keep one LISTEN connection; reconnect with backoff when it drops."""
@@ -72,6 +114,7 @@ class Notifications:
                 # Whatever happened while we were not listening: let everyone re-check.
                 self.views.fire()
                 self.generations.fire()
+                self._wake_orders(None)
                 stopping = asyncio.ensure_future(stop.wait())
                 dropped = asyncio.ensure_future(lost.wait())
                 try:

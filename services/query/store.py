@@ -1,6 +1,7 @@
 """View storage: the SQL of one generation's tables (batch writes, reads) and of the SSE feed.
 
-Writes are set-based: a batch costs one statement for both tables, whatever its size. The
+Writes are set-based: a batch is one round trip, whatever its size: the generation's own writer
+function (views.sql) takes the generation lock, writes both tables and appends the feed. The
 orders upsert applies `projection.merge` in SQL (same rules, see that module), so facts can be
 applied in any order, and applying one twice changes nothing. The timeline relies on the
 kernel's inbox (same transaction) to never see a fact twice; its primary key turns a repeat
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -42,118 +43,48 @@ def schema_of(generation: int) -> str:
 
 # ---------------------------------------------------------------- writing a batch
 
-
-class _TimelineRow(msgspec.Struct, gc=False):
-    """One timeline row as the write statement unpacks it (json_to_recordset, by key)."""
-
-    id: str
-    type: str
-    source: str
-    subject: str
-    time: datetime
-    sequence: int
-    order_id: str
-    correlation_id: str
-    causation_id: str
-    schema_version: int
-    data: Fact
-    causation_type: str | None
-
-
-def _timeline_row(f: Received) -> _TimelineRow:
-    return _TimelineRow(
-        f.id,
-        f.data.TYPE,
-        f.source,
-        f.subject,
-        f.time,
-        f.sequence,
-        f.data.order_id,
-        f.correlation_id,
-        f.causation_id,
-        f.data.VERSION,
-        f.data,
-        f.causation_type,
-    )
-
-
-# Rows travel as ONE json document per table (msgspec encodes the rows and their contract
-# data in one call) and are unpacked by json_to_recordset: far cheaper in Python than asyncpg
-# encoding a dozen typed arrays element by element, which made replay CPU-bound in the client.
-# `::text::json`: the document is already JSON text (the pool's json codec would quote it).
-_TIMELINE_INSERT = """
-INSERT INTO {schema}.timeline (order_id, event_id, type, source, subject, time, sequence,
-                               correlation_id, causation_id, schema_version, data, causation_type)
-SELECT order_id, id, type, source, subject, time, sequence, correlation_id, causation_id, schema_version, data,
-       causation_type
-FROM json_to_recordset($1::text::json) AS f(id text, type text, source text, subject text, time timestamptz,
-     sequence int, order_id text, correlation_id text, causation_id text, schema_version int, data json,
-     causation_type text)
-"""
-
-# projection.merge, in SQL: o = the stored row, excluded = the batch's merged patch.
-_ORDERS_UPSERT = """
-INSERT INTO {schema}.orders AS o ({columns})
-SELECT {columns}
-FROM json_to_recordset($2::text::json) AS u(order_id text, customer_id text, items json, total_cents bigint,
-     currency text, placed_at timestamptz, status text, reason text, status_version int, version int,
-     payment_id text, payment_status text, payment_version int, shipment_id text, shipment_status text,
-     shipment_version int, payment_currency text, captured_cents bigint, refunded_cents bigint,
-     updated_at timestamptz)
-ON CONFLICT (order_id) DO UPDATE SET
-    customer_id      = coalesce(o.customer_id, excluded.customer_id),
-    items            = coalesce(o.items, excluded.items),
-    total_cents      = coalesce(o.total_cents, excluded.total_cents),
-    currency         = coalesce(o.currency, excluded.currency),
-    placed_at        = coalesce(o.placed_at, excluded.placed_at),
-    status           = CASE WHEN excluded.status_version > o.status_version THEN excluded.status ELSE o.status END,
-    reason           = CASE WHEN excluded.status_version > o.status_version THEN excluded.reason ELSE o.reason END,
-    status_version   = greatest(o.status_version, excluded.status_version),
-    version          = greatest(o.version, excluded.version),
-    payment_id       = coalesce(o.payment_id, excluded.payment_id),
-    payment_status   = CASE WHEN excluded.payment_version > o.payment_version
-                            THEN excluded.payment_status ELSE o.payment_status END,
-    payment_version  = greatest(o.payment_version, excluded.payment_version),
-    shipment_id      = coalesce(o.shipment_id, excluded.shipment_id),
-    shipment_status  = CASE WHEN excluded.shipment_version > o.shipment_version
-                            THEN excluded.shipment_status ELSE o.shipment_status END,
-    shipment_version = greatest(o.shipment_version, excluded.shipment_version),
-    payment_currency = coalesce(o.payment_currency, excluded.payment_currency),
-    captured_cents   = greatest(o.captured_cents, excluded.captured_cents),
-    refunded_cents   = greatest(o.refunded_cents, excluded.refunded_cents),
-    updated_at       = greatest(o.updated_at, excluded.updated_at)
-"""
-
-# One round trip per batch for both tables (two independent data-modifying statements).
-_APPLY_SQL = """
-WITH timeline AS (
-{timeline}
-)
-{orders}
-"""
-
 _encoder = msgspec.json.Encoder()
 
 
-def _apply_sql(schema: str) -> str:
-    return _APPLY_SQL.format(
-        timeline=_TIMELINE_INSERT.format(schema=schema).strip(),
-        orders=_ORDERS_UPSERT.format(schema=schema, columns=", ".join(COLUMNS)).strip(),
-    )
+class Applied(NamedTuple):
+    """What a batch's write found and did."""
+
+    state: str | None  # the generation's state (None: no such generation); only a live one is written
+    held: int  # facts the SSE feed holds back for their causes
 
 
-async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *, feed: bool) -> int:
-    """Write a projected batch into a generation's tables (and the SSE feed when current); how
-    many of its facts the feed holds back for their causes."""
+async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *, feed: bool = True) -> Applied:
+    """Write a projected batch into a generation's tables, and into the SSE feed when that
+    generation is current, in one round trip (views.sql, `views_g<N>.apply_batch`).
+
+    `feed`: put the facts causes first for the feed, as a current generation needs. A caller
+    that expects a building generation passes False (replay skips the ordering's cost); should
+    the generation be current after all, it writes nothing and the batch is sent again, ordered."""
     if not batch.facts:
-        return 0
+        return Applied(None, 0)
+    facts = causal_order(batch.facts) if feed and len(batch.facts) > 1 else batch.facts
     # Sorted keys: concurrent batches (replicas) lock shared order rows in one order, no deadlock.
-    models = [batch.orders[k] for k in sorted(batch.orders)]
-    rows = [_timeline_row(f) for f in batch.facts]
-    await conn.execute(
-        _apply_sql(schema_of(generation)), _encoder.encode(rows).decode(), _encoder.encode(models).decode()
+    models = _encoder.encode([batch.orders[k] for k in sorted(batch.orders)]).decode()
+    row = await conn.fetchrow(
+        f"SELECT state, held FROM {schema_of(generation)}.apply_batch($1::text::json, $2::text::json, $3, $4, $5)",
+        _documents(facts),
+        models,
+        *(_feed_columns(facts) if feed else (None, None, None)),
     )
-    return await append_feed(conn, generation, batch.facts if feed else [])
+    if row["held"] is None and row["state"] == "current" and not feed:
+        return await apply_batch(conn, generation, batch, feed=True)
+    return Applied(row["state"], row["held"] or 0)
+
+
+def _documents(facts: Sequence[Received]) -> str:
+    """The facts as one JSON array of their CloudEvents documents, as the contract codec writes
+    them: the feed stores each as it is, the timeline reads its rows from them."""
+    return (b"[" + b",".join(encode(f) for f in facts) + b"]").decode()
+
+
+def _feed_columns(facts: Sequence[Received]) -> tuple[list[str], list[str], list[str | None]]:
+    """Ids, order ids and awaited causes of the facts, in their order (query_feed_append)."""
+    return [f.id for f in facts], [f.data.order_id for f in facts], [awaited_cause(f) for f in facts]
 
 
 def awaited_cause(fact: Received) -> str | None:
@@ -171,12 +102,10 @@ async def append_feed(conn: asyncpg.Connection, generation: int, facts: Sequence
     Returns how many facts were held back."""
     ordered = causal_order(facts) if len(facts) > 1 else list(facts)
     held: int = await conn.fetchval(
-        "SELECT query_feed_append($1, $2, $3, $4, $5::text[]::json[])",
+        "SELECT query_feed_append($1, $2::text::json, $3, $4, $5)",
         generation,
-        [f.id for f in ordered],
-        [f.data.order_id for f in ordered],
-        [awaited_cause(f) for f in ordered],
-        [encode(f).decode() for f in ordered],
+        _documents(ordered),
+        *_feed_columns(ordered),
     )
     return held
 

@@ -31,15 +31,17 @@ log = logging.getLogger("services.query.supervisor")
 
 
 def batch_handler(generation: int) -> Handler:
-    """The ConsumerRunner handler of one generation: a whole poll, few statements. The
+    """The ConsumerRunner handler of one generation: a whole poll in one statement. The
     deliveries' data is already the current version of its contract type."""
+    feeds = True  # the generation was current at its last batch (or none yet): order facts for the feed
 
     async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
-        state = await generations.begin_batch(uow.conn, generation)
-        if state not in generations.LIVE_STATES:
-            return  # retired or dropped under us: its consumer is being stopped
+        nonlocal feeds
         batch = project(d.envelope for d in deliveries)
-        held = await store.apply_batch(uow.conn, generation, batch, feed=state == "current")
+        state, held = await store.apply_batch(uow.conn, generation, batch, feed=feeds)
+        if state not in generations.LIVE_STATES:
+            return  # commands only, or retired or dropped under us: its consumer is being stopped
+        feeds = state == "current"
         FACTS_APPLIED.labels(state=state).inc(len(batch.facts))
         if held:
             FEED_HELD.inc(held)

@@ -103,12 +103,34 @@ async def test_concurrent_batches_in_any_order_give_a_causal_feed_with_each_fact
 async def test_within_one_batch_causes_go_first_and_a_repeat_keeps_its_first_id(pool: asyncpg.Pool) -> None:
     j = happy()
     async with pool.acquire() as conn, conn.transaction():
-        assert await store.apply_batch(conn, 1, project(list(reversed(j.facts))), feed=True) == 0
+        assert await store.apply_batch(conn, 1, project(list(reversed(j.facts)))) == store.Applied("current", 0)
     rows = await feed(pool)
     assert [doc["id"] for _, doc in rows] == [f.id for f in j.facts]  # the recorded order is the causal order
     async with pool.acquire() as conn, conn.transaction():
         await store.append_feed(conn, 1, j.facts[3:6])  # a repeat (e.g. a rebuild's unfed facts)
     assert await feed(pool) == rows
+
+
+async def test_a_batch_not_put_causes_first_for_a_building_generation_is_sent_again_when_current(
+    pool: asyncpg.Pool,
+) -> None:
+    j = happy()
+    async with pool.acquire() as conn, conn.transaction():
+        # The handler expected a building generation (no ordering); generation 1 is current.
+        assert await store.apply_batch(conn, 1, project(list(reversed(j.facts))), feed=False) == ("current", 0)
+    rows = await feed(pool)
+    assert [doc["id"] for _, doc in rows] == [f.id for f in j.facts]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM views_g1.timeline") == len(j.facts), "written once"
+
+
+async def test_the_feed_keeps_each_document_exactly_as_the_contract_codec_wrote_it(pool: asyncpg.Pool) -> None:
+    j = happy()
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply_batch(conn, 1, project(j.facts))
+    async with pool.acquire() as conn:
+        stored = [i.document for i in await store.feed_after(conn, 0, None, 100)]
+    assert stored == [encode(f).decode() for f in j.facts]
 
 
 async def test_a_fact_whose_cause_never_comes_is_sent_past_the_bound_marked_and_then_what_waited_for_it(

@@ -15,6 +15,7 @@ from infra.stack import LocalStack
 from services.query import generations, store
 from services.query.app import VIEWS_SQL
 from services.query.projection import causal_order, fold, project
+from services.query.store import Views
 from shared.db import create_pool, migrate
 from tests.integration.service_support import scratch_database
 from tests.unit.query.journeys import cancelled_after_capture, declined, happy
@@ -39,17 +40,18 @@ async def test_the_sql_upsert_applies_exactly_the_pure_merge_in_any_order_and_ba
                     fresh = [e for e in arrival[lo:hi] if e.id not in inbox]
                     inbox.update(e.id for e in fresh)
                     async with pool.acquire() as conn, conn.transaction():
-                        await store.apply_batch(conn, 1, project(fresh), feed=True)
+                        await store.apply_batch(conn, 1, project(fresh))
                 async with pool.acquire() as conn:
                     stored = await store.Views(conn, 1).order(j.order_id)
                     facts = await store.Views(conn, 1).timeline(j.order_id)
                 [expected] = fold(j.facts).values()
                 assert stored == expected, f"trial {trial}"
                 assert [f.id for f in causal_order(facts)] == [e.id for e in j.facts]
+                assert sorted(facts, key=lambda f: f.id) == sorted(j.facts, key=lambda f: f.id), "rows = the facts"
             # A repeat that bypassed the inbox would fail loudly (-> DLQ), never duplicate a row.
             with pytest.raises(asyncpg.UniqueViolationError):
                 async with pool.acquire() as conn, conn.transaction():
-                    await store.apply_batch(conn, 1, project(j.facts[:1]), feed=True)
+                    await store.apply_batch(conn, 1, project(j.facts[:1]))
         finally:
             await pool.close()
 
@@ -76,7 +78,8 @@ async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_
 
                 # Only the rebuilt views know these facts so far (the live ones lag behind).
                 async with conn.transaction():
-                    await store.apply_batch(conn, new.generation, project(j.facts[:3]), feed=False)
+                    applied = await store.apply_batch(conn, new.generation, project(j.facts[:3]), feed=False)
+                assert applied == ("building", 0)
                 hour, nothing = timedelta(hours=1), timedelta(0)
                 assert not await generations.try_switch(
                     conn, new.generation, ["order.events"], nothing
@@ -93,6 +96,10 @@ async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_
                 # The facts only the new views had applied are now in the SSE feed, in time order.
                 fed = await store.feed_after(conn, 0, j.order_id, 10)
                 assert [orjson.loads(i.document)["id"] for i in fed] == [e.id for e in j.facts[:3]]
+                # A batch of the retired generation's consumer, still running on some replica, writes nothing.
+                async with conn.transaction():
+                    assert await store.apply_batch(conn, old.generation, project(j.facts[3:])) == ("retired", 0)
+                assert await Views(conn, old.generation).order(j.order_id) is None
                 assert await generations.drop_retired(conn, keep=1) == []
                 assert await generations.drop_retired(conn, keep=0) == [old.generation]
                 assert (
@@ -102,5 +109,22 @@ async def test_the_switch_waits_for_the_target_and_for_the_old_views_then_flips_
                 assert not await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", store.schema_of(old.generation)
                 )
+        finally:
+            await pool.close()
+
+
+async def test_a_generation_created_before_its_writer_existed_gets_it_at_start_up(stack: LocalStack) -> None:
+    async with scratch_database(stack, "query_writer") as dsn:
+        pool = await create_pool(dsn)
+        try:
+            await migrate(pool, [VIEWS_SQL, generations.bootstrap_sql("test")])
+            async with pool.acquire() as conn:
+                await conn.execute("DROP FUNCTION views_g1.apply_batch")  # as an older version left it
+            await migrate(pool, [VIEWS_SQL, generations.bootstrap_sql("test")])  # the next start
+            j = happy()
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    assert await store.apply_batch(conn, 1, project(j.facts)) == ("current", 0)
+                assert await Views(conn, 1).order(j.order_id) == fold(j.facts)[j.order_id]
         finally:
             await pool.close()

@@ -18,7 +18,10 @@ def _function(name: str) -> str:
 
 
 def test_batches_share_the_generation_lock_a_switch_takes_alone() -> None:
-    assert f"pg_advisory_xact_lock_shared({generations.GENERATION_LOCK})" in _function("query_batch_begin")
+    writer = _function("query_create_generation_writer")
+    assert f"pg_advisory_xact_lock_shared({generations.GENERATION_LOCK})" in writer
+    lock = writer.index("pg_advisory_xact_lock_shared")
+    assert lock < writer.index("view_generations") < writer.index("INSERT INTO"), "state read under the lock"
 
 
 def test_the_feed_is_appended_under_the_feed_lock_and_wakes_the_views_channel() -> None:
@@ -47,7 +50,17 @@ def test_a_fact_released_past_the_bound_is_marked_causalgap() -> None:
 
 def test_the_orders_table_has_the_read_model_s_columns_in_order() -> None:
     table = re.search(
-        r"CREATE TABLE IF NOT EXISTS %1\$I\.orders \((.*?)\) WITH", _function("query_create_generation_schema"), re.S
+        r"CREATE TABLE IF NOT EXISTS %1\$I\.orders \((.*?)\) WITH", _function("query_create_generation"), re.S
     )
     assert table
     assert tuple(re.findall(r"^\s+(\w+)\s+[A-Z]", table.group(1), re.M)) == COLUMNS
+
+
+def test_each_generation_s_writer_upserts_the_read_model_s_columns_by_name() -> None:
+    writer = _function("query_create_generation_writer")
+    insert = re.search(r"INSERT INTO %1\$I\.orders AS o \((.*?)\)", writer, re.S)
+    record = re.search(r"json_to_recordset\(orders\) AS u\((.*?)\)\s+--", writer, re.S)
+    assert insert and record
+    assert tuple(c.strip() for c in insert.group(1).split(",")) == COLUMNS
+    assert tuple(c.split()[0] for c in record.group(1).split(",")) == COLUMNS
+    assert "query_feed_append(%2$s" in writer, "a current generation appends the feed in the same statement"
