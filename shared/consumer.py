@@ -359,9 +359,9 @@ class ConsumerRunner:
             traced = consume_trace(self.store.tracing, self.name, deliveries)
             work.after_commit(traced.end)
             try:
-                with traced.active():
+                with traced.active():  # the statement is the batch's database work: its spans go with it
                     await self.handler(work, deliveries)
-                await work.commit()
+                    await work.commit()
             except TRANSIENT_ERRORS:
                 raise
             except (NeedsTransaction, BatchPreconditionFailed) as exc:
