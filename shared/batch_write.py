@@ -66,13 +66,15 @@ class Claim:
 class DeferredWrite:
     """A service's own data-modifying statement, joined to the batch's one statement as a CTE.
 
-    `sql` has a `{}` placeholder per argument (filled with the statement's `$n`) and must say
-    `RETURNING 1` when `rows` is given: the number of rows it must touch, else the batch is refused.
+    `sql` has a `{}` placeholder per argument (filled with the statement's `$n`) and must return
+    rows when `rows` is given: the number of rows it must touch, else the batch is refused.
+    `read`: a column of its first row the handler reads back once committed (`BatchWork.read_back`).
     """
 
     sql: str
     args: tuple[Any, ...]
     rows: int | None = None
+    read: str | None = None
 
 
 class BatchWork(UnitOfWork):
@@ -88,6 +90,7 @@ class BatchWork(UnitOfWork):
         self._index_table: str | None = None
         self._index_rows: list[tuple[str, str]] = []
         self._deferred: list[DeferredWrite] = []
+        self._read_back: dict[int, Any] = {}
 
     def expect(self, stream_id: str, version: int) -> None:
         """A decision of this batch assumed the stream at `version`: the statement checks it."""
@@ -96,9 +99,14 @@ class BatchWork(UnitOfWork):
             raise NeedsTransaction(f"stream {stream_id!r} assumed at versions {assumed} and {version}")
         self._expected.setdefault(stream_id, version)
 
-    def defer(self, write: DeferredWrite) -> None:
-        """Join a write of the service's own tables to the statement."""
+    def defer(self, write: DeferredWrite) -> int:
+        """Join a write of the service's own tables to the statement; its handle for `read_back`."""
         self._deferred.append(write)
+        return len(self._deferred) - 1
+
+    def read_back(self, handle: int) -> Any:
+        """What the deferred write `handle` returned in its `read` column (after commit only)."""
+        return self._read_back[handle]
 
     async def append_many(
         self,
@@ -146,13 +154,15 @@ class BatchWork(UnitOfWork):
         """Send the one statement; BatchPreconditionFailed if it was refused (nothing written)."""
         sql, args = _statement(self)
         try:
-            await self.conn.fetchval(sql, *args)
+            row = await self.conn.fetchrow(sql, *args)
         except asyncpg.UniqueViolationError as exc:  # a concurrent writer took a version first
             raise BatchPreconditionFailed(repr(exc)) from exc
         except asyncpg.PostgresError as exc:
             if getattr(exc, "sqlstate", None) == PRECONDITION_SQLSTATE:
                 raise BatchPreconditionFailed(str(exc)) from exc
             raise
+        assert row is not None
+        self._read_back = {n: row[f"read_{n}"] for n, write in enumerate(self._deferred) if write.read is not None}
         if self._queued:
             self.store.outbox_written.set()
         for event_type, count in Counter(f.type for f in self._facts).items():
@@ -232,9 +242,12 @@ def _statement(work: BatchWork) -> tuple[str, list[Any]]:
          AS i(stream_id, order_id)
     ON CONFLICT DO NOTHING)"""
         )
+    reads = []
     for n, write in enumerate(work._deferred):
         ctes.append(f"own_{n} AS (\n    {write.sql.format(*(arg(a) for a in write.args)).strip()})")
         if write.rows is not None:
             checks.append(f"(SELECT count(*) FROM own_{n}) = {arg(write.rows)}")
-    sql = "WITH " + ",\n".join(ctes) + f"\nSELECT batch_precondition({' AND '.join(checks)})"
+        if write.read is not None:
+            reads.append(f", (SELECT {write.read} FROM own_{n} LIMIT 1) AS read_{n}")
+    sql = "WITH " + ",\n".join(ctes) + f"\nSELECT batch_precondition({' AND '.join(checks)}){''.join(reads)}"
     return sql, arg.values

@@ -26,6 +26,7 @@ import asyncpg
 import msgspec
 
 from services.query.projection import COLUMNS, Batch, OrderReadModel, Received, causal_order
+from shared.batch_write import DeferredWrite
 from shared.contract import EVENT_TOPICS, Envelope, Fact, decode_data, encode, messages_on
 
 # The same constants are written in views.sql (query_feed_append).
@@ -62,18 +63,39 @@ async def apply_batch(conn: asyncpg.Connection, generation: int, batch: Batch, *
     the generation be current after all, it writes nothing and the batch is sent again, ordered."""
     if not batch.facts:
         return Applied(None, 0)
-    facts = causal_order(batch.facts) if feed and len(batch.facts) > 1 else batch.facts
-    # Sorted keys: concurrent batches (replicas) lock shared order rows in one order, no deadlock.
-    models = _encoder.encode([batch.orders[k] for k in sorted(batch.orders)]).decode()
     row = await conn.fetchrow(
-        f"SELECT state, held FROM {schema_of(generation)}.apply_batch($1::text::json, $2::text::json, $3, $4, $5)",
-        _documents(facts),
-        models,
-        *(_feed_columns(facts) if feed else (None, None, None)),
+        _APPLY_SQL.format(schema=schema_of(generation), args="$1::text::json, $2::text::json, $3, $4, $5"),
+        *_apply_args(batch, feed),
     )
     if row["held"] is None and row["state"] == "current" and not feed:
         return await apply_batch(conn, generation, batch, feed=True)
     return Applied(row["state"], row["held"] or 0)
+
+
+def apply_in_batch_statement(generation: int, batch: Batch, *, feed: bool) -> DeferredWrite:
+    """`apply_batch` as a part of the consumer batch's one statement (shared/batch_write.py): it
+    must find the generation current (`feed`) or building, else the statement is refused and the
+    batch is applied in a transaction; `held` is read back."""
+    expected = "current" if feed else "building"
+    return DeferredWrite(
+        _APPLY_SQL.format(schema=schema_of(generation), args="{}::text::json, {}::text::json, {}, {}, {}")
+        + f" WHERE state = '{expected}'",
+        _apply_args(batch, feed),
+        rows=1,
+        read="held",
+    )
+
+
+_APPLY_SQL = "SELECT state, held FROM {schema}.apply_batch({args})"
+
+
+def _apply_args(batch: Batch, feed: bool) -> tuple[Any, ...]:
+    """The writer's arguments: the facts' documents (causes first for the feed), the merged
+    models, and the feed's columns (none when not feeding)."""
+    facts = causal_order(batch.facts) if feed and len(batch.facts) > 1 else batch.facts
+    # Sorted keys: concurrent batches (replicas) lock shared order rows in one order, no deadlock.
+    models = _encoder.encode([batch.orders[k] for k in sorted(batch.orders)]).decode()
+    return (_documents(facts), models, *(_feed_columns(facts) if feed else (None, None, None)))
 
 
 def _documents(facts: Sequence[Received]) -> str:

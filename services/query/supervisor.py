@@ -23,6 +23,7 @@ from services.query.metrics import CURRENT_GENERATION, FACTS_APPLIED, FEED_HELD,
 from services.query.notify import Notifications
 from services.query.projection import project
 from services.query.settings import QuerySettings
+from shared.batch_write import BatchWork
 from shared.consumer import ConsumerRunner, Delivery, Handler
 from shared.eventstore import UnitOfWork
 from shared.runtime import Runtime, consumer_settings_of
@@ -38,15 +39,25 @@ def batch_handler(generation: int) -> Handler:
     async def handle(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
         nonlocal feeds
         batch = project(d.envelope for d in deliveries)
+        if isinstance(uow, BatchWork):  # the claim and this write in one statement, if the state is as last seen
+            if batch.facts:
+                expected = "current" if feeds else "building"
+                write = uow.defer(store.apply_in_batch_statement(generation, batch, feed=feeds))
+                uow.after_commit(lambda: _count(expected, len(batch.facts), uow.read_back(write)))
+            return
         state, held = await store.apply_batch(uow.conn, generation, batch, feed=feeds)
         if state not in generations.LIVE_STATES:
             return  # commands only, or retired or dropped under us: its consumer is being stopped
         feeds = state == "current"
-        FACTS_APPLIED.labels(state=state).inc(len(batch.facts))
-        if held:
-            FEED_HELD.inc(held)
+        _count(state, len(batch.facts), held)
 
     return handle
+
+
+def _count(state: str, facts: int, held: int) -> None:
+    FACTS_APPLIED.labels(state=state).inc(facts)
+    if held:
+        FEED_HELD.inc(held)
 
 
 @dataclass
@@ -156,6 +167,7 @@ class GenerationSupervisor:
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 handler=batch_handler(generation.generation),
                 settings=consumer_settings,
+                one_statement=True,
             )
             runners.append(runner)
             tasks.append(asyncio.create_task(runner.run(stop), name=f"consumer:{generation.consumer}:{member}"))

@@ -21,7 +21,7 @@ OWN_DDL = [
     "CREATE TABLE IF NOT EXISTS lookups (stream_id TEXT PRIMARY KEY, order_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS marks (id TEXT PRIMARY KEY, seen INT NOT NULL DEFAULT 0)",
 ]
-MARK = "UPDATE marks SET seen = seen + 1 WHERE id = ANY({}::text[]) RETURNING 1"
+MARK = "UPDATE marks SET seen = seen + 1 WHERE id = ANY({}::text[]) RETURNING seen * 10 AS tens"
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ async def everything(store: EventStore) -> dict[str, list[Any]]:
         }
 
 
-async def _a_full_batch(work: BatchWork, p: str, q: str) -> tuple[list[Recorded], list[list[Recorded]]]:
+async def _a_full_batch(work: BatchWork, p: str, q: str) -> tuple[list[Recorded], list[list[Recorded]], int]:
     """Facts on two streams from two messages, a command, a lookup row, a deferred own write."""
     with caused_by("o", work.claim.message_ids[0]):
         await work.send(CapturePayment(order_id="o", payment_id=p))
@@ -71,8 +71,8 @@ async def _a_full_batch(work: BatchWork, p: str, q: str) -> tuple[list[Recorded]
     with caused_by("o", work.claim.message_ids[1]):  # the next message follows on from the first's facts
         second = await work.append_many([StreamAppend(p, 1, [captured(2, p)]), StreamAppend(q, 0, [captured(3, q)])])
     work.expect(f"untouched-{p}", 0)
-    work.defer(DeferredWrite(MARK, (list(work.claim.message_ids),), rows=2))
-    return first, second
+    marked = work.defer(DeferredWrite(MARK, (list(work.claim.message_ids),), rows=2, read="tens"))
+    return first, second, marked
 
 
 async def test_a_batch_is_one_statement_with_its_claim_facts_messages_lookups_and_own_rows(store: EventStore) -> None:
@@ -85,9 +85,10 @@ async def test_a_batch_is_one_statement_with_its_claim_facts_messages_lookups_an
         await warm.commit()
         conn.add_query_logger(lambda record: statements.append(record.query))
         work = BatchWork(conn, store, claim("m1", "m2"))
-        first, second = await _a_full_batch(work, "p", "q")
+        first, second, marked = await _a_full_batch(work, "p", "q")
         assert statements == [], "nothing is sent before commit"
         await work.commit()
+    assert work.read_back(marked) == 10, "a deferred write's result is read back after commit"
     assert len(statements) == 1, statements
     assert [e.sequence for e in first] == [1] and [[e.sequence for e in s] for s in second] == [[2], [1]]
     written = await everything(store)

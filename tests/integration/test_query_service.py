@@ -63,6 +63,13 @@ async def test_facts_arriving_out_of_order_across_topics_converge_and_duplicates
     view = await query.order_when(j.order_id, lambda v: v == expected)
     assert view == expected
     assert view["status"] == "DELIVERED" and view["payment_status"] == "CAPTURED"
+    metrics = (await query.client.get("/metrics")).text
+    written = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("consumer_one_statement_batches_total") and 'outcome="written"' in line
+    ]
+    assert sum(written) > 0, "the views' batches are written in one statement (claim and views together)"
 
     timeline = (await query.client.get(f"/orders/{j.order_id}/timeline")).json()
     assert [e["id"] for e in timeline["events"]] == [e.id for e in j.facts]  # causal = recorded order
