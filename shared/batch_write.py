@@ -80,9 +80,15 @@ class DeferredWrite:
 class BatchWork(UnitOfWork):
     """The UnitOfWork of a batch written in one statement (module docstring)."""
 
-    def __init__(self, conn: asyncpg.Connection, store: EventStore, claim: Claim) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, store: EventStore, claim: Claim | None, *, within: UnitOfWork | None = None
+    ) -> None:
+        """`claim`: the consumer batch's (None: a write that claims no message, e.g. placements
+        written together). `within`: the transaction the statement is part of (its locks are
+        held): what follows a commit then waits for that transaction's."""
         super().__init__(conn, store)
         self.claim = claim
+        self._within = within
         self._expected: dict[str, int] = {}  # stream -> the version decisions assumed
         self._heads: dict[str, int] = {}  # stream -> its version after the facts collected so far
         self._facts: list[Recorded] = []
@@ -151,7 +157,9 @@ class BatchWork(UnitOfWork):
         yield self  # pragma: no cover - makes this an async generator
 
     async def commit(self) -> None:
-        """Send the one statement; BatchPreconditionFailed if it was refused (nothing written)."""
+        """Send the one statement; BatchPreconditionFailed if it was refused (nothing written).
+        Within a transaction, the statement's effects are that transaction's: its outbox bell,
+        metrics and callbacks come with its commit."""
         sql, args = _statement(self)
         try:
             row = await self.conn.fetchrow(sql, *args)
@@ -163,6 +171,13 @@ class BatchWork(UnitOfWork):
             raise
         assert row is not None
         self._read_back = {n: row[f"read_{n}"] for n, write in enumerate(self._deferred) if write.read is not None}
+        if self._within is not None:
+            self._within.published_messages += self.published_messages
+            self._within.after_commit(self._committed)
+        else:
+            self._committed()
+
+    def _committed(self) -> None:
         if self._queued:
             self.store.outbox_written.set()
         for event_type, count in Counter(f.type for f in self._facts).items():
@@ -185,19 +200,23 @@ class _Args:
 def _statement(work: BatchWork) -> tuple[str, list[Any]]:
     arg = _Args()
     claim, facts, queued = work.claim, work._facts, work._queued
-    ctes = [
-        f"""claimed AS (
+    ctes: list[str] = []
+    checks: list[str] = []
+    if claim is not None:
+        consumer = arg(claim.consumer)
+        ctes += [
+            f"""claimed AS (
     INSERT INTO inbox (consumer, message_id, outcome)
-    SELECT {arg(claim.consumer)}, id, 'handled' FROM unnest({arg(list(claim.message_ids))}::text[]) AS id
+    SELECT {consumer}, id, 'handled' FROM unnest({arg(list(claim.message_ids))}::text[]) AS id
     ON CONFLICT DO NOTHING RETURNING 1)""",
-        f"""position AS (
+            f"""position AS (
     INSERT INTO consumer_positions (consumer, topic, partition, next_offset)
-    SELECT $1, p.topic, p.partition, p.next_offset
+    SELECT {consumer}, p.topic, p.partition, p.next_offset
     FROM unnest({arg(list(claim.topics))}::text[], {arg(list(claim.partitions))}::int[],
                 {arg(list(claim.next_offsets))}::bigint[]) AS p(topic, partition, next_offset)
     ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = excluded.next_offset)""",
-    ]
-    checks = [f"(SELECT count(*) FROM claimed) = {arg(len(claim.message_ids))}"]
+        ]
+        checks.append(f"(SELECT count(*) FROM claimed) = {arg(len(claim.message_ids))}")
     if work._expected:
         ctes.append(
             f"""heads AS (
@@ -249,5 +268,7 @@ def _statement(work: BatchWork) -> tuple[str, list[Any]]:
             checks.append(f"(SELECT count(*) FROM own_{n}) = {arg(write.rows)}")
         if write.read is not None:
             reads.append(f", (SELECT {write.read} FROM own_{n} LIMIT 1) AS read_{n}")
-    sql = "WITH " + ",\n".join(ctes) + f"\nSELECT batch_precondition({' AND '.join(checks)}){''.join(reads)}"
+    if not ctes:
+        raise NeedsTransaction("a statement with nothing to write")
+    sql = "WITH " + ",\n".join(ctes) + f"\nSELECT batch_precondition({' AND '.join(checks) or 'true'}){''.join(reads)}"
     return sql, arg.values

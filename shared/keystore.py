@@ -47,6 +47,28 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# The live key of each customer, or a new one (the next generation) for those with none; a
+# concurrent maker's key wins the unique index and is read on the second try.
+_CURRENT_KEYS_SQL = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) AS w(customer_id, key_id, secret)
+), live AS (
+    SELECT k.key_id, k.customer_id, k.generation, k.secret
+    FROM customer_keys k JOIN wanted w ON k.customer_id = w.customer_id
+    WHERE k.secret IS NOT NULL
+), made AS (
+    INSERT INTO customer_keys (key_id, customer_id, generation, secret)
+    SELECT w.key_id, w.customer_id,
+           COALESCE((SELECT max(generation) FROM customer_keys c WHERE c.customer_id = w.customer_id), 0) + 1, w.secret
+    FROM wanted w WHERE NOT EXISTS (SELECT 1 FROM live WHERE live.customer_id = w.customer_id)
+    ORDER BY w.customer_id
+    ON CONFLICT DO NOTHING
+    RETURNING key_id, customer_id, generation, secret
+)
+SELECT * FROM live UNION ALL SELECT * FROM made
+"""
+
+
 class KeystoreUnavailable(Exception):
     """The key store could not be reached (or refused this role): nothing that needs a key was done."""
 
@@ -77,32 +99,30 @@ class Keystore:
 
     async def current_key(self, customer_id: str) -> DataKey:
         """The customer's live key, made now (next generation) if it has none."""
+        return (await self.current_keys([customer_id]))[customer_id]
+
+    async def current_keys(self, customer_ids: Iterable[str]) -> dict[str, DataKey]:
+        """Each customer's live key, made now (next generation) for those with none: one round
+        trip for all of them (placements written together)."""
         assert self.writer, "only the key store's writer makes keys"
+        wanted = sorted(set(customer_ids))
+        found: dict[str, DataKey] = {}
         try:
             pool = await self._acquire_pool()
             async with pool.acquire(timeout=self.timeout_s) as conn:
                 for _ in range(2):  # a concurrent maker of the same customer's key wins the second read
-                    row = await conn.fetchrow(
-                        """WITH live AS (
-                               SELECT key_id, customer_id, generation, secret FROM customer_keys
-                               WHERE customer_id = $1 AND secret IS NOT NULL),
-                           made AS (
-                               INSERT INTO customer_keys (key_id, customer_id, generation, secret)
-                               SELECT $2, $1, COALESCE(
-                                   (SELECT max(generation) FROM customer_keys WHERE customer_id = $1), 0) + 1, $3
-                               WHERE NOT EXISTS (SELECT 1 FROM live)
-                               ON CONFLICT DO NOTHING
-                               RETURNING key_id, customer_id, generation, secret)
-                           SELECT * FROM live UNION ALL SELECT * FROM made""",
-                        customer_id,
-                        uuid.uuid4().hex,
-                        new_secret(),
+                    missing = [c for c in wanted if c not in found]
+                    if not missing:
+                        break
+                    rows = await conn.fetch(
+                        _CURRENT_KEYS_SQL, missing, [uuid.uuid4().hex for _ in missing], [new_secret() for _ in missing]
                     )
-                    if row is not None:
-                        return _key(row)
+                    found.update({row["customer_id"]: _key(row) for row in rows})
         except _UNAVAILABLE as exc:
             raise KeystoreUnavailable(repr(exc)) from exc
-        raise KeystoreUnavailable(f"no key could be made for customer {customer_id}")
+        if len(found) < len(wanted):
+            raise KeystoreUnavailable(f"no key could be made for customers {sorted(set(wanted) - set(found))}")
+        return found
 
     async def keys(self, key_ids: Iterable[str]) -> dict[str, DataKey | None]:
         """The live keys among `key_ids`; a destroyed or unknown one maps to None."""

@@ -224,6 +224,13 @@ def publish_spans(tracer: trace.Tracer | None, rows: Sequence[Mapping[str, Any]]
     return spans
 
 
+def current_span() -> Span | None:
+    """The span current now (None without one): work done later for this caller, e.g. a
+    request's placement written in a batch, goes under it with `in_span`."""
+    span = trace.get_current_span()
+    return span if span.get_span_context().is_valid else None
+
+
 def in_span(span: Span | None) -> AbstractContextManager[Any]:
     """Make `span` current for a block (the aiokafka send span nests under it); None: nothing."""
     return nullcontext() if span is None else trace.use_span(span, end_on_exit=False)

@@ -20,19 +20,21 @@ Choices made here:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from services.order import handlers, queries
-from services.order.idempotency import IdempotencyKey, body_fingerprint
+from services.order.idempotency import IdempotencyKey, Placed, body_fingerprint
+from services.order.placements import PlacementQueue
 from services.order.settings import OrderSettings
 from services.order.views import CancelAcceptedView, OrderAccepted, OrderView, PlaceOrderRequest, SagaView
 from shared.auth import Caller, Forbidden, Principal, Role, require_role
 from shared.contract import AuthorizePayment, OrderPlaced
 from shared.errors import NotFound
 from shared.rest import ErrorBody, EventView, error_responses, request_causation_id, revealed_view, revealed_views
-from shared.runtime import runtime_of
+from shared.runtime import Runtime, runtime_of
 
 router = APIRouter()
 
@@ -51,6 +53,31 @@ IdempotencyKeyHeader = Header(
     description="retry-safe placement: the same key with the same body returns the same order and "
     "appends nothing; with a different body → 422",
 )
+
+
+def _placements(request: Request) -> PlacementQueue:
+    """The service's group commit of placements (services/order/placements.py), made on first use."""
+    queue: PlacementQueue | None = getattr(request.app.state, "placements", None)
+    if queue is None:
+        runtime, settings = runtime_of(request), _settings(request)
+        queue = request.app.state.placements = PlacementQueue(lambda batch: _place_many(runtime, settings, batch))
+    return queue
+
+
+async def _place_many(
+    runtime: Runtime,
+    settings: OrderSettings,
+    batch: Sequence[handlers.Placement],
+    *,
+    idempotency: IdempotencyKey | None = None,
+) -> list[Placed]:
+    return await handlers.place_orders(
+        runtime.store,
+        batch,
+        step_timeout_s=settings.saga_step_timeout_s,
+        keystore=runtime.keystore,
+        idempotency=idempotency,
+    )
 
 
 def _settings(request: Request) -> OrderSettings:
@@ -93,14 +120,11 @@ async def place_order(
     if idempotency_key is not None:
         key = IdempotencyKey(principal.subject, idempotency_key, body_fingerprint(body.model_dump(mode="json")))
     causation_id = request_causation_id(x_request_id) if x_request_id else (idempotency_key or str(uuid.uuid4()))
-    placed = await handlers.place_order(
-        runtime_of(request).store,
-        body.to_command(str(uuid.uuid4())),
-        causation_id=causation_id,
-        step_timeout_s=_settings(request).saga_step_timeout_s,
-        keystore=runtime_of(request).keystore,
-        idempotency=key,
-    )
+    placement = handlers.placement(body.to_command(str(uuid.uuid4())), causation_id)
+    if key is not None:  # the key's row goes in the placement's transaction: alone
+        [placed] = await _place_many(runtime_of(request), _settings(request), [placement], idempotency=key)
+    else:
+        placed = await _placements(request).place(placement)
     response.headers["Location"] = f"/orders/{placed.order_id}"
     if placed.replayed:
         response.headers["Idempotent-Replayed"] = "true"

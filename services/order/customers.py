@@ -2,7 +2,7 @@
 customer's data key, and erasing a customer's personal data by destroying their keys.
 
 Placement and erasure of one customer take turns: each takes the customer's advisory lock in
-its order-database transaction (`lock_customer`), so an erasure never destroys a key that a
+its order-database transaction (`lock_customers`), so an erasure never destroys a key that a
 concurrent placement is sealing with, and never misses an order placed concurrently (it is
 committed before the erasure looks, and makes it answer 409). A placement after an erasure
 gets a fresh key (the next generation).
@@ -11,6 +11,7 @@ gets a fresh key (the next generation).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,9 +35,14 @@ _CUSTOMER_LOCK_CLASS = 0x6375  # "cu"
 NEEDS_ADDRESS = frozenset({OrderStatus.PENDING, OrderStatus.CONFIRMED, OrderStatus.SHIPPED})
 
 
-async def lock_customer(conn: asyncpg.Connection, customer_id: str) -> None:
-    """The customer's turn, until the transaction ends (placement and erasure take it)."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _CUSTOMER_LOCK_CLASS, customer_id)
+async def lock_customers(conn: asyncpg.Connection, customer_ids: Sequence[str]) -> None:
+    """The customers' turns, until the transaction ends (placement and erasure take them), in
+    one round trip; always in sorted order, so two batches of placements never deadlock."""
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock($1, hashtext(c))) FROM unnest($2::text[]) AS c",
+        _CUSTOMER_LOCK_CLASS,
+        sorted(set(customer_ids)),
+    )
 
 
 def seal_address(key: DataKey, address: Address) -> Address:
@@ -82,7 +88,7 @@ async def erase_personal_data(
     keys = require_keystore(keystore)
     stream = customer_stream_id(customer_id)
     async with store.transaction() as uow:
-        await lock_customer(uow.conn, customer_id)
+        await lock_customers(uow.conn, [customer_id])
         streams = await uow.read_many(await orders_of(uow.conn, customer_id))
         active = sorted(oid for oid, history in streams.items() if _needs_address(domain.fold(facts_of(history))))
         if active:

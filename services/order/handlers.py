@@ -43,10 +43,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
+from opentelemetry.trace import Span
 from prometheus_client import Counter
 
 from services.order import domain, saga
-from services.order.customers import lock_customer, require_keystore, seal_address
+from services.order.customers import lock_customers, require_keystore, seal_address
 from services.order.domain import OrderCommand, OrderState, PlaceOrder
 from services.order.idempotency import IdempotencyKey, Placed, claim_idempotency_key
 from services.order.saga import SagaDecision, SagaState
@@ -59,6 +60,7 @@ from shared.eventstore import EventStore, Recorded, StreamAppend, UnitOfWork
 from shared.ids import caused_by
 from shared.keystore import Keystore
 from shared.memory_image import MemoryImage
+from shared.tracing import current_span, in_span
 
 log = logging.getLogger("services.order")
 
@@ -122,56 +124,85 @@ def saga_image(store: EventStore) -> SagaImage:
 # --------------------------------------------------------------------------- place
 
 
-async def place_order(
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A validated POST /orders: the command, the request's causation id, its answer, and the
+    request's span (its facts carry that trace even when written in a batch)."""
+
+    command: PlaceOrder
+    causation_id: str
+    answer: Placed
+    span: Span | None = None
+
+
+def placement(command: PlaceOrder, causation_id: str) -> Placement:
+    """Validate a placement before any I/O (InvalidCommand → 422, nothing appended)."""
+    clear = domain.fold(ORDERS.plan(command.order_id, OrderState(), [command]).facts)
+    answer = Placed(command.order_id, str(clear.status), clear.version, clear.total_cents)
+    return Placement(command, causation_id, answer, current_span())
+
+
+async def place_orders(
     store: EventStore,
-    command: PlaceOrder,
+    placements: Sequence[Placement],
     *,
-    causation_id: str,
     step_timeout_s: float,
     keystore: Keystore | None,
     idempotency: IdempotencyKey | None = None,
-) -> Placed:
-    """Append the order's placement and start the saga (which sends the authorization), in one
-    transaction. The payment token goes from `command` to the saga's start, in memory only.
+) -> list[Placed]:
+    """Append the orders' placements and start their sagas (which send the authorizations), all
+    in one transaction of four round trips however many there are: BEGIN, the customers' locks,
+    one statement (every order's and saga's facts, the outbox rows, the deadline rows; see
+    shared/batch_write.py) and COMMIT, plus one to the key store. The payment tokens go from
+    the commands to the sagas' starts, in memory only.
 
-    The address's personal fields are sealed with the customer's data key (made if the
+    The addresses' personal fields are sealed with each customer's data key (made if the
     customer has none) under the customer's lock (services/order/customers.py) before the
     domain decides: no fact, command or row ever holds them in clear. A key store that cannot
     be reached raises KeystoreUnavailable (503) and nothing is appended.
 
-    With an Idempotency-Key, the key row is inserted first: a concurrent request with the same
-    key waits on its primary key and then reads the committed answer back, so one key places
-    at most one order. Same key with another body → InvalidCommand (422).
+    With an Idempotency-Key (one placement only), the key row is inserted first: a concurrent
+    request with the same key waits on its primary key and then reads the committed answer
+    back, so one key places at most one order. Same key with another body → InvalidCommand (422).
     """
-    clear = domain.fold(ORDERS.plan(command.order_id, OrderState(), [command]).facts)  # validation before I/O
-    answer = Placed(command.order_id, str(clear.status), clear.version, clear.total_cents)
+    if idempotency is not None and len(placements) != 1:
+        raise ValueError("an Idempotency-Key belongs to one placement")
     async with store.transaction() as uow:
         if idempotency is not None:
-            earlier = await claim_idempotency_key(uow, idempotency, answer)
+            earlier = await claim_idempotency_key(uow, idempotency, placements[0].answer)
             if earlier is not None:
                 IDEMPOTENT_REPLAYS.inc()
-                return earlier
-        await lock_customer(uow.conn, command.customer_id)
-        key = await require_keystore(keystore).current_key(command.customer_id)
-        sealed = replace(command, shipping_address=seal_address(key, command.shipping_address))
-        placed = ORDERS.plan(command.order_id, OrderState(), [sealed]).facts
-        placed_state = domain.fold(placed)
-        with caused_by(command.order_id, causation_id):
-            start = saga.StartSaga.for_order(placed_state, command.payment_token, step_timeout_s)
-            decision = saga.decide(start, SagaState(), utc_now())
-            order_state = await _write_decision(uow, OrderState(), SagaState(), decision, placed=placed)
-            await uow.conn.execute(
-                "INSERT INTO saga_deadlines (order_id, deadline, saga_version) VALUES ($1, $2, $3)",
-                command.order_id,
-                decision.state.deadline,
-                decision.state.version,
+                return [earlier]
+        customers = sorted({p.command.customer_id for p in placements})
+        await lock_customers(uow.conn, customers)
+        keys = await require_keystore(keystore).current_keys(customers)
+        work = BatchWork(uow.conn, store, None, within=uow)
+        started: dict[str, tuple[OrderState, SagaState]] = {}
+        for p in placements:
+            command = p.command
+            sealed = replace(
+                command, shipping_address=seal_address(keys[command.customer_id], command.shipping_address)
             )
-    saga_image(store).put_all({command.order_id: (order_state, decision.state)})  # the first reply decides on it
-    ORDERS_PLACED.inc()
-    SAGA_TRIGGERS.labels(trigger="started", outcome="decided").inc()
-    with caused_by(command.order_id, causation_id):
-        log.info("order placed", extra={"order_id": command.order_id, "total_cents": answer.total_cents})
-    return answer
+            placed = ORDERS.plan(command.order_id, OrderState(), [sealed]).facts
+            with in_span(p.span), caused_by(command.order_id, p.causation_id):
+                start = saga.StartSaga.for_order(domain.fold(placed), command.payment_token, step_timeout_s)
+                decision = saga.decide(start, SagaState(), utc_now())
+                order_state = await _write_decision(work, OrderState(), SagaState(), decision, placed=placed)
+            started[command.order_id] = (order_state, decision.state)
+        states = [saga_state for _, saga_state in started.values()]
+        work.defer(DeferredWrite(_NEW_DEADLINES_SQL, _deadline_columns(states), rows=len(states)))
+        await work.commit()
+    saga_image(store).put_all(started)  # the first replies decide on them
+    ORDERS_PLACED.inc(len(placements))
+    SAGA_TRIGGERS.labels(trigger="started", outcome="decided").inc(len(placements))
+    for p in placements:
+        with caused_by(p.command.order_id, p.causation_id):
+            log.info("order placed", extra={"order_id": p.command.order_id, "total_cents": p.answer.total_cents})
+    return [p.answer for p in placements]
+
+
+_NEW_DEADLINES_SQL = """INSERT INTO saga_deadlines (order_id, deadline, saga_version)
+    SELECT * FROM unnest({}::text[], {}::timestamptz[], {}::int[]) RETURNING 1"""
 
 
 # --------------------------------------------------------------------------- cancel

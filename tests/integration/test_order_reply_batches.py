@@ -12,7 +12,7 @@ import pytest
 
 from services.order import handlers, queries
 from services.order.app import SCHEMA
-from services.order.handlers import place_order
+from services.order.handlers import place_orders, placement
 from services.order.views import PlaceOrderRequest
 from shared.auth import Principal, Role
 from shared.consumer import Delivery
@@ -23,6 +23,7 @@ from shared.contract import (
     Fact,
     Message,
     Money,
+    OrderPlaced,
     PaymentAuthorized,
     PaymentCaptured,
     PaymentFact,
@@ -107,7 +108,7 @@ async def _place(store: EventStore) -> str:
     command = PlaceOrderRequest.model_validate(order_body()).to_command(order_id)
     keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)  # the session's (tests/conftest.py)
     try:
-        await place_order(store, command, causation_id="req-1", step_timeout_s=30, keystore=keystore)
+        await place_orders(store, [placement(command, "req-1")], step_timeout_s=30, keystore=keystore)
     finally:
         await keystore.close()
     return order_id
@@ -168,3 +169,32 @@ async def test_a_saga_moved_elsewhere_is_read_again_never_decided_on_a_stale_ima
     held = handlers.saga_image(store).at_version(order_id, folded.version)
     assert held is not None and held[1] == folded, "decided on the log, not on the stale entry"
     assert (await queries.get_order(store, order_id, None, STAFF)).status != "CONFIRMED", "cancelled, never confirmed"
+
+
+async def test_placements_written_together_are_each_their_own_order_and_saga(store: EventStore) -> None:
+    twice = f"cust-{uuid.uuid4().hex[:8]}"  # one customer placing two orders in the same batch
+    bodies = [order_body(customer_id=twice), order_body(), order_body(customer_id=twice)]
+    batch = [
+        placement(PlaceOrderRequest.model_validate(body).to_command(str(uuid.uuid4())), f"req-{i}")
+        for i, body in enumerate(bodies)
+    ]
+    keystore = Keystore(os.environ["KEYSTORE_URL"], writer=True)
+    try:
+        answers = await place_orders(store, batch, step_timeout_s=30, keystore=keystore)
+    finally:
+        await keystore.close()
+    assert answers == [p.answer for p in batch]
+    async with store.pool.acquire() as conn:
+        outbox = [decode(bytes(r["value"])) for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
+        indexed = {r["order_id"]: r["saga_version"] for r in await conn.fetch("SELECT * FROM saga_deadlines")}
+    for p, body in zip(batch, bodies):
+        order_id = p.command.order_id
+        order = await queries.get_order(store, order_id, None, STAFF)
+        assert (order.status, order.customer_id) == ("PENDING", body["customer_id"])
+        saga_state, _ = await queries.get_saga(store, order_id, STAFF)
+        assert indexed[order_id] == saga_state.version, "each saga has its deadline row"
+        mine = [e for e in outbox if e.correlation_id == order_id]
+        assert [e.type for e in mine] == ["payment.authorize", "order.placed"]
+        assert {e.causation_id for e in mine} == {p.causation_id}, "each order carries its own request's id"
+    keys = {e.data.shipping_address.name.split(".")[1] for e in outbox if isinstance(e.data, OrderPlaced)}
+    assert len(keys) == 2, "one data key per customer, shared by the customer's orders"
