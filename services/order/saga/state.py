@@ -184,26 +184,28 @@ class SagaState:
         return "running"
 
 
-def _knowing(s: SagaState, fact: SagaReplyReceived) -> SagaState:
-    """The knowledge a recorded reply brings (its reason only for a failure)."""
+def _knowing(s: SagaState, fact: SagaReplyReceived) -> dict[str, object]:
+    """The knowledge a recorded reply brings (its reason only for a failure), as field changes."""
     if fact.reply_type in PAYMENT_REPLIES:
         payment = PAYMENT_REPLIES[fact.reply_type][0]
         reason = fact.reason if payment is PaymentStatus.DECLINED else s.payment_reason
-        return replace(s, payment=payment, payment_reason=reason)
+        return {"payment": payment, "payment_reason": reason}
     if fact.reply_type in SHIPMENT_REPLIES:
         shipment = SHIPMENT_REPLIES[fact.reply_type][0]
         reason = fact.reason if shipment is ShipmentStatus.FAILED else s.shipment_reason
-        return replace(s, shipment=shipment, shipment_reason=reason)
-    return s
+        return {"shipment": shipment, "shipment_reason": reason}
+    return {}
 
 
 def evolve(state: SagaState, fact: Fact) -> SagaState:
-    """Apply one saga fact. Facts of other kinds only advance the version."""
-    s = replace(state, version=state.version + 1)
+    """Apply one saga fact. Facts of other kinds only advance the version. One `replace` per
+    fact: the reply consumer folds every saga fact it decides, and copying the state is its cost."""
+    s, version = state, state.version + 1
     match fact:
         case SagaStarted():
             return replace(
                 s,
+                version=version,
                 order_id=fact.order_id,
                 customer_id=fact.customer_id,
                 payment_id=fact.payment_id,
@@ -217,15 +219,21 @@ def evolve(state: SagaState, fact: Fact) -> SagaState:
             )
         case SagaStepRequested():
             key = defensive(fact.command_type) if fact.defensive else fact.command_type
-            return replace(s, issued=s.issued | {key}, history=s.history + (key,))
+            return replace(s, version=version, issued=s.issued | {key}, history=s.history + (key,))
         case SagaReplyReceived():
-            seen = replace(s, seen_replies=s.seen_replies | {fact.reply_id}, history=s.history + (fact.reply_type,))
-            return _knowing(seen, fact)
+            return replace(
+                s,
+                version=version,
+                seen_replies=s.seen_replies | {fact.reply_id},
+                history=s.history + (fact.reply_type,),
+                **_knowing(s, fact),  # type: ignore[arg-type]
+            )
         case SagaCancelRequested():
-            return replace(s, cancel_requested=True, history=s.history + ("cancel_requested",))
+            return replace(s, version=version, cancel_requested=True, history=s.history + ("cancel_requested",))
         case SagaTimedOut():
             return replace(
                 s,
+                version=version,
                 timeouts=s.timeouts + 1,
                 gave_up=s.gave_up | set(fact.gave_up),
                 history=s.history + (f"timed_out:{fact.step}",),
@@ -233,6 +241,7 @@ def evolve(state: SagaState, fact: Fact) -> SagaState:
         case SagaCompensationStarted():
             return replace(
                 s,
+                version=version,
                 mode=SagaMode.COMPENSATE,
                 outcome=fact.outcome,
                 outcome_reason=fact.reason,
@@ -241,21 +250,27 @@ def evolve(state: SagaState, fact: Fact) -> SagaState:
         case SagaCompensationAborted():
             return replace(
                 s,
+                version=version,
                 mode=SagaMode.FULFIL,
                 outcome=None,
                 outcome_reason=None,
                 history=s.history + (f"compensation_aborted:{fact.reason}",),
             )
         case SagaOrderCommandIssued():
-            return replace(s, order_status=fact.status, history=s.history + (f"order:{fact.command}",))
+            return replace(s, version=version, order_status=fact.status, history=s.history + (f"order:{fact.command}",))
         case SagaDeadlineSet():
-            return replace(s, deadline=fact.deadline, awaiting=tuple(fact.awaiting))
+            return replace(s, version=version, deadline=fact.deadline, awaiting=tuple(fact.awaiting))
         case SagaCompleted():
-            return replace(s, completed=True, history=s.history + ("completed",))
+            return replace(s, version=version, completed=True, history=s.history + ("completed",))
         case SagaAnomalyDetected():
-            return replace(s, anomalies=s.anomalies + (fact.anomaly,), history=s.history + (f"anomaly:{fact.anomaly}",))
+            return replace(
+                s,
+                version=version,
+                anomalies=s.anomalies + (fact.anomaly,),
+                history=s.history + (f"anomaly:{fact.anomaly}",),
+            )
         case _:
-            return s
+            return replace(s, version=version)
 
 
 def fold(facts: Iterable[Fact]) -> SagaState:
