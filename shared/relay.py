@@ -21,6 +21,12 @@ costs about nothing (it used to fetch every `poll_interval_s` for ever). The fla
 through short bursts (raising and lowering it costs a commit each) and comes down only once
 the relay has been busy for `busy_s`: schema.sql explains why writers must not notify on every
 commit under load.
+
+Batches that grow with the load: a relay whose last fetch found more than one row waits
+`busy_linger_s` after a writer's bell before fetching again, so the commits of those few
+milliseconds share one fetch and one Kafka request (a relay-shaped send costs 353 µs of CPU per
+message alone and 68 µs in a batch of ten, `make bench-clients`), and the consumers downstream get
+fuller fetches. A lone message (the last fetch found at most one) is sent at once.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class RelaySettings:
     linger_poll_s: float = 0.02
     idle_poll_max_s: float = 30.0  # the longest fallback look while the doorbell is up
     busy_s: float = 1.0  # the doorbell comes down once every fetch found rows for this long
+    #: While busy (the last fetch found more than one row), wait this long after a writer's bell
+    #: before fetching, so the commits meanwhile go in the same batch (never when idle).
+    busy_linger_s: float = 0.003
     #: On stop, how long the leader keeps publishing what the outbox holds (graceful shutdown);
     #: rows still there afterwards are the next leader's.
     flush_timeout_s: float = 5.0
@@ -139,15 +148,19 @@ class OutboxRelay:
         caught_up = False
         quiet_poll_s = self.settings.poll_interval_s  # the fallback look while the doorbell is up
         acknowledged: list[int] = []  # published rows, deleted by the next fetch (same round trip)
+        busy = False  # the last fetch found more than one row
         try:
             while not stop.is_set():
                 if caught_up and (self._local_writers or listening):
                     # All that was committed before the last fetch is out: wait for a writer.
                     await self._wait_for_writers(wake, stop, listening, quiet_poll_s)
+                    if busy and self.settings.busy_linger_s > 0:
+                        await _sleep_unless(stop, self.settings.busy_linger_s)
                 self.local_bell.clear()  # before the fetch: a commit after it rings again
                 wake.clear()
                 rows = await self._fetch(conn, acknowledged)
                 acknowledged = []
+                busy = len(rows) > 1
                 now = asyncio.get_running_loop().time()
                 if not rows:
                     caught_up, busy_since = False, None

@@ -402,6 +402,7 @@ async def _start(definition: ServiceDefinition, tracing: Tracing | None = None) 
             batch_size=settings.relay_batch_size,
             poll_interval_s=settings.relay_poll_interval_s,
             idle_poll_max_s=settings.relay_idle_poll_max_s,
+            busy_linger_s=settings.relay_busy_linger_ms / 1000,
             flush_timeout_s=settings.shutdown_grace_s,
         ),
         local_bell=store.outbox_written,

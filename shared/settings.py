@@ -20,6 +20,9 @@ class ServiceSettings(BaseSettings):
     RELAY_BATCH_SIZE         outbox rows published per relay pass (default 1000)
     RELAY_POLL_INTERVAL_S    an idle relay's first fallback look when no NOTIFY arrives (default 0.5);
                              it doubles while nothing comes, up to RELAY_IDLE_POLL_MAX_S (default 30)
+    RELAY_BUSY_LINGER_MS     while busy (its last fetch found more than one row), the relay waits this
+                             long after a writer's commit before fetching, so the commits meanwhile
+                             go in the same Kafka request (default 3; never when idle; 0: off)
     CONSUMER_MAX_BATCH       Kafka records applied per transaction (default 500)
     CONSUMER_MAX_ATTEMPTS    handler attempts before a message goes to the DLQ (default 3)
     CONSUMER_LINGER_MS       after a poll of less than a full batch, wait this long for more
@@ -58,6 +61,7 @@ class ServiceSettings(BaseSettings):
     relay_batch_size: int = 1000
     relay_poll_interval_s: float = 0.5
     relay_idle_poll_max_s: float = 30.0
+    relay_busy_linger_ms: float = Field(default=3.0, ge=0)
     consumer_max_batch: int = 500
     consumer_max_attempts: int = 3
     consumer_linger_ms: float = 0.0

@@ -15,11 +15,12 @@ import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 from infra.stack import LocalStack
+from shared import relay as relay_module
 from shared.contract import Money, PaymentCaptured
 from shared.db import create_pool, migrate
 from shared.eventstore import ConcurrencyConflict, EventStore
@@ -309,3 +310,45 @@ async def test_the_doorbell_stays_up_between_commits_and_comes_down_while_the_re
     finally:
         stop.set()
         await task
+
+
+async def test_a_busy_relay_lingers_after_a_bell_so_commits_meanwhile_share_a_fetch(
+    store: EventStore, happened: Happened, stack: LocalStack, fresh_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = RelaySettings(poll_interval_s=3600, linger_s=3600, linger_poll_s=3600, busy_linger_s=3600)
+    stop = asyncio.Event()
+    relay = OutboxRelay(
+        fresh_database, stack.kafka_bootstrap, name="t", settings=settings, local_bell=store.outbox_written
+    )
+    fetched: list[int] = []
+    fetch = relay._fetch
+
+    async def recording(conn: Any, acknowledged: list[int]) -> Any:
+        rows = await fetch(conn, acknowledged)
+        if rows:
+            fetched.append(len(rows))
+        return rows
+
+    lingering = asyncio.Event()
+    sleep = relay_module._sleep_unless
+
+    async def sleeping(until: asyncio.Event, seconds: float) -> bool:
+        if seconds == settings.busy_linger_s:
+            lingering.set()
+        return await sleep(until, seconds)
+
+    monkeypatch.setattr(relay, "_fetch", recording)
+    monkeypatch.setattr(relay_module, "_sleep_unless", sleeping)
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_for(lambda: relay.is_leader)
+        await store.append("s", 0, [happened("s"), happened("s")])  # two rows at once: the relay is busy
+        await wait_for(lambda: relay.published == 2, timeout_s=20)
+        await store.append("s", 2, [happened("s")])  # rings the bell: the busy relay lingers...
+        await asyncio.wait_for(lingering.wait(), timeout=20)
+        await store.append("s", 3, [happened("s")])  # ...so this commit joins the same fetch
+    finally:
+        stop.set()  # ends the linger: the stopping relay publishes what is there, in one fetch
+        await task
+    assert relay.published == 4
+    assert fetched == [2, 2], "no fetch while it lingered: the two commits went together"
