@@ -278,18 +278,7 @@ async def handle_replies(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> Non
         for oid in unread:
             sagas[oid] = (domain.fold(facts_of(streams[oid])), saga.fold(facts_of(streams[saga.saga_stream_id(oid)])))
         moved: dict[str, SagaState] = {oid: sagas[oid][1] for oid in adopted}
-        for delivery, (order_id, reply) in replies:
-            if order_id not in sagas:
-                log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
-                continue
-            order_state, saga_state = sagas[order_id]
-            with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
-                decision = saga.decide(reply, saga_state, utc_now())
-                order_state = await _write_decision(uow, order_state, saga_state, decision)
-            if not decision.is_empty:
-                sagas[order_id] = (order_state, decision.state)
-                moved[order_id] = decision.state
-            uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
+        await _decide_replies(uow, sagas, replies, moved)
         await _index_deadlines(uow, list(moved.values()))
     except BaseException:
         image.drop(known)  # a conflict or a failure: the next attempt reads the log
@@ -317,7 +306,25 @@ async def _decide_on_the_image(
         uow.expect(order_id, entry[0].version)
         uow.expect(saga.saga_stream_id(order_id), entry[1].version)
     moved: dict[str, SagaState] = {}
+    await _decide_replies(uow, sagas, replies, moved)
+    if moved:
+        states = sorted(moved.values(), key=lambda state: state.order_id)
+        uow.defer(DeferredWrite(_INDEX_DEADLINES_SQL + " RETURNING 1", _deadline_columns(states), rows=len(states)))
+    uow.after_commit(lambda: image.put_all(sagas))
+
+
+async def _decide_replies(
+    uow: UnitOfWork,
+    sagas: dict[str, tuple[OrderState, SagaState]],
+    replies: Sequence[tuple[Delivery, tuple[str, saga.ReplyReceived]]],
+    moved: dict[str, SagaState],
+) -> None:
+    """Each reply decides on its saga as the earlier replies of the batch left it (`sagas` and
+    `moved` are updated); a reply about an order not in `sagas` is ignored."""
     for delivery, (order_id, reply) in replies:
+        if order_id not in sagas:
+            log.debug("reply for an unknown order ignored", extra={"type": reply.fact.TYPE, "order_id": order_id})
+            continue
         order_state, saga_state = sagas[order_id]
         with caused_by(order_id, delivery.envelope.id, delivery.envelope.type):
             decision = saga.decide(reply, saga_state, utc_now())
@@ -326,10 +333,6 @@ async def _decide_on_the_image(
             sagas[order_id] = (order_state, decision.state)
             moved[order_id] = decision.state
         uow.after_commit(SAGA_TRIGGERS.labels(trigger="reply", outcome=_outcome(decision)).inc)
-    if moved:
-        states = sorted(moved.values(), key=lambda state: state.order_id)
-        uow.defer(DeferredWrite(_INDEX_DEADLINES_SQL + " RETURNING 1", _deadline_columns(states), rows=len(states)))
-    uow.after_commit(lambda: image.put_all(sagas))
 
 
 # --------------------------------------------------------------------------- deadlines
