@@ -510,12 +510,20 @@ class _ConsumerWedged(Exception):
 
 
 def _raise_if_wedged(consumer: AIOKafkaConsumer) -> None:
-    """aiokafka's background metadata task can die on a transport error (uvloop raises
-    RuntimeError, not OSError, on a reset connection); without it lookups never finish."""
+    """aiokafka's background tasks can die on a transport error (uvloop raises RuntimeError, not
+    OSError, on a reset connection) and are not restarted: without the metadata task lookups never
+    finish; without the fetcher's, `getmany` returns nothing for ever (a reply consumer that
+    stopped consuming left sagas waiting until chaos's `kafka-reset` found them); without the
+    group coordinator's, the member never rejoins. Any of them done means a fresh client."""
     client = getattr(consumer, "_client", None)
-    sync_task = getattr(client, "_sync_task", None)
-    if sync_task is not None and sync_task.done():
-        raise _ConsumerWedged("the Kafka client's metadata task has stopped")
+    tasks = {
+        "metadata": getattr(client, "_sync_task", None),
+        "fetcher": getattr(getattr(consumer, "_fetcher", None), "_fetch_task", None),
+        "group coordinator": getattr(getattr(consumer, "_coordinator", None), "_coordination_task", None),
+    }
+    for name, task in tasks.items():
+        if task is not None and task.done():
+            raise _ConsumerWedged(f"the Kafka client's {name} task has stopped")
 
 
 class _HandlerFailed(Exception):

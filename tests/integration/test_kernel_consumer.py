@@ -370,3 +370,29 @@ async def test_one_poll_across_partitions_is_one_transaction_and_a_failure_isola
     positions = await stored_position(store, topic)
     assert len(positions) == 3
     assert sum(positions.values()) == len(messages), "every partition's position was stored"
+
+
+async def test_a_kafka_client_whose_fetcher_died_is_replaced_and_consuming_goes_on(
+    store: EventStore, stack: LocalStack, topic: str
+) -> None:
+    """aiokafka's fetcher task can die on a reset connection (uvloop raises RuntimeError) and is
+    never restarted: `getmany` then returns nothing for ever. The runner must notice and start a
+    fresh client, or a reply consumer stops for good (chaos's kafka-reset found sagas waiting)."""
+    running = Running(runner(store, stack, topic))
+    try:
+        await produce(stack.kafka_bootstrap, topic, [fact(1)])
+        await wait_for(lambda: running.runner.handled == 1)
+        wedged = running.runner._consumer
+        assert wedged is not None
+        fetching = wedged._fetcher._fetch_task
+        fetching.cancel()  # the routine returns: done, as a transport error leaves it, never restarted
+        await wait_for(fetching.done)
+        # A fetch already in flight may still bring one more message; none is fetched after it.
+        await produce(stack.kafka_bootstrap, topic, [fact(2)])
+        await wait_for(lambda: running.runner.handled == 2)
+        await produce(stack.kafka_bootstrap, topic, [fact(3)])
+        await wait_for(lambda: running.runner.handled == 3)
+        assert running.runner._consumer is not wedged, "a fresh client fetched the third message"
+    finally:
+        await running.close()
+    assert [n for _, n in await effects(store)] == [1, 2, 3]
