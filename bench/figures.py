@@ -55,7 +55,7 @@ def make_config(quick: bool) -> Config:
     else:
         config = Config(
             "full",
-            [10, 15, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600],
+            [10, 15, 25, 50, 75, 100, 150, 200, 250, 300, 350, 400, 600, 800, 1200, 1600],
             step_s=15,
             warmup_rate=40,
             warmup_s=30,
