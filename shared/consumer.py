@@ -286,21 +286,19 @@ class ConsumerRunner:
 
     async def _apply(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], *, isolate: bool) -> None:
         records = [record for tp in sorted(batches) for record in batches[tp]]
-        if self.one_statement and not isolate and await self._apply_in_one_statement(batches, records):
+        decoded, poison = _decoded(records)
+        next_offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
+        # Dead-lettering poison needs a transaction, so a batch with poison goes the classic way.
+        if (
+            self.one_statement
+            and not isolate
+            and not poison
+            and await self._apply_in_one_statement(next_offsets, decoded)
+        ):
             return
         dead: list[tuple[_Origin, str]] = []  # (origin, kind) dead-lettered in this attempt
         async with self.store.transaction() as uow:
-            fresh: list[Delivery] = []
-            poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
-            for record in records:
-                try:
-                    env = decode(record.value)
-                except MessageFormatError as exc:
-                    poison.append((record, str(exc)))
-                    continue
-                fresh.append(Delivery(env, record.topic, record.partition, record.offset))
-            next_offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
-            fresh = await self._claim(uow, next_offsets, fresh)
+            fresh = await self._claim(uow, next_offsets, decoded)
             # A span per message, child of its trace context; ended once the effects committed.
             traced = consume_trace(self.store.tracing, self.name, fresh)
             uow.after_commit(traced.end)
@@ -321,38 +319,30 @@ class ConsumerRunner:
         # Counted only once the transaction committed: a rolled-back attempt did nothing.
         dead_origins = {origin for origin, _ in dead}
         handled = [d for d in fresh if _origin(d) not in dead_origins]
-        for message_type, count in Counter(d.envelope.type for d in handled).items():  # per batch, not per message
-            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome="handled").inc(count)
+        self._count(handled, "handled")
         for _, kind in dead:
             DEAD_LETTERED.labels(consumer=self.name, type=kind).inc()
         self.handled += len(handled)
         self.dead_lettered += len(dead)
 
-    async def _apply_in_one_statement(
-        self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], records: list[ConsumerRecord[Any, Any]]
-    ) -> bool:
+    async def _apply_in_one_statement(self, next_offsets: dict[TopicPartition, int], decoded: list[Delivery]) -> bool:
         """The optimistic path (shared/batch_write.py): the whole batch, its claim included, as one
-        statement. False (nothing written) when it cannot be: a record that is not a valid
-        message, a message seen before, a handler that needs a transaction or fails, or a
-        precondition the statement found broken; the classic path then takes the batch."""
+        statement. False (nothing written) when it cannot be: a message seen before, a handler
+        that needs a transaction or fails, or a precondition the statement found broken; the
+        classic path then takes the batch."""
         deliveries: list[Delivery] = []
         repeated: list[Delivery] = []  # an id the batch already has (a re-publication): no effect
         ids: set[str] = set()
-        for record in records:
-            try:
-                env = decode(record.value)
-            except MessageFormatError:
-                return False  # dead-lettering needs the classic path
-            delivery = Delivery(env, record.topic, record.partition, record.offset)
-            (repeated if env.id in ids else deliveries).append(delivery)
-            ids.add(env.id)
-        partitions = sorted(batches)
+        for delivery in decoded:
+            (repeated if delivery.envelope.id in ids else deliveries).append(delivery)
+            ids.add(delivery.envelope.id)
+        partitions = sorted(next_offsets)
         claim = Claim(
             self.name,
             [d.envelope.id for d in deliveries],
             [tp.topic for tp in partitions],
             [tp.partition for tp in partitions],
-            [batches[tp][-1].offset + 1 for tp in partitions],
+            [next_offsets[tp] for tp in partitions],
         )
         async with self.store.pool.acquire() as conn:
             work = BatchWork(conn, self.store, claim)
@@ -374,12 +364,15 @@ class ConsumerRunner:
                 return False
         ONE_STATEMENT_BATCHES.labels(consumer=self.name, outcome="written").inc()
         self.one_statement_batches += 1
-        for message_type, count in Counter(d.envelope.type for d in deliveries).items():
-            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome="handled").inc(count)
-        for message_type, count in Counter(d.envelope.type for d in repeated).items():
-            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome="duplicate").inc(count)
+        self._count(deliveries, "handled")
+        self._count(repeated, "duplicate")
         self.handled += len(deliveries)
         return True
+
+    def _count(self, deliveries: Sequence[Delivery], outcome: str) -> None:
+        """MESSAGES_HANDLED by type, once per batch (not per message)."""
+        for message_type, count in Counter(d.envelope.type for d in deliveries).items():
+            MESSAGES_HANDLED.labels(consumer=self.name, type=message_type, outcome=outcome).inc(count)
 
     async def _apply_isolated(
         self,
@@ -446,14 +439,15 @@ class ConsumerRunner:
         repeated = [d for d in deliveries if d.envelope.id not in new_ids]
         revived = await self._revive(uow, repeated) if repeated else {}
         seen: set[str] = set()
-        fresh = []
+        fresh, duplicates = [], []
         for d in deliveries:
             claimed = d.envelope.id in new_ids or revived.get(d.envelope.id) == _origin_id(d)
             if claimed and d.envelope.id not in seen:
                 seen.add(d.envelope.id)
                 fresh.append(d)
             else:
-                MESSAGES_HANDLED.labels(consumer=self.name, type=d.envelope.type, outcome="duplicate").inc()
+                duplicates.append(d)
+        self._count(duplicates, "duplicate")
         return fresh
 
     async def _revive(self, uow: UnitOfWork, repeated: list[Delivery]) -> dict[str, str]:
@@ -494,6 +488,20 @@ class ConsumerRunner:
                 "error": error,
             },
         )
+
+
+def _decoded(
+    records: Sequence[ConsumerRecord[Any, Any]],
+) -> tuple[list[Delivery], list[tuple[ConsumerRecord[Any, Any], str]]]:
+    """The records as validated messages, and those that are not (poison, with the error)."""
+    deliveries: list[Delivery] = []
+    poison: list[tuple[ConsumerRecord[Any, Any], str]] = []
+    for record in records:
+        try:
+            deliveries.append(Delivery(decode(record.value), record.topic, record.partition, record.offset))
+        except MessageFormatError as exc:
+            poison.append((record, str(exc)))
+    return deliveries, poison
 
 
 def _origin_id(delivery: Delivery) -> str:
