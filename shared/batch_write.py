@@ -233,7 +233,7 @@ def _statement(work: BatchWork) -> tuple[str, list[Any]]:
                         correlation_id, causation_id, causation_type, data)
     SELECT e.event_id, e.stream_id, e.version, e.type, e.schema_version, e.occurred_at,
            e.correlation_id, e.causation_id, e.causation_type, e.data::jsonb
-    FROM unnest({arg([f.uuid for f in facts])}::uuid[], {arg([f.subject for f in facts])}::text[],
+    FROM unnest({arg([f.id for f in facts])}::uuid[], {arg([f.subject for f in facts])}::text[],
                 {arg([f.sequence for f in facts])}::int[], {arg([f.type for f in facts])}::text[],
                 {arg([f.data.VERSION for f in facts])}::int[], {arg([f.time for f in facts])}::timestamptz[],
                 {arg([f.correlation_id for f in facts])}::text[], {arg([f.causation_id for f in facts])}::text[],

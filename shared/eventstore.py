@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from shared.contract import Command, Envelope, Fact, decode_data, encode, encode_data, utc_now
-from shared.ids import current_context
+from shared.ids import current_context, new_id
 from shared.metrics import EVENTS_APPENDED
 from shared.tracing import Tracing, message_trace
 
@@ -223,7 +222,7 @@ class UnitOfWork:
         correlation_id, causation_id, causation_type = _causal_ids(None, None, fallback=command.target_id)
         traceparent, tracestate = message_trace(causation_id) if self._store.tracing else (None, None)
         envelope = Envelope(
-            id=command_id or str(uuid.uuid4()),
+            id=command_id or new_id(),
             source=self._store.source,
             subject=command.target_id,
             sequence=0,
@@ -363,7 +362,7 @@ class EventStore:
             head.time,
             head.correlation_id,
             head.causation_id,
-            [r.uuid for r in flat],
+            [r.id for r in flat],  # asyncpg encodes uuid text itself
             [r.subject for r in flat],
             [r.sequence for r in flat],
             [r.type for r in flat],
@@ -411,7 +410,7 @@ class EventStore:
         return [
             [
                 Envelope(
-                    id=str(uuid.uuid4()),
+                    id=new_id(),
                     source=self.source,
                     subject=a.stream_id,
                     sequence=a.expected_version + i,

@@ -23,6 +23,7 @@ from shared.auth import Caller, Principal
 from shared.contract import PaymentAuthorized
 from shared.errors import NotFound
 from shared.eventstore import Recorded
+from shared.ids import new_id
 from shared.keystore import revealed
 from shared.personal import holds_personal
 
@@ -56,7 +57,7 @@ def request_causation_id(header: str | None) -> str:
     """The causation id of an HTTP command: the caller's X-Request-ID if sane, else a new one."""
     if header and 0 < len(header) <= 128 and header.isprintable():
         return header
-    return str(uuid.uuid4())
+    return new_id()
 
 
 # ---------------------------------------------------------------------- REST shapes

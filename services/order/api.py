@@ -19,7 +19,6 @@ Choices made here:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -33,6 +32,7 @@ from services.order.views import CancelAcceptedView, OrderAccepted, OrderView, P
 from shared.auth import Caller, Forbidden, Principal, Role, require_role
 from shared.contract import AuthorizePayment, OrderPlaced
 from shared.errors import NotFound
+from shared.ids import new_id
 from shared.rest import ErrorBody, EventView, error_responses, request_causation_id, revealed_view, revealed_views
 from shared.runtime import Runtime, runtime_of
 
@@ -119,8 +119,8 @@ async def place_order(
     key = None
     if idempotency_key is not None:
         key = IdempotencyKey(principal.subject, idempotency_key, body_fingerprint(body.model_dump(mode="json")))
-    causation_id = request_causation_id(x_request_id) if x_request_id else (idempotency_key or str(uuid.uuid4()))
-    placement = handlers.placement(body.to_command(str(uuid.uuid4())), causation_id)
+    causation_id = request_causation_id(x_request_id) if x_request_id else (idempotency_key or new_id())
+    placement = handlers.placement(body.to_command(new_id()), causation_id)
     if key is not None:  # the key's row goes in the placement's transaction: alone
         [placed] = await _place_many(runtime_of(request), _settings(request), [placement], idempotency=key)
     else:
