@@ -6,12 +6,22 @@
   them concurrently. Rate = messages / (last consumed - first produced).
 * PostgreSQL: single-row commits/s: N asyncpg connections, each looping `INSERT` of one row
   (autocommit: one transaction, one WAL flush each) of the system's mean message size.
+* Wake-ups: what one hop between two processes costs the machine itself. Two processes pass a
+  message back and forth over loopback TCP, once placed by the scheduler (on a 2-core machine:
+  mostly on different cores, each woken from idle) and once both pinned to one core. Every hop
+  of a saga (relay → broker → consumer → PostgreSQL backend → ...) pays such wake-ups; on a
+  virtual machine whose idle cores halt, a cross-core wake-up costs far more than the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import resource
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -138,3 +148,86 @@ async def postgres_floor(
         "client": "asyncpg; each INSERT of one row is its own transaction (autocommit); fsync=on, "
         "synchronous_commit as the stack runs it",
     }
+
+
+def _echo(listener: socket.socket, exchanges: int, cpu: int | None) -> None:
+    """The child of `wakeup_floor`: answer every message, then report its own CPU seconds."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for _ in range(exchanges):
+        conn.sendall(conn.recv(4096))
+    conn.recv(1)  # the parent asks for the report only once it has read the last answer
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    conn.sendall(f"{usage.ru_utime + usage.ru_stime!r}".encode())
+    conn.close()
+
+
+def _ping_pong(exchanges: int, message_bytes: int, cpu: int | None) -> dict[str, float]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    address = listener.getsockname()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is not collected
+        try:
+            _echo(listener, exchanges, cpu)
+        finally:
+            os._exit(0)
+    listener.close()
+    before = os.sched_getaffinity(0)
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        conn = socket.create_connection(address)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = b"x" * message_bytes
+        start = resource.getrusage(resource.RUSAGE_SELF)
+        began = time.perf_counter()
+        for _ in range(exchanges):
+            conn.sendall(message)
+            got = 0
+            while got < message_bytes:
+                got += len(conn.recv(4096))
+        wall = time.perf_counter() - began
+        end = resource.getrusage(resource.RUSAGE_SELF)
+        conn.sendall(b"?")
+        child_cpu = float(conn.recv(64).decode())
+        conn.close()
+    finally:
+        os.sched_setaffinity(0, before)
+        os.waitpid(pid, 0)
+    own_cpu = end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
+    return {
+        "round_trip_us": round(wall / exchanges * 1e6, 1),
+        "cpu_us_per_round_trip_each_side": round((own_cpu + child_cpu) / 2 / exchanges * 1e6, 1),
+    }
+
+
+def wakeup_floor(*, exchanges: int = 20_000, message_bytes: int = 600) -> dict[str, Any]:
+    """Loopback ping-pong between two processes: placed freely, then both on core 0."""
+    free = _ping_pong(exchanges, message_bytes, None)
+    pinned = _ping_pong(exchanges, message_bytes, 0)
+    return {
+        "exchanges": exchanges,
+        "message_bytes": message_bytes,
+        "placed_by_the_scheduler": free,
+        "both_on_one_core": pinned,
+        "cost_ratio": round(
+            free["cpu_us_per_round_trip_each_side"] / max(pinned["cpu_us_per_round_trip_each_side"], 0.1), 1
+        ),
+        "note": "two processes passing one message back and forth over loopback TCP (TCP_NODELAY); CPU: "
+        "user + system time of both, per round trip, halved",
+    }
+
+
+def wakeup_floor_apart() -> dict[str, Any]:
+    """`wakeup_floor` in a process of its own: it forks, which a process with threads must not."""
+    done = subprocess.run([sys.executable, "-m", "bench.floor"], capture_output=True, check=True, timeout=300)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(wakeup_floor()))

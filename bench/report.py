@@ -191,6 +191,12 @@ def print_summary(result: dict[str, Any]) -> None:
         f"floor: Kafka {fl['kafka_messages_per_s']} msgs/s produce→consume ({fl['kafka']['message_bytes']} B), "
         f"PostgreSQL {fl['postgres_commits_per_s']} single-row commits/s ({fl['postgres']['connections']} conns)"
     )
+    if wake := fl.get("wakeups"):
+        free, pinned = wake["placed_by_the_scheduler"], wake["both_on_one_core"]
+        print(
+            f"wake-ups: a round trip between two processes {free['round_trip_us']} µs and {free['cpu_us_per_round_trip_each_side']} µs "
+            f"CPU each side as scheduled, {pinned['round_trip_us']} µs and {pinned['cpu_us_per_round_trip_each_side']} µs on one core"
+        )
     print(
         f"theoretical max sagas/s: {th['if_only_kafka_messages_mattered']} (Kafka messages), "
         f"{th['if_only_postgres_commits_mattered']} (all commits), {th['if_only_postgres_write_commits_mattered']} (writing commits)"

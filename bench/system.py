@@ -351,6 +351,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         row_bytes=int(mean_size),
         duration_s=cfg.floor_s,
     )
+    wakeups = await asyncio.to_thread(floor.wakeup_floor_apart)
     await res.close()
     peer = await run_peer(run)
     commits = run_totals["commits_per_saga"]["total"]
@@ -361,6 +362,7 @@ async def measure_system(run: Run) -> dict[str, Any]:
         "postgres": pg,
         "kafka_messages_per_s": kafka["produce_consume_per_s"],
         "postgres_commits_per_s": pg["commits_per_s"],
+        "wakeups": wakeups,
         "system_spends_per_saga": {
             "postgres_commits": commits,
             "postgres_write_xacts": xacts,

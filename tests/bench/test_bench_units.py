@@ -1,15 +1,17 @@
 """The benchmark's own arithmetic: the outcome mix, percentiles, the saturation headline, the
-load generator's connection reuse, and the codec benchmark comparing like with like."""
+load generator's connection reuse, the codec benchmark comparing like with like, and the
+wake-up floor."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from bench import codecs, figures, load
+from bench import codecs, figures, floor, load
 
 
 def test_the_mix_is_90_5_5_interleaved() -> None:
@@ -88,3 +90,21 @@ def test_the_codecs_compared_keep_one_contract_and_are_all_measured() -> None:
     assert [r["codec"] for r in rows] == [c.name for c in codecs.codecs()]
     assert all(r["encode_us"] > 0 and r["decode_validate_us"] > 0 and r["bytes"] == rows[0]["bytes"] for r in rows)
     assert min(r["decode_validate_vs_fastest"] for r in rows) == 1.0
+
+
+def test_the_wakeup_floor_measures_both_placements_in_a_process_of_its_own() -> None:
+    """Both ping-pongs really exchanged their messages (a round trip takes time and CPU on both
+    sides), and the forking runs apart from the caller, whose affinity stays as it was."""
+    affinity = os.sched_getaffinity(0)
+    result = floor.wakeup_floor_apart()
+    assert os.sched_getaffinity(0) == affinity
+    assert result["exchanges"] == 20_000
+    for placement in ("placed_by_the_scheduler", "both_on_one_core"):
+        measured = result[placement]
+        assert measured["round_trip_us"] > 0
+        assert measured["cpu_us_per_round_trip_each_side"] > 0
+    assert result["cost_ratio"] == round(
+        result["placed_by_the_scheduler"]["cpu_us_per_round_trip_each_side"]
+        / result["both_on_one_core"]["cpu_us_per_round_trip_each_side"],
+        1,
+    )
