@@ -9,8 +9,8 @@
 * Wake-ups: what one hop between two processes costs the machine itself. Two processes pass a
   message back and forth over loopback TCP, once placed by the scheduler (on a 2-core machine:
   mostly on different cores, each woken from idle) and once both pinned to one core. Every hop
-  of a saga (relay → broker → consumer → PostgreSQL backend → ...) pays such wake-ups; on a
-  virtual machine whose idle cores halt, a cross-core wake-up costs far more than the work.
+  of a saga (relay → broker → consumer → PostgreSQL backend → ...) is such an exchange; on a
+  virtual machine whose idle cores halt at once, one across cores costs far more than the work.
 """
 
 from __future__ import annotations
