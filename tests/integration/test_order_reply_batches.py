@@ -198,3 +198,32 @@ async def test_placements_written_together_are_each_their_own_order_and_saga(sto
         assert {e.causation_id for e in mine} == {p.causation_id}, "each order carries its own request's id"
     keys = {e.data.shipping_address.name.split(".")[1] for e in outbox if isinstance(e.data, OrderPlaced)}
     assert len(keys) == 2, "one data key per customer, shared by the customer's orders"
+
+
+async def test_the_deadline_index_is_updated_through_its_key_not_by_scanning_every_saga(store: EventStore) -> None:
+    """`saga_deadlines` holds a row per saga ever placed; each reply batch updates a few. With a
+    generic plan (a prepared statement run many times), the update must look the rows up by key:
+    scanning the table made every batch slower with every saga placed."""
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO saga_deadlines (order_id, saga_version) SELECT 'o-' || n, 1 FROM generate_series(1, 3000) n"
+        )
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            "PREPARE index_deadlines(text[], timestamptz[], int[]) AS "
+            + handlers._INDEX_DEADLINES_SQL.format("$1", "$2", "$3")
+        )
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN EXECUTE index_deadlines(ARRAY['o-7', 'o-8'], ARRAY[now(), now()]::timestamptz[], ARRAY[2, 2])"
+            )
+        )
+        await conn.execute("DEALLOCATE index_deadlines")
+        await conn.execute("RESET plan_cache_mode")
+        updated = await conn.execute(
+            handlers._INDEX_DEADLINES_SQL.format("$1", "$2", "$3"), ["o-7", "o-8"], [utc_now(), None], [2, 3]
+        )
+    assert "Seq Scan on saga_deadlines" not in plan, plan
+    assert "saga_deadlines_pkey" in plan, plan
+    assert updated == "UPDATE 2"
